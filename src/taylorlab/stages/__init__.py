@@ -1,0 +1,34 @@
+"""The stage graph, declared once. Adding a stage = one module here + one entry below + its config.
+
+Stages never import each other: they meet through artifacts on disk (each stage's manifest.json).
+"""
+
+from taylorlab.engine.graph import Graph, Node, StageSpec
+
+DATA = StageSpec("data", "taylorlab.stages.data:run", "text splits (datasets, local JSON) and a BPE tokenizer")
+MODEL = StageSpec("model", "taylorlab.stages.model:run", "the base model: built, loaded or converted once")
+TRAIN = StageSpec("train", "taylorlab.stages.train:run", "AdamW in an explicit batch order, resumable")
+EVALUATE = StageSpec("evaluate", "taylorlab.stages.evaluate:run", "perplexity in non-overlapping windows")
+CALIBRATE = StageSpec("calibrate", "taylorlab.stages.calibrate:run", "calibration windows and gradient norms")
+PRUNE = StageSpec("prune", "taylorlab.stages.prune:run", "magnitude / Wanda / SparseGPT / GBLM")
+REPORT = StageSpec("report", "taylorlab.stages.report:run", "tables and a page of this pipeline's results")
+
+# the model under study: the trained model when train is part of the run, else the base model
+STUDIED = ("train", "base_model")
+
+GRAPH = Graph(
+    [
+        Node("data", DATA),
+        Node("base_model", MODEL, parents={"data": ("data",)}, config="model"),
+        Node("train", TRAIN, parents={"data": ("data",), "model": ("base_model",)}),
+        Node("evaluate_dense", EVALUATE, parents={"data": ("data",), "model": STUDIED}, config="evaluate"),
+        Node("calibrate", CALIBRATE, parents={"data": ("data",), "model": STUDIED}),
+        Node("prune", PRUNE, parents={"calibrate": ("calibrate",), "model": STUDIED}),
+        Node("evaluate_pruned", EVALUATE, parents={"data": ("data",), "model": ("prune",)}, config="evaluate"),
+        Node(
+            "report", REPORT,
+            parents={"dense": ("evaluate_dense",), "pruned": ("evaluate_pruned",), "train": ("train",)},
+            optional_parents=("dense", "pruned", "train"),
+        ),
+    ]
+)

@@ -1,0 +1,61 @@
+"""prune: one method at one sparsity and pattern, layer by layer; writes the pruned model with
+save_pretrained, a per-layer sparsity report and the recipe that made it."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from taylorlab.errors import ArtifactError, ConfigError
+from taylorlab.io import atomic_write_json
+from taylorlab.models import load_model_artifact, resolve_device
+from taylorlab.pruning import prune_model, sparsity_report
+from taylorlab.stages.common import save_model
+
+
+def _load_safetensors(path):
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path)), meta
+    except Exception as exc:
+        raise ArtifactError(f"{path} is corrupt ({type(exc).__name__}); force the calibrate stage to re-run.") from exc
+
+
+def run(ctx):
+    c = ctx.cfg
+    device = resolve_device(c.device)
+    model, tok = load_model_artifact(ctx.artifact("model", "model"), device="cpu", dtype=c.dtype)
+    windows, wmeta = _load_safetensors(ctx.artifact("calibrate", "windows"))
+    gradients, gmeta = None, {}
+    if c.method == "gblm":
+        gpath = ctx.artifact("calibrate", "gradients", required=False)
+        if gpath is None:
+            raise ConfigError("prune.method=gblm needs gradient norms, but the calibrate stage ran with "
+                              "calibrate.gradients=false; set it to true.")
+        gradients, gmeta = _load_safetensors(gpath)
+    t0 = time.time()
+    prune_model(
+        model, method=c.method, sparsity=c.sparsity, pattern=c.pattern, windows=windows["windows"],
+        gradients=gradients, grad_nsamples=int(gmeta.get("num_samples", 0)) or None, grad_norm=gmeta.get("norm", "l2"),
+        alpha=c.alpha, gblm_normalization=c.gblm_normalization, percdamp=c.percdamp, blocksize=c.blocksize,
+        batch_size=c.batch_size, device=device, offload=c.offload, progress=ctx.progress,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.time() - t0
+    report = sparsity_report(model)
+    recipe = {"method": c.method, "sparsity": c.sparsity, "pattern": c.pattern, "alpha": c.alpha,
+              "gblm_normalization": c.gblm_normalization, "calibration": wmeta,
+              "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
+              "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
+    save_model(model.cpu(), tok, ctx.dir / "model")
+    atomic_write_json(ctx.dir / "sparsity.json", report)
+    atomic_write_json(ctx.dir / "recipe.json", recipe)
+    ctx.tracker.summary({"prune/sparsity": report["total"]["sparsity"], "prune/wall_s": wall})
+    ctx.log.info("%s %s at %.2f: %.4f of block weights are zero (%.1f s)", c.method, c.pattern, c.sparsity,
+                 report["total"]["sparsity"], wall)
+    return {"model": "model", "sparsity": "sparsity.json", "recipe": "recipe.json"}

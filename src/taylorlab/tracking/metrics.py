@@ -1,0 +1,140 @@
+"""Metrics go to metrics.jsonl first (one JSON object a line, ``split/name`` keys), then to W&B.
+
+W&B is offline unless the user says otherwise (``WANDB_MODE`` in the environment wins over
+``wandb.mode``); every W&B folder is kept inside the pipeline run directory so nothing piles up in
+$HOME. One W&B run per stage, grouped by pipeline run, ``job_type`` = stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+log = logging.getLogger("taylorlab.tracking")
+
+_SECRET_KEYS = ("api_key", "apikey", "token", "password", "secret")
+
+
+def configure_wandb_env(run_dir: Path, mode: str) -> str:
+    """Point every W&B folder inside ``run_dir/wandb`` and settle the mode; returns the mode."""
+    base = Path(run_dir) / "wandb"
+    for var, sub in (
+        ("WANDB_DIR", ""),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
+        path = base / sub if sub else base
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault(var, str(path))
+    mode = os.environ.get("WANDB_MODE", mode)
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    return mode
+
+
+def scrub(obj: Any) -> Any:
+    """Drop anything that looks like a secret from a config before it is logged anywhere."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if any(s in str(k).lower() for s in _SECRET_KEYS) else scrub(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+class Tracker:
+    def __init__(
+        self,
+        stage_dir: Path,
+        *,
+        run_dir: Path,
+        run_name: str,
+        node: str,
+        job_type: str,
+        config: Dict[str, Any],
+        wandb_cfg: Optional[Dict[str, Any]] = None,
+    ):
+        self.path = Path(stage_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._wandb_run = None
+        wandb_cfg = wandb_cfg or {"mode": "disabled"}
+        mode = configure_wandb_env(run_dir, wandb_cfg.get("mode", "offline"))
+        if mode != "disabled":
+            import wandb
+
+            self._wandb_run = wandb.init(
+                project=wandb_cfg.get("project", "taylorlab"),
+                entity=wandb_cfg.get("entity"),
+                group=run_name,
+                job_type=job_type,
+                name=f"{run_name}/{node}",
+                config=scrub(config),
+                tags=list(wandb_cfg.get("tags") or []),
+                dir=os.environ["WANDB_DIR"],
+                mode=mode,
+                reinit="create_new",
+            )
+
+    @property
+    def wandb_run(self):
+        return self._wandb_run
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        record = {"time": time.time(), **({"step": step} if step is not None else {}), **metrics}
+        self._fh.write(json.dumps(record, default=_jsonable) + "\n")
+        self._fh.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(metrics, step=step)
+
+    def summary(self, metrics: Dict[str, Any]) -> None:
+        self.log({"summary": True, **metrics})
+        if self._wandb_run is not None:
+            for k, v in metrics.items():
+                self._wandb_run.summary[k] = v
+
+    def table(self, key: str, columns: List[str], rows: Iterable[List[Any]]) -> None:
+        rows = [list(r) for r in rows]
+        self.log({key: {"columns": columns, "rows": rows}})
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, failed: bool = False) -> None:
+        self._fh.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish(exit_code=1 if failed else 0)
+            self._wandb_run = None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def read_metrics(stage_dir: Path) -> List[Dict[str, Any]]:
+    path = Path(stage_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill; earlier lines are intact
+    return out
