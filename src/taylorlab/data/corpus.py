@@ -60,6 +60,24 @@ def load_wiki_leads(path: Optional[Path] = None) -> List[Tuple[str, str]]:
 
 
 _BLANKS = re.compile(r"\n{3,}")
+_LEFTOVER = re.compile(r"\[\[|\]\]|\{\{|\}\}|^\s*[|!{].*$", re.M)
+
+
+def _strip_wiki(mwparserfromhell, text: str) -> str:
+    """Plain prose of a wiki page: tables, references and templates removed, links kept as text."""
+    code = mwparserfromhell.parse(text)
+    for tag in code.filter_tags(recursive=False, matches=lambda n: str(n.tag).lower() in ("table", "ref", "gallery")):
+        try:
+            code.remove(tag)
+        except ValueError:
+            pass
+    for link in code.filter_wikilinks(matches=lambda n: str(n.title).strip().lower().startswith(("file:", "image:", "category:"))):
+        try:
+            code.remove(link)
+        except ValueError:
+            pass
+    plain = code.strip_code(normalize=True, collapse=True)
+    return _LEFTOVER.sub("", plain)
 
 
 def load_wiki_articles(path: Optional[Path] = None) -> List[Tuple[str, str]]:
@@ -84,7 +102,7 @@ def load_wiki_articles(path: Optional[Path] = None) -> List[Tuple[str, str]]:
             elem.clear()
             if not title or not text or ns != "0" or text.lstrip().lower().startswith("#redirect"):
                 continue
-            plain = mwparserfromhell.parse(text).strip_code(normalize=True, collapse=True)
+            plain = _strip_wiki(mwparserfromhell, text)
             lines = [ln.strip() for ln in plain.splitlines()]
             plain = _BLANKS.sub("\n\n", "\n".join(lines)).strip()
             if plain:

@@ -31,13 +31,17 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     for p in model.parameters():
         p.requires_grad_(False)
 
+    batch = [0]  # sequences in the current pass (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])
+
     def forward_hook(name):
         def hook(mod, inp, out):
             x = inp[0].detach()
 
             def grad_hook(gy, x=x):
+                b = batch[0]
+                xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
                 # per-sequence weight gradients [B, out, in]; bmm in the compute dtype, stats in fp32
-                g = torch.bmm(gy.transpose(1, 2), x).float()
+                g = torch.bmm(gs.transpose(1, 2), xs).float()
                 acc[name].add_((g * g).sum(0) if norm == "l2" else g.abs().sum(0))
 
             out.register_hook(grad_hook)
@@ -51,6 +55,7 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     try:
         for i in tqdm(range(0, windows.shape[0], batch_size), desc="gradients", disable=not progress, leave=False):
             ids = windows[i : i + batch_size].to(device)
+            batch[0] = ids.shape[0]
             emb = embed(ids).detach().requires_grad_(True)
             logits = model(inputs_embeds=emb, use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(

@@ -33,7 +33,7 @@ def configure_wandb_env(run_dir: Path, mode: str) -> str:
         path = base / sub if sub else base
         path.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault(var, str(path))
-    mode = os.environ.get("WANDB_MODE", mode)
+    mode = os.environ.get("WANDB_MODE") or mode
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -87,22 +87,25 @@ class Tracker:
     def wandb_run(self):
         return self._wandb_run
 
-    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
-        record = {"time": time.time(), **({"step": step} if step is not None else {}), **metrics}
-        self._fh.write(json.dumps(record, default=_jsonable) + "\n")
+    def _write(self, record: Dict[str, Any]) -> None:
+        self._fh.write(json.dumps({"time": time.time(), **record}, default=_jsonable) + "\n")
         self._fh.flush()
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        self._write({**({"step": step} if step is not None else {}), **metrics})
         if self._wandb_run is not None:
             self._wandb_run.log(metrics, step=step)
 
     def summary(self, metrics: Dict[str, Any]) -> None:
-        self.log({"summary": True, **metrics})
+        """Final numbers of the stage: a ``"summary": true`` line locally, the run summary in W&B."""
+        self._write({"summary": True, **metrics})
         if self._wandb_run is not None:
             for k, v in metrics.items():
                 self._wandb_run.summary[k] = v
 
     def table(self, key: str, columns: List[str], rows: Iterable[List[Any]]) -> None:
         rows = [list(r) for r in rows]
-        self.log({key: {"columns": columns, "rows": rows}})
+        self._write({key: {"columns": columns, "rows": rows}})
         if self._wandb_run is not None:
             import wandb
 

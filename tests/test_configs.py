@@ -1,0 +1,88 @@
+"""Every config file composes; bad keys and values fail with one line that names them."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from taylorlab.config import register_configs
+from taylorlab.config.schema import validate
+from taylorlab.errors import ConfigError
+
+from conftest import ROOT, run_cli
+
+CONF = ROOT / "conf"
+register_configs()
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="pipeline", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"model={m}" for m in _options("model")] + [f"launcher={m}" for m in _options("launcher")]
+    + [f"data={m}" for m in _options("data")] + [f"experiment={m}" for m in _options("experiment")]
+    + [f"debug={m}" for m in _options("debug")],
+)
+def test_every_config_file_composes_and_validates(override, tmp_path):
+    cfg = _compose([override, f"out_dir={tmp_path}"])
+    validate(cfg)
+    OmegaConf.resolve(cfg)  # interpolations resolve
+    assert cfg.model.name and cfg.launcher.name in ("inline", "local", "slurm")
+
+
+def test_unknown_key_is_rejected_by_the_schema():
+    with pytest.raises(Exception, match="lrr"):
+        _compose(["train.lrr=1"])
+
+
+def test_wrong_type_is_rejected_by_the_schema():
+    with pytest.raises(Exception, match="fast"):
+        _compose(["train.lr=fast"])
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("prune.sparsity=1.5", "prune.sparsity"),
+        ("prune.pattern=3:2", "prune.pattern"),
+        ("prune.pattern=half", "prune.pattern"),
+        ("prune.method=random", "prune.method"),
+        ("train.order=sorted", "train.order"),
+        ("launcher.name=k8s", "launcher.name"),
+    ],
+)
+def test_bad_values_fail_validation(override, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        validate(_compose([override]))
+
+
+def test_gblm_without_gradients_is_a_config_error():
+    with pytest.raises(ConfigError, match="calibrate.gradients"):
+        validate(_compose(["prune.method=gblm", "calibrate.gradients=false"]))
+
+
+@pytest.mark.parametrize("override", ["train.lrr=1", "train.lr=fast", "prune.sparsity=1.5", "model=nosuch",
+                                      "stages=[nosuch]"])
+def test_entry_point_prints_one_line_and_writes_nothing(override, tmp_path):
+    proc = run_cli([override, "dry_run=true"], tmp_path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in proc.stderr
+    assert not any(p.name.startswith(("data-", "train-")) for p in Path(tmp_path).rglob("*"))
+
+
+def test_help_lists_groups_and_examples(tmp_path):
+    proc = run_cli(["--help"], tmp_path)
+    assert proc.returncode == 0
+    for word in ("model:", "launcher:", "dry_run=true", "force=train", "taylorlab status"):
+        assert word in proc.stdout, word

@@ -1,0 +1,138 @@
+"""The real pipeline end to end on the tiny config, through the real entry point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ENTRY, ROOT, run_cli
+
+pytestmark = pytest.mark.integration
+FAST = ["debug=fast"]
+
+
+def stage_dirs(out, run, node):
+    return sorted(p for p in (Path(out) / run).glob(f"{node}-*") if p.is_dir())
+
+
+def test_default_graph_runs_locally_then_skips_everything(tmp_path):
+    first = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
+    assert "ran 8 stage(s)" in first.stdout
+    for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "report"):
+        (d,) = stage_dirs(tmp_path, "e2e", node)
+        assert (d / "DONE").exists() and (d / "manifest.json").exists(), node
+    res = json.loads(next(iter(stage_dirs(tmp_path, "e2e", "evaluate_pruned")))
+                     .joinpath("result.json").read_text())
+    assert res["recipe"]["method"] == "gblm" and res["ppl"] > 1 and res["seq_len"] == 32
+    spars = json.loads(stage_dirs(tmp_path, "e2e", "prune")[0].joinpath("sparsity.json").read_text())
+    assert abs(spars["total"]["sparsity"] - 0.5) < 0.01
+    t0 = time.time()
+    second = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
+    assert "ran 0 stage(s)" in second.stdout and "skipped 8 done" in second.stdout
+    assert "skip train: done with the same hash" in second.stdout + second.stderr
+    assert time.time() - t0 < 30
+    forced = run_cli(FAST + ["run=e2e", "launcher=inline", "prune.method=gblm", "force=prune"], tmp_path, check=True)
+    assert "ran 3 stage(s) prune, evaluate_pruned, report" in forced.stdout
+
+
+def test_sweep_shares_one_calibrate_stage(tmp_path):
+    run_cli(FAST + ["-m", "run=sweep", "launcher=inline", "prune.method=magnitude,wanda,sparsegpt",
+                    "prune.pattern=unstructured,2:4"], tmp_path, check=True)
+    assert len(stage_dirs(tmp_path, "sweep", "calibrate")) == 1
+    assert len(stage_dirs(tmp_path, "sweep", "train")) == 1
+    assert len(stage_dirs(tmp_path, "sweep", "prune")) == 6
+    report = subprocess.run([sys.executable, "-m", "taylorlab.cli", "report", str(tmp_path / "sweep")],
+                            capture_output=True, text=True, check=True)
+    for m in ("magnitude", "wanda", "sparsegpt", "dense", "2:4"):
+        assert m in report.stdout
+
+
+def test_sigkill_mid_training_then_rerun_gives_identical_weights(tmp_path):
+    args = FAST + ["stages=[train]", "launcher=inline", "train.max_batches=60", "train.checkpoint_every=5"]
+    run_cli(args + ["run=straight"], tmp_path, check=True)
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.Popen([sys.executable, str(ENTRY), f"out_dir={tmp_path}", "run=killed", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    ckpts = []
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list((tmp_path / "killed").glob("train-*/checkpoints/step-*/meta.json"))
+        if ckpts:
+            break
+        time.sleep(0.05)
+    assert ckpts, "no checkpoint appeared before the run ended"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (train_dir,) = stage_dirs(tmp_path, "killed", "train")
+    assert not (train_dir / "DONE").exists()
+    again = run_cli(args + ["run=killed"], tmp_path, check=True)
+    assert "ran 1 stage(s) train" in again.stdout
+    log = (train_dir / "stage.log").read_text()
+    assert "resumed from step-" in log
+    a = load_file(str(stage_dirs(tmp_path, "straight", "train")[0] / "model" / "model.safetensors"))
+    b = load_file(str(train_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_missing_model_path_fails_with_one_line_and_runs_no_dependent(tmp_path):
+    proc = run_cli(FAST + ["run=bad", "launcher=local", "model=llama2_7b", "model.name_or_path=/nonexistent/llama",
+                           "stages=[evaluate_dense]"], tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "base_model" in err[0] and "/nonexistent/llama" in err[0] and "stage.log" in err[0]
+    (bm,) = stage_dirs(tmp_path, "bad", "base_model")
+    assert not (bm / "DONE").exists() and not (bm / "model").exists()
+    assert not stage_dirs(tmp_path, "bad", "evaluate_dense")
+    assert stage_dirs(tmp_path, "bad", "data")[0].joinpath("DONE").exists()  # nothing lost upstream
+
+
+def test_nan_loss_fails_the_stage_with_one_line(tmp_path):
+    proc = run_cli(FAST + ["run=nan", "launcher=inline", "stages=[train]", "train.lr=1e30", "train.grad_clip=null",
+                           "train.warmup_steps=0"], tmp_path)
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "train.lr" in err[0]
+    (t,) = stage_dirs(tmp_path, "nan", "train")
+    assert not (t / "DONE").exists() and (t / "FAILED").exists()
+
+
+def test_gpu_request_without_gpu_is_refused_before_running(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli(FAST + ["run=gpu", "train.device=cuda"], tmp_path)
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "GPU" in err[0] and "train.device=cpu" in err[0]
+    assert not (tmp_path / "gpu").exists() or not list((tmp_path / "gpu").glob("data-*/DONE"))
+
+
+def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
+    proc = run_cli(FAST + ["run=wb", "launcher=inline", "stages=[train]", "wandb.mode=offline"], tmp_path,
+                   env={"WANDB_MODE": "", "WANDB_API_KEY": ""}, check=True)
+    assert proc.returncode == 0
+    runs = sorted((tmp_path / "wb" / "wandb").rglob("offline-run-*"))
+    assert len(runs) == 3  # data, base_model, train
+    train_run = None
+    for r in runs:
+        out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(r)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)
+        assert info["project"] == "taylorlab" and info["state"] == "finished"
+        if info["name"] == "wb/train":
+            train_run = info
+    assert train_run is not None
+    metrics = [json.loads(l) for l in stage_dirs(tmp_path, "wb", "train")[0].joinpath("metrics.jsonl").read_text().splitlines()]
+    final = [m for m in metrics if m.get("summary") and "train/final_loss" in m][-1]
+    assert train_run["summary"]["train/final_loss"] == pytest.approx(final["train/final_loss"])
+    assert train_run["config"]["max_batches"] == 12
+    assert not list(Path.home().glob(".config/wandb/settings-taylorlab*"))

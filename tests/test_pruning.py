@@ -1,0 +1,217 @@
+"""Properties of the pruning methods (no magic numbers)."""
+
+import pytest
+import torch
+
+from taylorlab.errors import ConfigError
+from taylorlab.pruning import mask_nm, per_sequence_gradient_stats, prune_model, sparsity_report
+from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning.rules import score_gblm, score_wanda, sparsegpt_prune_, gblm_gradient_term
+from taylorlab.pruning.masks import mask_per_row
+from taylorlab.pruning.stats import InputStats
+from taylorlab.pruning.structure import block_linears
+
+
+def windows(n=8, length=16, vocab=97, seed=0):
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def grads(model, w):
+    return per_sequence_gradient_stats(model, w, batch_size=3)
+
+
+@pytest.mark.parametrize("method", ["wanda", "gblm"])
+def test_every_row_has_exactly_the_target_sparsity(tiny_llama, method):
+    w = windows()
+    g = grads(tiny_llama, w) if method == "gblm" else None
+    prune_model(tiny_llama, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8)
+    for name, lin in block_linears(tiny_llama).items():
+        zeros_per_row = (lin.weight == 0).sum(1)
+        assert torch.all(zeros_per_row == int(lin.in_features * 0.5)), name
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "gblm"])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+def test_saved_nm_weights_have_at_most_n_nonzeros_per_group(tiny_llama, method, pattern, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    n, m = parse_pattern(pattern)
+    w = windows()
+    g = grads(tiny_llama, w) if method == "gblm" else None
+    prune_model(tiny_llama, method=method, sparsity=0.5, pattern=pattern, windows=w, gradients=g, grad_nsamples=8,
+                blocksize=16)
+    tiny_llama.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for name, lin in block_linears(reloaded).items():
+        groups = (lin.weight != 0).reshape(lin.out_features, -1, m).sum(-1)
+        assert int(groups.max()) <= n, name
+
+
+def test_magnitude_uses_one_threshold_per_matrix(tiny_llama):
+    before = {k: v.weight.detach().clone() for k, v in block_linears(tiny_llama).items()}
+    prune_model(tiny_llama, method="magnitude", sparsity=0.3)
+    for name, lin in block_linears(tiny_llama).items():
+        kept = before[name][lin.weight != 0].abs()
+        cut = before[name][lin.weight == 0].abs()
+        assert cut.max() <= kept.min()
+        assert int((lin.weight == 0).sum()) == int(lin.weight.numel() * 0.3)
+
+
+def test_gblm_with_alpha_zero_gives_wandas_masks(tiny_llama):
+    import copy
+
+    w = windows()
+    a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    prune_model(a, method="wanda", sparsity=0.5, windows=w)
+    prune_model(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=0.0)
+    for (na, la), (nb, lb) in zip(block_linears(a).items(), block_linears(b).items()):
+        assert torch.equal(la.weight == 0, lb.weight == 0), na
+
+
+def test_gblm_gradient_term_changes_the_masks(tiny_llama):
+    import copy
+
+    w = windows()
+    a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    prune_model(a, method="wanda", sparsity=0.5, windows=w)
+    prune_model(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=1e4)
+    assert any(not torch.equal(la.weight == 0, lb.weight == 0)
+               for la, lb in zip(block_linears(a).values(), block_linears(b).values()))
+
+
+def test_gblm_normalisations_agree_at_the_documented_alpha():
+    g = torch.rand(6, 8)
+    ref = gblm_gradient_term(g, 16, "l2", "reference")
+    rms = gblm_gradient_term(g, 16, "l2", "rms")
+    assert torch.allclose(ref, rms * 100 * 16 ** 0.5, rtol=1e-5)
+
+
+def test_sparsegpt_reconstructs_better_than_wanda_on_correlated_inputs():
+    torch.manual_seed(0)
+    d_in, d_out, tokens = 64, 32, 2048
+    basis = torch.randn(8, d_in)
+    x = torch.randn(tokens, 8) @ basis + 0.05 * torch.randn(tokens, d_in)  # strongly correlated inputs
+    lin = torch.nn.Linear(d_in, d_out, bias=False)
+    w0 = lin.weight.detach().clone()
+    stats = InputStats(lin, hessian=True)
+    stats.add(x.unsqueeze(0))
+    wanda = w0.clone()
+    wanda[mask_per_row(score_wanda(w0, stats.act_norm()), 0.5)] = 0
+    sparsegpt_prune_(lin, stats.hessian, 0.5, None, blocksize=16)
+    assert float((lin.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    err_sgpt = torch.linalg.norm(x @ w0.T - x @ lin.weight.detach().T)
+    err_wanda = torch.linalg.norm(x @ w0.T - x @ wanda.T)
+    assert err_sgpt < err_wanda
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_batched_per_sequence_gradient_norms_equal_a_loop(tiny_llama, norm):
+    tiny_llama = tiny_llama.double()
+    w = windows(n=5)
+    batched = per_sequence_gradient_stats(tiny_llama, w, batch_size=3, norm=norm)
+    loop = {k: torch.zeros_like(v) for k, v in batched.items()}
+    params = dict(tiny_llama.named_parameters())
+    for i in range(w.shape[0]):
+        tiny_llama.zero_grad()
+        ids = w[i : i + 1]
+        tiny_llama(input_ids=ids, labels=ids).loss.backward()
+        for k in loop:
+            g = params[k + ".weight"].grad.float()
+            loop[k] += g * g if norm == "l2" else g.abs()
+    for k in batched:
+        assert torch.allclose(batched[k], loop[k], rtol=1e-4, atol=1e-9), k
+
+
+def test_pruned_model_reloads_with_the_same_logits(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    w = windows()
+    prune_model(tiny_llama, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
+    tiny_llama.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(tiny_llama(input_ids=w).logits, reloaded(input_ids=w).logits)
+    assert sparsity_report(reloaded)["total"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def _tiny(arch):
+    from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config)
+
+    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    cfg = {
+        "llama": lambda: LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common),
+        "mistral": lambda: MistralConfig(intermediate_size=64, num_key_value_heads=2, **common),
+        "qwen2": lambda: Qwen2Config(intermediate_size=64, num_key_value_heads=2, **common),
+        "opt": lambda: OPTConfig(ffn_dim=64, word_embed_proj_dim=32, vocab_size=97, hidden_size=32,
+                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64),
+    }[arch]()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "opt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "gblm"])
+def test_works_from_the_module_structure_of_several_architectures(arch, method):
+    model = _tiny(arch)
+    w = windows()
+    g = per_sequence_gradient_stats(model, w, batch_size=4) if method == "gblm" else None
+    prune_model(model, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8, blocksize=16)
+    rep = sparsity_report(model)
+    assert len(rep) - 1 >= 2 * 6  # every linear of both blocks
+    assert rep["total"]["sparsity"] == pytest.approx(0.5, abs=0.03)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=w).logits).all()
+
+
+def test_offload_mode_gives_the_same_result(tiny_llama):
+    import copy
+
+    w = windows()
+    a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    prune_model(a, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
+    prune_model(b, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16, offload=True)
+    for la, lb in zip(block_linears(a).values(), block_linears(b).values()):
+        assert torch.allclose(la.weight, lb.weight)
+
+
+def test_pruned_outputs_feed_the_next_block(tiny_llama):
+    """Block 1's statistics must come from pruned block 0: pruning block 0 alone changes them."""
+    import copy
+
+    from taylorlab.pruning.structure import capture_block_inputs, find_decoder_layers, find_linears
+
+    w = windows()
+    dense = copy.deepcopy(tiny_llama)
+    prune_model(tiny_llama, method="wanda", sparsity=0.5, windows=w)
+    # recompute block-1 inputs of the pruned model vs the dense model: they differ
+    _, layers_p = find_decoder_layers(tiny_llama)
+    _, layers_d = find_decoder_layers(dense)
+    cp = capture_block_inputs(tiny_llama, w, 8, torch.device("cpu"))
+    cd = capture_block_inputs(dense, w, 8, torch.device("cpu"))
+    with torch.no_grad():
+        hp = layers_p[0](cp[0][0], **cp[0][1])
+        hd = layers_d[0](cd[0][0], **cd[0][1])
+    hp = hp[0] if isinstance(hp, tuple) else hp
+    hd = hd[0] if isinstance(hd, tuple) else hd
+    assert not torch.allclose(hp, hd)
+    assert find_linears(layers_p[1])
+
+
+@pytest.mark.parametrize("bad", ["3:2", "0:4", "2-4", "half"])
+def test_bad_patterns_are_one_line_config_errors(bad):
+    with pytest.raises(ConfigError) as err:
+        parse_pattern(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_nm_mask_keeps_the_highest_scores():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.1, 0.2, 0.3, 0.4]])
+    mask = mask_nm(scores, 2, 4)
+    assert mask.tolist() == [[False, True, False, True, True, True, False, False]]
+
+
+def test_gblm_score_formula():
+    w = torch.tensor([[1.0, -2.0]])
+    s = score_gblm(w, torch.tensor([3.0, 1.0]), torch.tensor([[0.5, 2.0]]), alpha=2.0)
+    assert torch.allclose(s, torch.tensor([[1 * 3 + 2 * 1 * 0.5, 2 * 1 + 2 * 2 * 2.0]]))
