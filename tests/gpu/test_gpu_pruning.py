@@ -1,0 +1,53 @@
+"""GPU tests: skipped without CUDA (CI has none); run on the lent H200 (see benchmarks/README)."""
+
+import copy
+
+import pytest
+import torch
+
+from taylorlab.pruning import per_sequence_gradient_stats, prune_model
+from taylorlab.pruning.structure import block_linears
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _model():
+    from taylorlab.models import build_llama
+
+    return build_llama(257, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=128, seed=0)
+
+
+def _windows():
+    return torch.randint(0, 257, (12, 64), generator=torch.Generator().manual_seed(0))
+
+
+def test_gradient_norms_on_gpu_match_cpu():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _model(), _windows()
+    cpu = per_sequence_gradient_stats(m, w, batch_size=4)
+    gpu = per_sequence_gradient_stats(copy.deepcopy(m).cuda(), w, batch_size=4, device=torch.device("cuda"))
+    for k in cpu:
+        assert torch.allclose(cpu[k], gpu[k].cpu(), rtol=1e-3, atol=1e-8), k
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_offload_on_gpu_equals_resident_on_gpu(method):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _model(), _windows()
+    a, b = copy.deepcopy(m), copy.deepcopy(m)
+    prune_model(a, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32)
+    prune_model(b, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32, offload=True)
+    assert next(iter(block_linears(b).values())).weight.device.type == "cpu"
+    for (n, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
+        assert torch.allclose(la.weight.cpu(), lb.weight.cpu(), atol=1e-5), n
+
+
+def test_wanda_masks_on_gpu_match_cpu():
+    m, w = _model(), _windows()
+    a, b = copy.deepcopy(m), copy.deepcopy(m)
+    prune_model(a, method="wanda", sparsity=0.5, windows=w)
+    prune_model(b, method="wanda", sparsity=0.5, windows=w, device=torch.device("cuda"))
+    agree = [float(((la.weight == 0) == (lb.weight.cpu() == 0)).float().mean())
+             for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
+    assert min(agree) > 0.999
