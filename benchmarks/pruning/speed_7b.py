@@ -59,12 +59,11 @@ def main():
                "runs": []}
     runs = [(m, False) for m in args.methods.split(",") if m] + [(m, True) for m in args.offload_methods.split(",") if m]
     for method, offload in runs:
+        model.to("cuda")
+        reinit(model)  # fresh random weights for every run (never uninitialised memory)
         if offload:
             model.to("cpu")
             torch.cuda.empty_cache()
-        else:
-            model.to("cuda")
-            reinit(model)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
