@@ -10,7 +10,7 @@ from taylorlab.config import register_configs
 from taylorlab.config.schema import validate
 from taylorlab.errors import ConfigError
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 CONF = ROOT / "conf"
 register_configs()

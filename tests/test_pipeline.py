@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ENTRY, ROOT, run_cli
+from helpers import ENTRY, ROOT, run_cli
 
 pytestmark = pytest.mark.integration
 FAST = ["debug=fast"]

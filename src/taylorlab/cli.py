@@ -99,8 +99,11 @@ def run_pipeline(cfg) -> Optional[str]:
     ran = [s.node for s in plan.stages.values() if s.action == "run"]
     skipped = [s.node for s in plan.stages.values() if s.action == "skip"]
     if not cfg.dry_run:
-        print(f"[taylorlab] {plan.run_dir}: ran {len(ran)} stage(s) {', '.join(ran) or '-'}; "
+        verb = "submitted" if cfg.launcher.name == "slurm" and not cfg.launcher.wait else "ran"
+        print(f"[taylorlab] {plan.run_dir}: {verb} {len(ran)} stage(s) {', '.join(ran) or '-'}; "
               f"skipped {len(skipped)} done")
+        if verb == "submitted":
+            print(f"[taylorlab] follow it with: taylorlab status {plan.run_dir}")
     return str(plan.run_dir)
 
 

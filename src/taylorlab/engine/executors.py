@@ -97,11 +97,54 @@ def slurm_parameters(ps: PlannedStage, cfg: DictConfig) -> Dict:
     return params
 
 
+LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+               "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+
+
+def slurm_job_state(job_id: str) -> str:
+    """The job's state: squeue first (slurmctld knows a new job at once; sacct learns of it through
+    slurmdbd a moment later), then sacct for ended jobs; ``UNKNOWN`` when neither answers."""
+    import subprocess
+
+    for cmd in (["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+                ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out:
+            return out[0]
+    return "UNKNOWN"
+
+
+class _Submitted:
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+
+
 def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
+    import json
+
     import submitit
 
     jobs: Dict[str, object] = {}
     for ps in plan.to_run():
+        sub = ps.dir / "submission.json"
+        if sub.exists() and ps.reason != "(forced)":
+            try:
+                old = json.loads(sub.read_text())["job_id"]
+            except (OSError, ValueError, KeyError):
+                old = None
+            state = slurm_job_state(old) if old else "UNKNOWN"
+            for _ in range(120):  # a job that is ending (e.g. just cancelled) decides nothing yet
+                if state != "COMPLETING":
+                    break
+                time.sleep(0.5)
+                state = slurm_job_state(old)
+            if old and state in LIVE_STATES:
+                jobs[ps.node] = _Submitted(old)  # still queued or running: do not duplicate it
+                log.info("%s is already Slurm job %s (%s); not resubmitted", ps.node, old, slurm_job_state(old))
+                continue
         ex = submitit.AutoExecutor(folder=str(ps.dir / "submitit"), cluster="slurm")
         deps = [jobs[p].job_id for p in ps.parents.values() if p in jobs]
         extra = dict(OmegaConf.to_container(cfg.launcher.additional_parameters, resolve=True))
@@ -119,13 +162,34 @@ def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
                                                         "submitted": time.time(), "parameters": slurm_parameters(ps, cfg)})
         log.info("submitted %s as Slurm job %s (after %s)", ps.node, job.job_id, ",".join(deps) or "-")
     if cfg.launcher.wait:
-        for name, job in jobs.items():
-            try:
-                job.result()
-            except Exception as exc:  # noqa: BLE001
-                d = plan.stages[name].dir
-                cause = failure_cause(d) if (d / "FAILED").exists() else str(exc).strip().splitlines()[-1]
-                raise StageFailed(f"stage {name} failed: {cause} (log: {d / 'stage.log'})") from exc
+        wait_for_slurm(plan, {n: j.job_id for n, j in jobs.items()}, cfg.launcher.poll_interval_s)
+
+
+def wait_for_slurm(plan: Plan, job_ids: Dict[str, str], poll_s: float) -> None:
+    """Block until every job has ended; raise for the first stage that failed (its dependents were
+    cancelled by Slurm through --kill-on-invalid-dep)."""
+    pending = dict(job_ids)
+    failed = []
+    while pending:
+        for name, jid in list(pending.items()):
+            d = plan.stages[name].dir
+            if (d / "DONE").exists():
+                del pending[name]
+                continue
+            state = slurm_job_state(jid)
+            if state not in LIVE_STATES and state != "UNKNOWN":
+                if state != "COMPLETED" or not (d / "DONE").exists():
+                    failed.append((name, state))
+                del pending[name]
+        time.sleep(max(poll_s, 0.5))
+    real = [(n, s) for n, s in failed if (plan.stages[n].dir / "FAILED").exists()] or failed
+    if real:
+        name, state = real[0]
+        d = plan.stages[name].dir
+        cause = failure_cause(d) if (d / "FAILED").exists() else f"Slurm job ended {state}"
+        others = ", ".join(n for n, _ in failed if n != name)
+        raise StageFailed(f"stage {name} failed: {cause} (log: {d / 'stage.log'})"
+                          + (f"; cancelled or not run because of it: {others}" if others else ""))
 
 
 _EXECUTORS: Dict[str, Callable] = {"inline": run_inline, "local": run_local, "slurm": run_slurm}

@@ -10,6 +10,16 @@ def _stage_dirs(run_dir: Path):
     return sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and "-" in p.name and not p.name.startswith("."))
 
 
+def _slurm_state(job_id) -> str:
+    import shutil
+
+    if not shutil.which("squeue"):
+        return "submitted"
+    from taylorlab.engine.executors import slurm_job_state
+
+    return slurm_job_state(job_id)
+
+
 def stage_status(run_dir: Path) -> List[Dict]:
     """One row per stage directory: node, hash, state (done / failed / submitted / running / incomplete)."""
     rows = []
@@ -29,8 +39,9 @@ def stage_status(run_dir: Path) -> List[Dict]:
             except (OSError, ValueError):
                 pass
         elif (d / "submission.json").exists():
-            state = "submitted"
-            detail = f"job {json.loads((d / 'submission.json').read_text()).get('job_id')}"
+            job_id = json.loads((d / "submission.json").read_text()).get("job_id")
+            state = f"slurm {_slurm_state(job_id).lower()}"
+            detail = f"job {job_id}"
         elif (d / "checkpoints").exists():
             state = "interrupted (resumable)"
         rows.append({"node": node, "hash": h, "state": state, "detail": detail, "dir": str(d),

@@ -32,7 +32,7 @@ def configure_wandb_env(run_dir: Path, mode: str) -> str:
     ):
         path = base / sub if sub else base
         path.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault(var, str(path))
+        os.environ[var] = str(path)  # always this run's tree (a previous run in this process set them too)
     mode = os.environ.get("WANDB_MODE") or mode
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,0 +1,109 @@
+"""The engine on a real Slurm cluster (slurm/start.sh): same results as local, afterok chains,
+failures cancel dependents, impossible requests refused at submit time, scancel then resume."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+pytestmark = pytest.mark.slurm
+FAST = ["debug=fast"]
+
+
+def stage_dir(out, run, node):
+    (d,) = [p for p in (Path(out) / run).glob(f"{node}-*") if p.is_dir()]
+    return d
+
+
+def sacct_state(job_id):
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"], capture_output=True, text=True)
+    return out.stdout.split()[0] if out.stdout.split() else "UNKNOWN"
+
+
+def test_graph_through_slurm_matches_local(slurm_cluster, tmp_path):
+    args = FAST + ["stages=[train,evaluate_dense]"]
+    run_cli(args + ["run=local", "launcher=local"], tmp_path, check=True)
+    t0 = time.time()
+    run_cli(args + ["run=viaslurm", "launcher=slurm", "launcher.wait=true"], tmp_path, check=True)
+    assert time.time() - t0 < 240
+    a = json.loads((stage_dir(tmp_path, "local", "evaluate_dense") / "result.json").read_text())
+    b = json.loads((stage_dir(tmp_path, "viaslurm", "evaluate_dense") / "result.json").read_text())
+    assert a["ppl"] == b["ppl"] and a["tokens"] == b["tokens"]
+    # each stage was its own Slurm job, chained with afterok on its parents
+    sub = json.loads((stage_dir(tmp_path, "viaslurm", "train") / "submission.json").read_text())
+    parents = [json.loads((stage_dir(tmp_path, "viaslurm", n) / "submission.json").read_text())["job_id"]
+               for n in ("data", "base_model")]
+    assert sub["dependencies"] == [parents[0], parents[1]] or set(sub["dependencies"]) == set(parents)
+    prov = json.loads((stage_dir(tmp_path, "viaslurm", "train") / "provenance.json").read_text())
+    assert prov["job_id"] == sub["job_id"]
+    assert sacct_state(sub["job_id"]) == "COMPLETED"
+    status = subprocess.run([sys.executable, "-m", "taylorlab.cli", "status", str(tmp_path / "viaslurm")],
+                            capture_output=True, text=True)
+    assert status.stdout.count(" done ") >= 4
+
+
+def test_failed_stage_cancels_its_dependents(slurm_cluster, tmp_path):
+    proc = run_cli(FAST + ["run=fail", "launcher=slurm", "launcher.wait=true", "model=llama2_7b",
+                           "model.name_or_path=/nonexistent/llama", "stages=[evaluate_dense]"], tmp_path,
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "stage base_model failed" in err[0] and "/nonexistent/llama" in err[0]
+    ev = json.loads((stage_dir(tmp_path, "fail", "evaluate_dense") / "submission.json").read_text())
+    for _ in range(40):
+        if sacct_state(ev["job_id"]) not in ("PENDING", "RUNNING"):
+            break
+        time.sleep(0.5)
+    assert sacct_state(ev["job_id"]) == "CANCELLED"
+    assert not (stage_dir(tmp_path, "fail", "evaluate_dense") / "DONE").exists()
+
+
+def test_impossible_resources_are_refused_at_submit_time(slurm_cluster, tmp_path):
+    t0 = time.time()
+    proc = run_cli(FAST + ["run=huge", "launcher=slurm", "stages=[data]", "data.resources.cpus=512"], tmp_path)
+    assert proc.returncode == 2 and time.time() - t0 < 60
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "Slurm refused stage data" in err[0]
+    assert not (stage_dir(tmp_path, "huge", "data") / "submission.json").exists()
+
+
+def test_stand_in_gpu_request_is_scheduled(slurm_cluster, tmp_path):
+    """GPU requests reach Slurm's GRES (the node's 'GPUs' are character-device stand-ins)."""
+    proc = run_cli(FAST + ["run=gres", "launcher=slurm", "launcher.wait=true", "stages=[data]",
+                           "data.resources.gpus=1"], tmp_path, check=True)
+    sub = json.loads((stage_dir(tmp_path, "gres", "data") / "submission.json").read_text())
+    assert sub["parameters"]["slurm_gres"] == "gpu:1"
+    assert sacct_state(sub["job_id"]) == "COMPLETED"
+
+
+def test_submit_returns_rerun_does_not_duplicate_and_scancel_then_rerun_resumes(slurm_cluster, tmp_path):
+    # long enough that it cannot finish in the KillWait seconds between scancel's SIGTERM and SIGKILL
+    args = FAST + ["run=resume", "launcher=slurm", "stages=[train]", "data.max_train_docs=2500", "train.max_batches=2000",
+                   "train.checkpoint_every=5"]
+    t0 = time.time()
+    run_cli(args, tmp_path, check=True)
+    assert time.time() - t0 < 30  # submitting returns at once
+    train = stage_dir(tmp_path, "resume", "train")
+    first = json.loads((train / "submission.json").read_text())["job_id"]
+    run_cli(args, tmp_path, check=True)  # the same command while it is queued/running
+    assert json.loads((train / "submission.json").read_text())["job_id"] == first
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(train.glob("checkpoints/step-*/meta.json")):
+        time.sleep(0.3)
+    assert list(train.glob("checkpoints/step-*/meta.json")), "no checkpoint before the deadline"
+    subprocess.run(["scancel", first], check=True)
+    for _ in range(60):
+        if sacct_state(first) not in ("PENDING", "RUNNING", "COMPLETING"):
+            break
+        time.sleep(0.5)
+    assert not (train / "DONE").exists()
+    run_cli(args + ["launcher.wait=true"], tmp_path, check=True)
+    second = json.loads((train / "submission.json").read_text())["job_id"]
+    assert second != first and (train / "DONE").exists()
+    assert "resumed from step-" in (train / "stage.log").read_text()
