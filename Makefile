@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/taylorlab report outputs/demo
 
 test: $(STAMP)
-	bash slurm/ensure-packages.sh
+	bash scripts/ensure-test-packages.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean-demo:

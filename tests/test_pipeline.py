@@ -24,18 +24,22 @@ def stage_dirs(out, run, node):
 
 def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     first = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 8 stage(s)" in first.stdout
-    for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "report"):
+    assert "ran 10 stage(s)" in first.stdout
+    for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "record",
+                 "estimate", "report"):
         (d,) = stage_dirs(tmp_path, "e2e", node)
         assert (d / "DONE").exists() and (d / "manifest.json").exists(), node
     res = json.loads(next(iter(stage_dirs(tmp_path, "e2e", "evaluate_pruned")))
                      .joinpath("result.json").read_text())
     assert res["recipe"]["method"] == "gblm" and res["ppl"] > 1 and res["seq_len"] == 32
+    est = json.loads(stage_dirs(tmp_path, "e2e", "estimate")[0].joinpath("estimates.json").read_text())
+    assert {r["estimator"] for r in est["fidelity"]} == {"none", "fut", "fut-carry"}
+    assert len(est["orders"]) == 5 and all(o["true_loss"] > 0 for o in est["orders"])
     spars = json.loads(stage_dirs(tmp_path, "e2e", "prune")[0].joinpath("sparsity.json").read_text())
     assert abs(spars["total"]["sparsity"] - 0.5) < 0.01
     t0 = time.time()
     second = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 0 stage(s)" in second.stdout and "skipped 8 done" in second.stdout
+    assert "ran 0 stage(s)" in second.stdout and "skipped 10 done" in second.stdout
     assert "skip train: done with the same hash" in second.stdout + second.stderr
     assert time.time() - t0 < 30
     forced = run_cli(FAST + ["run=e2e", "launcher=inline", "prune.method=gblm", "force=prune"], tmp_path, check=True)

@@ -128,6 +128,37 @@ class PruneConfig:
 
 
 @dataclass
+class RecordConfig:
+    """The reference run of the order-effect experiments (every step kept; small models)."""
+
+    seq_len: int = 32
+    batch_size: int = 4
+    num_batches: int = 16  # T
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    validation_batches: int = 8
+    dtype: str = "float64"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class EstimateConfig:
+    estimators: List[str] = field(default_factory=lambda: ["none", "fut", "fut-carry"])
+    num_orders: int = 16  # K held-out random orders
+    seed: int = 1
+    heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
+    orders: List[List[int]] = field(default_factory=list)  # explicit queries
+    retrain_batched: bool = True
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
 class ReportConfig:
     title: str = "taylorlab run"
     resources: Resources = field(default_factory=Resources)
@@ -172,6 +203,8 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
@@ -227,5 +260,17 @@ def validate(cfg: Any) -> None:
     if not (0.0 < p.sparsity < 1.0):
         raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
     parse_pattern(p.pattern)
+    r = cfg.record
+    _choice("record.schedule", r.schedule, ("cosine", "constant"))
+    _choice("record.dtype", r.dtype, ("float32", "float64"))
+    for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches"):
+        _positive(f"record.{key}", r[key])
+    e = cfg.estimate
+    for name in e.estimators:
+        _choice("estimate.estimators", name, ("none", "fut", "fut-carry"))
+    for name in e.heuristics:
+        _choice("estimate.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
+    if e.num_orders < 2 and not e.orders:
+        raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
     if p.method == "gblm" and not c.gradients:
         raise ConfigError("prune.method=gblm needs calibrate.gradients=true (GBLM scores use the gradient norms).")

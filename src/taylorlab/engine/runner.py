@@ -296,6 +296,9 @@ def execute(graph: Graph, cfg: DictConfig) -> Plan:
         return plan
     check_devices(plan, cfg.launcher.name)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(plan.run_dir / "plans.jsonl", "a", encoding="utf-8") as fh:  # cache hits for the report
+        fh.write(json.dumps({"time": time.time(), "launcher": cfg.launcher.name,
+                             "actions": {s.dir.name: s.action for s in plan.stages.values()}}) + "\n")
     for s in plan.to_run():
         if s.reason == "(forced)" and (s.dir / DONE).exists():
             (s.dir / DONE).unlink()

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Dict, List
@@ -83,27 +82,7 @@ def format_table(rows: List[Dict]) -> str:
 
 
 def write_html(run_dirs: List[Path], path: Path, title: str = "taylorlab results") -> Path:
-    from taylorlab.io import atomic_write_text
+    """The self-contained results page (see taylorlab.report.dashboard)."""
+    from taylorlab.report.dashboard import write_dashboard
 
-    rows = collect_results(run_dirs)
-    status = [dict(s, run=Path(rd).name) for rd in run_dirs for s in stage_status(Path(rd))]
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("run", "method", "pattern", "sparsity", "split",
-                                                                          "seq_len"))
-        + f"<td class=num>{float(r['ppl']):.3f}</td></tr>" for r in rows
-    ) or "<tr><td colspan=7>No evaluate stage has finished yet.</td></tr>"
-    srows = "".join(
-        f"<tr><td>{html.escape(s['run'])}</td><td>{html.escape(s['node'])}</td><td>{s['hash']}</td>"
-        f"<td class={html.escape(s['state'].split()[0])}>{html.escape(s['state'])}</td><td>{html.escape(s['detail'])}</td>"
-        f"<td><a href='file://{html.escape(s['log'])}'>stage.log</a></td></tr>" for s in status
-    )
-    page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-.num{{text-align:right}}.done{{color:#070}}.failed{{color:#a00}}</style></head><body>
-<h1>{html.escape(title)}</h1><h2>Perplexity</h2>
-<table><tr><th>run</th><th>method</th><th>pattern</th><th>sparsity</th><th>split</th><th>seq len</th><th>perplexity</th></tr>{cells}</table>
-<h2>Stages</h2><table><tr><th>run</th><th>stage</th><th>hash</th><th>state</th><th>detail</th><th>log</th></tr>{srows}</table>
-<script type="application/json" id="results">{html.escape(json.dumps(rows))}</script>
-</body></html>"""
-    atomic_write_text(path, page)
-    return path
+    return write_dashboard(run_dirs, path, title)

@@ -11,6 +11,8 @@ TRAIN = StageSpec("train", "taylorlab.stages.train:run", "AdamW in an explicit b
 EVALUATE = StageSpec("evaluate", "taylorlab.stages.evaluate:run", "perplexity in non-overlapping windows")
 CALIBRATE = StageSpec("calibrate", "taylorlab.stages.calibrate:run", "calibration windows and gradient norms")
 PRUNE = StageSpec("prune", "taylorlab.stages.prune:run", "magnitude / Wanda / SparseGPT / GBLM")
+RECORD = StageSpec("record", "taylorlab.stages.record:run", "the reference run, every step kept, for order estimates")
+ESTIMATE = StageSpec("estimate", "taylorlab.stages.estimate:run", "order estimators against real retraining")
 REPORT = StageSpec("report", "taylorlab.stages.report:run", "tables and a page of this pipeline's results")
 
 # the model under study: the trained model when train is part of the run, else the base model
@@ -25,10 +27,13 @@ GRAPH = Graph(
         Node("calibrate", CALIBRATE, parents={"data": ("data",), "model": STUDIED}),
         Node("prune", PRUNE, parents={"calibrate": ("calibrate",), "model": STUDIED}),
         Node("evaluate_pruned", EVALUATE, parents={"data": ("data",), "model": ("prune",)}, config="evaluate"),
+        Node("record", RECORD, parents={"data": ("data",), "model": ("base_model",)}),
+        Node("estimate", ESTIMATE, parents={"record": ("record",)}),
         Node(
             "report", REPORT,
-            parents={"dense": ("evaluate_dense",), "pruned": ("evaluate_pruned",), "train": ("train",)},
-            optional_parents=("dense", "pruned", "train"),
+            parents={"dense": ("evaluate_dense",), "pruned": ("evaluate_pruned",), "train": ("train",),
+                     "orders": ("estimate",)},
+            optional_parents=("dense", "pruned", "train", "orders"),
         ),
     ]
 )

@@ -1,0 +1,92 @@
+"""A model as a function of one flat parameter vector, and an exact functional AdamW step.
+
+The reference run, the estimators and retraining all use these same functions, so the reference
+order is reproduced bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch.func import functional_call, grad, jvp
+
+
+@dataclass(frozen=True)
+class AdamHP:
+    betas: Tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None
+
+
+def adam_step(theta, m, v, g, step: int, lr: float, hp: AdamHP):
+    """One AdamW step (decoupled weight decay, bias correction; ``step`` counts from 1).
+    Gradient clipping by global norm, when set, is part of the step. Works on [d] or [K, d]."""
+    if hp.grad_clip:
+        norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+        g = g * torch.clamp(hp.grad_clip / (norm + 1e-6), max=1.0)
+    b1, b2 = hp.betas
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    mhat = m / (1 - b1 ** step)
+    vhat = v / (1 - b2 ** step)
+    theta = theta * (1 - lr * hp.weight_decay) - lr * mhat / (torch.sqrt(vhat) + hp.eps)
+    return theta, m, v
+
+
+class FlatModel:
+    """``loss(theta, batch)`` of a Hugging Face causal LM at flat parameters ``theta``."""
+
+    def __init__(self, model: torch.nn.Module):
+        if hasattr(model, "set_attn_implementation"):
+            try:
+                model.set_attn_implementation("eager")  # forward-mode AD (HVPs) through plain ops
+            except Exception:
+                pass
+        self.model = model.eval()
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.buffers: Dict[str, torch.Tensor] = dict(model.named_buffers())
+        self.dim = sum(self.numels)
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).clone()
+
+    def unflatten(self, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for name, shape, n in zip(self.names, self.shapes, self.numels):
+            out[name] = theta[i : i + n].view(shape)
+            i += n
+        return out
+
+    def load(self, theta: torch.Tensor) -> torch.nn.Module:
+        with torch.no_grad():
+            for p, t in zip(self.model.parameters(), self.unflatten(theta).values()):
+                p.copy_(t)
+        return self.model
+
+    def loss(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        params = {**self.unflatten(theta), **self.buffers}
+        logits = functional_call(self.model, params, (), {"input_ids": batch, "use_cache": False}).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                 batch[:, 1:].reshape(-1))
+
+    def grad(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        return grad(self.loss)(theta, batch)
+
+    def hvp(self, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """H(theta, batch) @ vec, exact (forward-over-reverse)."""
+        return jvp(lambda th: grad(self.loss)(th, batch), (theta,), (vec,))[1]
+
+    @torch.no_grad()
+    def eval_loss(self, theta: torch.Tensor, batches: torch.Tensor) -> float:
+        return float(sum(self.loss(theta, b) for b in batches) / len(batches))
+
+
+def ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")

@@ -1,0 +1,222 @@
+"""One self-contained HTML page over run directories (a pipeline run or a whole sweep).
+
+No network: the data is embedded as JSON and drawn with inline SVG by a small script (hover for
+values, filter by method and pattern). Sections whose stages have not run say so.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from taylorlab.report.summary import collect_results, stage_status
+
+MAX_CURVE_POINTS = 200
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _curve(stage_dir: Path) -> List[List[float]]:
+    pts = []
+    path = stage_dir / "metrics.jsonl"
+    if not path.exists():
+        return pts
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if "train/loss" in rec and "step" in rec and not rec.get("summary"):
+            pts.append([rec["step"], rec["train/loss"]])
+    if len(pts) > MAX_CURVE_POINTS:
+        stride = len(pts) / MAX_CURVE_POINTS
+        pts = [pts[int(i * stride)] for i in range(MAX_CURVE_POINTS)] + [pts[-1]]
+    return pts
+
+
+def _cache_hits(run_dir: Path) -> Dict[str, int]:
+    hits: Dict[str, int] = {}
+    path = run_dir / "plans.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for name, action in rec.get("actions", {}).items():
+                if action == "skip":
+                    hits[name] = hits.get(name, 0) + 1
+    return hits
+
+
+def collect(run_dirs: List[Path]) -> Dict[str, Any]:
+    stages, curves = [], []
+    for rd in run_dirs:
+        rd = Path(rd)
+        hits = _cache_hits(rd)
+        for s in stage_status(rd):
+            d = Path(s["dir"])
+            manifest = _read_json(d / "manifest.json", {}) or {}
+            prov = _read_json(d / "provenance.json", {}) or {}
+            stages.append({
+                "run": rd.name, "dir": d.name, "node": s["node"], "state": s["state"], "detail": s["detail"],
+                "wall_s": manifest.get("wall_s"), "cache_hits": hits.get(d.name, 0), "log": s["log"],
+                "config": (d / "config.yaml").read_text(encoding="utf-8") if (d / "config.yaml").exists() else "",
+                "provenance": {k: prov.get(k) for k in ("git", "libraries", "host", "job_id", "started", "cuda")},
+            })
+            if s["node"] == "train" and s["state"] == "done":
+                curves.append({"run": rd.name, "stage": d.name, "points": _curve(d)})
+    orders = []
+    for rd in run_dirs:
+        for d in sorted(Path(rd).glob("estimate-*")):
+            est = _read_json(d / "estimates.json") if (d / "DONE").exists() else None
+            if est:
+                orders.append({"run": Path(rd).name, "stage": d.name, **est})
+    return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
+                    "order_estimates": orders, "memorization": [], "curriculum": []})
+
+
+def _finite(obj):
+    """NaN and infinities become null: JSON.parse in the browser rejects them."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}h1{margin-bottom:.2em}
+h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;font-size:14px}
+td,th{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right}.done{color:#070}.failed{color:#a00}
+.empty{color:#777;font-style:italic}.filters label{margin-right:1em}svg text{font-size:11px}
+.best{font-weight:bold;background:#e8f5e9}details pre{background:#f6f6f6;padding:.5em;max-width:90em;overflow:auto}
+"""
+
+_SCRIPT = r"""
+const D = JSON.parse(document.getElementById('taylorlab-data').textContent);
+const COLORS = {dense:'#000', magnitude:'#d62728', wanda:'#1f77b4', sparsegpt:'#2ca02c', gblm:'#9467bd'};
+const NS = 'http://www.w3.org/2000/svg';
+function el(tag, attrs, parent, text){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e;}
+function h(tag, attrs, parent, text){const e=document.createElement(tag);for(const k in (attrs||{}))e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e;}
+function empty(id, why){const p=h('p',{class:'empty'},document.getElementById(id),why);}
+function chart(container, series, xlabel, ylabel, logy){
+  const W=640,H=320,L=60,R=150,T=10,B=40; const svg=el('svg',{width:W,height:H,role:'img'},container);
+  const pts=series.flatMap(s=>s.points); if(!pts.length) return svg;
+  const xs=pts.map(p=>p[0]), ys=pts.map(p=>logy?Math.log10(p[1]):p[1]);
+  let x0=Math.min(...xs),x1=Math.max(...xs),y0=Math.min(...ys),y1=Math.max(...ys); if(x0==x1){x0-=0.5;x1+=0.5;} if(y0==y1){y0-=0.5;y1+=0.5;}
+  const sx=x=>L+(x-x0)/(x1-x0)*(W-L-R), sy=y=>H-B-((logy?Math.log10(y):y)-y0)/(y1-y0)*(H-T-B);
+  el('line',{x1:L,y1:H-B,x2:W-R,y2:H-B,stroke:'#888'},svg); el('line',{x1:L,y1:T,x2:L,y2:H-B,stroke:'#888'},svg);
+  for(let i=0;i<=4;i++){const v=y0+(y1-y0)*i/4; el('text',{x:4,y:sy(logy?Math.pow(10,v):v)+4},svg,(logy?Math.pow(10,v):v).toPrecision(3));
+    const xv=x0+(x1-x0)*i/4; el('text',{x:sx(xv)-10,y:H-B+15},svg,xv.toPrecision(3));}
+  el('text',{x:(W-R)/2,y:H-5},svg,xlabel); el('text',{x:4,y:T+2},svg,'');
+  series.forEach((s,i)=>{const g=el('g',{class:'series','data-name':s.name},svg);
+    const d=s.points.map((p,j)=>(j?'L':'M')+sx(p[0]).toFixed(1)+','+sy(p[1]).toFixed(1)).join(' ');
+    el('path',{d:d,fill:'none',stroke:s.color||'#555','stroke-width':1.5,'stroke-dasharray':s.dash||''},g);
+    s.points.forEach(p=>{const c=el('circle',{cx:sx(p[0]),cy:sy(p[1]),r:s.points.length>60?1.2:4,fill:s.color||'#555',class:'point','data-x':p[0],'data-y':p[1]},g);
+      el('title',{},c,s.name+': '+xlabel+'='+p[0]+', '+ylabel+'='+Number(p[1]).toFixed(3));});
+    el('text',{x:W-R+8,y:T+14+14*i,fill:s.color||'#555'},svg,s.name);});
+  return svg;
+}
+function selected(name){return [...document.querySelectorAll('input[data-filter='+name+']:checked')].map(e=>e.value);}
+function drawSparsity(){
+  const box=document.getElementById('sparsity-chart'); box.innerHTML='';
+  const R=D.results.filter(r=>r.split==='test'||!r.split);
+  if(!R.length){empty('sparsity-chart','No evaluate stage has finished yet (run evaluate_dense / evaluate_pruned).');return;}
+  const methods=selected('method'), patterns=selected('pattern'); const many=new Set(R.map(r=>r.run)).size>1;
+  const groups={}; R.filter(r=>r.method!=='dense'&&methods.includes(r.method)&&patterns.includes(String(r.pattern))).forEach(r=>{
+    const k=JSON.stringify([r.run,r.method,String(r.pattern)]); (groups[k]=groups[k]||[]).push([r.sparsity,r.ppl]);});
+  const series=Object.entries(groups).map(([k,p])=>{const [run,m,pat]=JSON.parse(k);
+    const dense=R.find(r=>r.method==='dense'&&r.run===run); if(dense) p=[[0,dense.ppl],...p]; p.sort((a,b)=>a[0]-b[0]);
+    return {name:(many?run+' ':'')+m+' '+pat,points:p,color:COLORS[m],dash:pat==='unstructured'?'':'4 3'};});
+  if(!series.length) R.filter(r=>r.method==='dense').forEach(d=>series.push({name:d.run+' dense',points:[[0,d.ppl]],color:'#000'}));
+  chart(box,series,'sparsity','perplexity',true);
+}
+function drawTable(){
+  const box=document.getElementById('method-table'); const R=D.results;
+  if(!R.length){empty('method-table','No evaluate stage has finished yet.');return;}
+  const cols=[...new Set(R.filter(r=>r.method!=='dense').map(r=>r.pattern+' @'+r.sparsity))].sort();
+  const t=h('table',{id:'method-pattern-table'},box);
+  const hr=h('tr',{},t); h('th',{},hr,'run'); h('th',{},hr,'method'); cols.forEach(c=>h('th',{},hr,c+' (ppl, ×dense)'));
+  [...new Set(R.map(r=>r.run))].forEach(run=>{const RR=R.filter(r=>r.run===run); const dense=RR.find(r=>r.method==='dense');
+    const best={}; cols.forEach(c=>{best[c]=Math.min(...RR.filter(r=>r.pattern+' @'+r.sparsity===c).map(r=>r.ppl));});
+    [...new Set(RR.map(r=>r.method))].forEach(m=>{const tr=h('tr',{'data-method':m,'data-run':run},t); h('td',{},tr,run); h('td',{},tr,m);
+      if(m==='dense'){h('td',{class:'num',colspan:Math.max(cols.length,1)},tr,dense.ppl.toFixed(3));return;}
+      cols.forEach(c=>{const r=RR.find(r=>r.method===m&&r.pattern+' @'+r.sparsity===c);
+        h('td',{class:'num'+(r&&r.ppl===best[c]?' best':'')},tr, r?(r.ppl.toFixed(3)+(dense?'  ×'+(r.ppl/dense.ppl).toFixed(2):'')):'–');});});});
+}
+function drawCurves(){
+  const box=document.getElementById('training-chart');
+  if(!D.curves.length){empty('training-chart','No train stage has finished (pretrained models are not trained here).');return;}
+  chart(box,D.curves.map((c,i)=>({name:c.run+'/'+c.stage,points:c.points,color:['#1f77b4','#ff7f0e','#2ca02c','#d62728'][i%4]})),'step','train loss',false);
+}
+function drawStages(){
+  const t=h('table',{id:'stage-table'},document.getElementById('stages'));
+  const hr=h('tr',{},t); ['run','stage','state','wall s','cache hits','detail','log','config & provenance'].forEach(x=>h('th',{},hr,x));
+  D.stages.forEach(s=>{const tr=h('tr',{},t); h('td',{},tr,s.run); h('td',{},tr,s.dir); h('td',{class:s.state.split(' ')[0]},tr,s.state);
+    h('td',{class:'num'},tr,s.wall_s==null?'':s.wall_s.toFixed(1)); h('td',{class:'num'},tr,String(s.cache_hits)); h('td',{},tr,s.detail);
+    const a=h('a',{href:'file://'+s.log},h('td',{},tr),'stage.log');
+    const det=h('details',{},h('td',{},tr)); h('summary',{},det,'show'); h('pre',{},det,s.config+'\n'+JSON.stringify(s.provenance,null,1));});
+}
+function filters(){
+  const box=document.getElementById('filters'); const R=D.results.filter(r=>r.method!=='dense');
+  [['method',[...new Set(R.map(r=>r.method))]],['pattern',[...new Set(R.map(r=>String(r.pattern)))]]].forEach(([name,vals])=>{
+    vals.forEach(v=>{const l=h('label',{},box); const i=h('input',{type:'checkbox',value:v,'data-filter':name,checked:''},l); l.append(' '+v); i.addEventListener('change',drawSparsity);});});
+}
+filters(); drawSparsity(); drawTable(); drawCurves(); drawStages();
+function drawOrders(){
+  const box=document.getElementById('order-scatter');
+  if(!D.order_estimates.length){empty('order-scatter','No estimate stage (record -> estimate) is part of these runs.');return;}
+  D.order_estimates.forEach(E=>{
+    h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
+    const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
+    ['estimator','Spearman','Pearson','mean |PPL est − true|','rel. parameter error','wall s','× one retraining'].forEach(x=>h('th',{},hr,x));
+    const f=v=>v==null?'–':Number(v).toPrecision(3);
+    E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); h('td',{},tr,r.estimator);
+      [r.spearman,r.pearson,r.mae_ppl,r.rel_param_error,r.wall_s,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+    h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
+    const cols={'none':'#999','fut':'#d62728','fut-carry':'#1f77b4'};
+    const series=E.fidelity.map(r=>({name:r.estimator,color:cols[r.estimator]||'#555',dash:'0 10000',
+      points:E.orders.map(o=>[Math.exp(o.true_loss),Math.exp(o[r.estimator+'_loss'])]).filter(p=>isFinite(p[1])&&p[1]<1e6)}));
+    const all=E.orders.map(o=>Math.exp(o.true_loss)); series.push({name:'perfect',color:'#ccc',points:[[Math.min(...all),Math.min(...all)],[Math.max(...all),Math.max(...all)]]});
+    chart(box,series,'true perplexity','estimated perplexity',true);});
+}
+drawOrders();
+empty('memorization','No memorization analysis stage is part of these runs yet.');
+empty('curriculum','No curriculum design stage is part of these runs yet.');
+document.body.setAttribute('data-ready','1');
+"""
+
+
+def render(run_dirs: List[Path], title: str = "taylorlab results") -> str:
+    data = collect(run_dirs)
+    blob = json.dumps(data, default=str).replace("</", "<\\/")
+    runs = ", ".join(html.escape(Path(r).name) for r in run_dirs)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1><p>Runs: {runs} · {len(data['results'])} evaluations · {len(data['stages'])} stage directories</p>
+<h2>Pruning: perplexity against sparsity</h2><div class="filters" id="filters"></div><div id="sparsity-chart"></div>
+<h2>Method × pattern against the dense model</h2><div id="method-table"></div>
+<h2>Training-order estimates against retraining</h2><div id="order-scatter"></div>
+<h2>Memorization by position (estimated beside true)</h2><div id="memorization"></div>
+<h2>Curricula</h2><div id="curriculum"></div>
+<h2>Training curves</h2><div id="training-chart"></div>
+<h2>Stages</h2><div id="stages"></div>
+<script type="application/json" id="taylorlab-data">{blob}</script>
+<script>{_SCRIPT}</script></body></html>"""
+
+
+def write_dashboard(run_dirs: List[Path], path: Path, title: str = "taylorlab results") -> Path:
+    from taylorlab.io import atomic_write_text
+
+    atomic_write_text(path, render([Path(r) for r in run_dirs], title))
+    return path

@@ -1,0 +1,41 @@
+"""record: the reference run of T batches for the order-effect estimators — every step's
+parameters and Adam moments, the batch order (identity: batch t at step t), the learning rates."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+from taylorlab.io import atomic_path, atomic_write_json
+from taylorlab.models import load_model_artifact
+from taylorlab.order import AdamHP, FlatModel, record
+from taylorlab.stages.common import save_model, split_tokens
+from taylorlab.training import TrainSettings, make_batches
+from taylorlab.training.trainer import lr_lambda
+
+
+def run(ctx):
+    c = ctx.cfg
+    model, tok = load_model_artifact(ctx.artifact("model", "model"), dtype="float32")
+    model = model.to(torch.float64 if c.dtype == "float64" else torch.float32)
+    batches = make_batches(split_tokens(ctx, "train", tok), c.seq_len, c.batch_size, c.num_batches)
+    val = make_batches(split_tokens(ctx, "validation", tok), c.seq_len, c.batch_size, c.validation_batches)
+    T = batches.shape[0]
+    sched = lr_lambda(TrainSettings(lr=c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule,
+                                    min_lr_ratio=c.min_lr_ratio), T)
+    lrs = [c.lr * sched(t) for t in range(T)]
+    hp = AdamHP(betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+    flat = FlatModel(model)
+    traj = record(flat, batches, list(range(T)), lrs, hp)
+    ref_val = flat.eval_loss(traj.thetas[-1], val)
+    with atomic_path(ctx.dir / "trajectory.safetensors") as tmp:
+        save_file({"thetas": traj.thetas.contiguous(), "ms": traj.ms.contiguous(), "vs": traj.vs.contiguous(),
+                   "batches": batches.contiguous(), "validation": val.contiguous()}, str(tmp))
+    atomic_write_json(ctx.dir / "trajectory.json", {"order": traj.order, "lrs": lrs, "betas": list(hp.betas),
+                                                    "eps": hp.eps, "weight_decay": hp.weight_decay,
+                                                    "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
+                                                    "reference_validation_loss": ref_val, "dtype": c.dtype})
+    save_model(model.float(), tok, ctx.dir / "model")  # the architecture (initial weights) for the estimators
+    ctx.tracker.summary({"record/T": T, "record/parameters": flat.dim, "record/validation_loss": ref_val})
+    ctx.log.info("recorded %d steps of a %d-parameter model; reference validation loss %.4f", T, flat.dim, ref_val)
+    return {"trajectory": "trajectory.safetensors", "meta": "trajectory.json", "model": "model"}

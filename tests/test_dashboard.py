@@ -1,0 +1,78 @@
+"""The results page, rendered in a real headless Chromium from a real small pipeline run."""
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by slurm/ensure-packages.sh")
+
+
+def png_pixels_vary(path: Path) -> bool:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    idat, pos = b"", 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    return len(set(raw[i] for i in range(0, len(raw), 7))) > 8
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dash")
+    run_cli(["debug=fast", "-m", "run=dash", "launcher=inline", "prune.method=wanda,sparsegpt",
+             "prune.pattern=unstructured,2:4"], out, check=True)
+    page = out / "page.html"
+    subprocess.run([sys.executable, "-m", "taylorlab.cli", "report", str(out / "dash"), "-o", str(page)], check=True,
+                   capture_output=True)
+    return out, page
+
+
+def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
+    out, page = sweep
+    results = [json.loads(p.read_text()) for p in (out / "dash").glob("evaluate_*/result.json")]
+    assert len(results) == 5  # dense + 2 methods x 2 patterns
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'prof'}", "--enable-logging=stderr", "--v=0",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert 'data-ready="1"' in dom.stdout  # the script ran to the end
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    drawn = {round(float(y), 6) for y in re.findall(r'class="point" data-x="[^"]*" data-y="([^"]+)"', dom.stdout)}
+    for r in results:
+        assert round(r["ppl"], 6) in drawn, r["ppl"]
+    assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
+    assert "No order-effect stage" in dom.stdout  # empty sections say why
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'prof2'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and png_pixels_vary(shot)
+
+
+def test_page_of_a_hundred_runs_stays_small(sweep, tmp_path):
+    from taylorlab.report.dashboard import render
+
+    out, _ = sweep
+    runs = []
+    for i in range(100):  # the same real run directory laid out 100 times: a 100-member sweep
+        dst = tmp_path / f"r{i:03d}"
+        shutil.copytree(out / "dash", dst, ignore=shutil.ignore_patterns(
+            "model", "*.safetensors", "wandb", ".hydra", "tokenizer", "submitit", ".hf-datasets",
+            "train.jsonl", "validation.jsonl", "calibration.jsonl", "test.jsonl"))
+        runs.append(dst)
+    html = render(runs)
+    assert len(html.encode()) < 5 * 2**20
