@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -28,13 +27,9 @@ def machine() -> dict:
 
 
 def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy", "gguf", "accelerate")) -> dict:
-    out = {}
-    for n in names:
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    from taylorlab.engine.provenance import library_versions  # stdlib only: no engine dependencies
+
+    return library_versions(names)
 
 
 def git_commit() -> str:

@@ -107,3 +107,18 @@ def test_submit_returns_rerun_does_not_duplicate_and_scancel_then_rerun_resumes(
     second = json.loads((train / "submission.json").read_text())["job_id"]
     assert second != first and (train / "DONE").exists()
     assert "resumed from step-" in (train / "stage.log").read_text()
+
+
+def test_hydra_submitit_sweep_shares_upstream_stages(slurm_cluster, tmp_path):
+    """A sweep of whole pipelines, one Slurm job per member (hydra-submitit-launcher); members
+    share the cached upstream stages (one calibrate for all pruning methods)."""
+    proc = run_cli(FAST + ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "run=hsweep",
+                           "launcher=inline", "stages=[evaluate_pruned]", "prune.method=magnitude,wanda"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Path(tmp_path) / "hsweep"
+    assert len(list(run.glob("calibrate-*/DONE"))) == 1
+    assert len(list(run.glob("prune-*/DONE"))) == 2
+    assert len(list(run.glob("evaluate_pruned-*/DONE"))) == 2
+    jobs = {json.loads(p.read_text())["job_id"] for p in run.glob("prune-*/provenance.json")}
+    assert len(jobs) == 2 and all(jobs)  # each member ran as its own Slurm job

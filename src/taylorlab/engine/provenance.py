@@ -29,9 +29,10 @@ def git_state(cwd: Path | None = None) -> Dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def library_versions() -> Dict[str, str]:
+def library_versions(names=_LIBS) -> Dict[str, str]:
+    """Installed versions of ``names`` (those not installed are left out)."""
     out = {}
-    for name in _LIBS:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
