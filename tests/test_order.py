@@ -91,3 +91,15 @@ def test_bad_queries_are_one_line_errors(bad, words):
     with pytest.raises(TaylorlabError) as err:
         validate_orders([bad], T)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fidelity_table_survives_a_diverged_estimate():
+    from taylorlab.order import fidelity_table
+
+    theta0 = torch.zeros(3)
+    true = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    rows = fidelity_table([1.0, 2.0, 3.0], {"good": [1.1, 2.1, 2.9], "diverged": [1.0, 900.0, 5000.0]}, true,
+                          {"good": true * 1.1, "diverged": true * 1e6}, theta0, {"good": 1.0, "diverged": 1.0}, 1.0)
+    good, diverged = rows
+    assert good["spearman"] == pytest.approx(1.0) and good["mae_ppl"] < 2
+    assert diverged["mae_ppl"] == float("inf") and diverged["rel_param_error"] > 1e5

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List
 
 import torch
+
+from taylorlab.order.functional import ppl
 
 
 def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], true_params: torch.Tensor,
@@ -15,14 +16,14 @@ def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], tru
     mean |PPL_est - PPL_true|, relative parameter error, cost in retraining-equivalents."""
     from scipy.stats import pearsonr, spearmanr
 
-    true_ppl = [math.exp(x) for x in true_loss]
+    true_ppl = [ppl(x) for x in true_loss]
     disp = torch.linalg.vector_norm(true_params - theta0, dim=1)
     rows = []
     for name, est in est_loss.items():
         constant = len(set(round(x, 12) for x in est)) == 1
         sp = float("nan") if constant else float(spearmanr(est, true_loss).statistic)
         pe = float("nan") if constant else float(pearsonr(est, true_loss).statistic)
-        mae = sum(abs(math.exp(e) - t) for e, t in zip(est, true_ppl)) / len(est)
+        mae = sum(abs(ppl(e) - t) for e, t in zip(est, true_ppl)) / len(est)  # inf when an estimate diverged
         rel = float((torch.linalg.vector_norm(est_params[name] - true_params, dim=1) / disp).mean())
         rows.append({"estimator": name, "spearman": sp, "pearson": pe, "mae_ppl": mae, "rel_param_error": rel,
                      "wall_s": cost.get(name), "retrainings_equivalent": (cost.get(name) or 0) / retrain_cost})

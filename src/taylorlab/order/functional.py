@@ -89,4 +89,5 @@ class FlatModel:
 
 
 def ppl(loss: float) -> float:
+    """exp(loss), inf for a diverged estimate (no OverflowError)."""
     return math.exp(loss) if loss < 700 else float("inf")

@@ -3,7 +3,6 @@ each configured estimator and by real retraining (the ground truth), and the fid
 
 from __future__ import annotations
 
-import math
 import random
 import time
 
@@ -12,6 +11,7 @@ from safetensors.torch import load_file
 
 from taylorlab.io import atomic_write_json, read_json
 from taylorlab.models import load_model_artifact
+from taylorlab.order.functional import ppl
 from taylorlab.order import AdamHP, FlatModel, Trajectory, estimate, fidelity_table, retrain, validate_orders
 
 
@@ -67,7 +67,7 @@ def run(ctx):
     for row in table:
         ctx.tracker.summary({f"orders/{row['estimator']}/{k}": v for k, v in row.items() if k != "estimator"})
     ctx.tracker.table("orders/fidelity", list(table[0].keys()), [list(r.values()) for r in table])
-    per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": math.exp(true_loss[i]),
+    per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
     speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if c.retrain_batched else None,
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": traj.T}
