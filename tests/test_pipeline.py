@@ -140,3 +140,42 @@ def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
     assert train_run["summary"]["train/final_loss"] == pytest.approx(final["train/final_loss"])
     assert train_run["config"]["max_batches"] == 12
     assert not list(Path.home().glob(".config/wandb/settings-taylorlab*"))
+
+
+def _records(wandb_bin, run_dir):
+    out = subprocess.run([wandb_bin, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         timeout=120)
+    recs = []
+    for line in out.stdout.splitlines():
+        try:
+            recs.append(json.loads(line))
+        except ValueError:
+            pass
+    return recs
+
+
+def test_wandb_artifacts_with_lineage_images_and_no_secrets(tmp_path):
+    proc = run_cli(FAST + ["run=wba", "launcher=inline", "wandb.mode=offline", "prune.method=gblm"], tmp_path,
+                   env={"WANDB_MODE": "", "WANDB_API_KEY": "sk-secret-123"}, check=True)
+    assert proc.returncode == 0
+    wandb_bin = str(Path(sys.executable).parent / "wandb")
+    run_dir = tmp_path / "wba"
+    by_name = {}
+    for r in sorted((run_dir / "wandb").rglob("offline-run-*")):
+        info = json.loads(subprocess.run([wandb_bin, "leet", "inspect", "--summary", "--json", str(r)],
+                                         capture_output=True, text=True, timeout=120).stdout)
+        by_name[info["name"]] = r
+        assert info["config"] is not None
+    prune_dir = stage_dirs(tmp_path, "wba", "prune")[0]
+    calib_dir = stage_dirs(tmp_path, "wba", "calibrate")[0]
+    arts = [r["artifact"] for r in _records(wandb_bin, by_name["wba/prune"]) if r.get("type") == "artifact"]
+    mine = [a for a in arts if a.get("name") == prune_dir.name]
+    assert mine and mine[0]["type"] == "model"
+    assert calib_dir.name in json.dumps(mine[0])  # lineage recorded (offline: in the metadata)
+    report_summary = json.loads(subprocess.run([wandb_bin, "leet", "inspect", "--summary", "--json",
+                                                str(by_name["wba/report"])], capture_output=True, text=True).stdout)
+    assert "report/perplexity_vs_sparsity" in report_summary["summary"]
+    assert (stage_dirs(tmp_path, "wba", "report")[0] / "order_estimates.png").stat().st_size > 1000
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix not in (".safetensors", ".png", ".bin"):
+            assert b"sk-secret-123" not in f.read_bytes(), f

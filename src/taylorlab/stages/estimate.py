@@ -73,6 +73,8 @@ def run(ctx):
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": traj.T}
     atomic_write_json(ctx.dir / "estimates.json", {"orders": per_order, "fidelity": table, "speed": speed,
                                                    "reference_validation_loss": meta["reference_validation_loss"]})
+    ctx.tracker.artifact(ctx.dir.name, "order-estimates", {"estimates.json": ctx.dir / "estimates.json"},
+                         uses=[p.name for p in ctx.parents.values()], metadata=speed)
     ctx.log.info("fidelity over %d random orders: %s", len(rand),
                  "; ".join(f"{r['estimator']} spearman {r['spearman']:.3f} rel.err {r['rel_param_error']:.3f}" for r in table))
     return {"estimates": "estimates.json"}

@@ -56,6 +56,9 @@ def run(ctx):
     atomic_write_json(ctx.dir / "sparsity.json", report)
     atomic_write_json(ctx.dir / "recipe.json", recipe)
     ctx.tracker.summary({"prune/sparsity": report["total"]["sparsity"], "prune/wall_s": wall})
+    ctx.tracker.artifact(ctx.dir.name, "model", {"model": ctx.dir / "model", "recipe.json": ctx.dir / "recipe.json",
+                                                 "sparsity.json": ctx.dir / "sparsity.json"},
+                         uses=[p.name for p in ctx.parents.values()], metadata=recipe)
     ctx.log.info("%s %s at %.2f: %.4f of block weights are zero (%.1f s)", c.method, c.pattern, c.sparsity,
                  report["total"]["sparsity"], wall)
     return {"model": "model", "sparsity": "sparsity.json", "recipe": "recipe.json"}

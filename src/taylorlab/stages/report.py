@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from taylorlab.io import atomic_write_text
+from taylorlab.io import atomic_path, atomic_write_text, read_json
+from taylorlab.report import figures
 from taylorlab.report import collect_results, format_table, write_html
 
 
@@ -13,4 +14,16 @@ def run(ctx):
     ctx.tracker.table("report/perplexity", ["method", "pattern", "sparsity", "split", "seq_len", "ppl"],
                       [[r["method"], r["pattern"], r["sparsity"], r["split"], r["seq_len"], r["ppl"]] for r in rows])
     write_html([run_dir], ctx.dir / "index.html", title=f"taylorlab run {run_dir.name}")
-    return {"table": "results.txt", "page": "index.html"}
+    artifacts = {"table": "results.txt", "page": "index.html"}
+    with atomic_path(ctx.dir / "perplexity_vs_sparsity.png") as tmp:
+        if figures.perplexity_vs_sparsity(rows, tmp.with_suffix(".png")):
+            artifacts["perplexity_figure"] = "perplexity_vs_sparsity.png"
+    if "perplexity_figure" in artifacts:
+        ctx.tracker.image("report/perplexity_vs_sparsity", ctx.dir / "perplexity_vs_sparsity.png")
+    if "orders" in ctx.parents:
+        estimates = read_json(ctx.parents["orders"] / "estimates.json")
+        with atomic_path(ctx.dir / "order_estimates.png") as tmp:
+            figures.order_scatter(estimates, tmp.with_suffix(".png"))
+        ctx.tracker.image("report/order_estimates", ctx.dir / "order_estimates.png")
+        artifacts["order_figure"] = "order_estimates.png"
+    return artifacts

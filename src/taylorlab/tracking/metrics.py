@@ -111,6 +111,42 @@ class Tracker:
 
             self._wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
 
+    def image(self, key: str, path: Path) -> None:
+        """A figure already written to ``path`` (PNG): recorded locally, logged as a W&B image."""
+        self._write({key: {"image": str(path)}})
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({key: wandb.Image(str(path))})
+
+    def artifact(self, name: str, type: str, files: Dict[str, Path], uses: Iterable[str] = (),
+                 metadata: Optional[Dict[str, Any]] = None) -> None:
+        """Log this stage's output as a W&B artifact named after its stage directory.
+
+        Folders (models) are added by reference (``file://``), so nothing large is copied; small
+        files are added. Lineage: online, the parents' artifacts are declared with ``use_artifact``;
+        offline, where W&B refuses ``use_artifact``, they are recorded in the metadata (``inputs``)."""
+        self._write({"artifact": {"name": name, "type": type, "files": {k: str(v) for k, v in files.items()},
+                                  "inputs": list(uses)}})
+        if self._wandb_run is None:
+            return
+        import wandb
+
+        art = wandb.Artifact(name, type=type, metadata={**(metadata or {}), "inputs": list(uses)})
+        for key, path in files.items():
+            path = Path(path)
+            if path.is_dir():
+                art.add_reference(path.resolve().as_uri(), name=key, checksum=False)
+            else:
+                art.add_file(str(path), name=key)
+        if not self._wandb_run.offline:
+            for u in uses:
+                try:
+                    self._wandb_run.use_artifact(f"{u}:latest")
+                except Exception as exc:  # a parent logged with W&B disabled has no artifact
+                    log.warning("W&B lineage: %s not found (%s)", u, exc)
+        self._wandb_run.log_artifact(art)
+
     def finish(self, failed: bool = False) -> None:
         self._fh.close()
         if self._wandb_run is not None:

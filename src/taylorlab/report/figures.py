@@ -1,0 +1,69 @@
+"""PNG figures of the results (matplotlib, no display): for W&B images and for people who prefer a file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green", "gblm": "tab:purple"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def perplexity_vs_sparsity(rows: List[Dict], path: Path) -> Optional[Path]:
+    """Perplexity against sparsity per method and pattern (the dense model at sparsity 0)."""
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dense = [r for r in rows if r["method"] == "dense"]
+    groups: Dict[tuple, list] = {}
+    for r in rows:
+        if r["method"] != "dense":
+            groups.setdefault((r["method"], str(r["pattern"])), []).append((r["sparsity"], r["ppl"]))
+    for (method, pattern), pts in sorted(groups.items()):
+        pts = sorted(([(0.0, dense[0]["ppl"])] if dense else []) + pts)
+        ax.plot(*zip(*pts), marker="o", color=COLORS.get(method), linestyle="-" if pattern == "unstructured" else "--",
+                label=f"{method} {pattern}")
+    if dense and not groups:
+        ax.plot([0], [dense[0]["ppl"]], "ko", label="dense")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def order_scatter(estimates: Dict, path: Path) -> Optional[Path]:
+    """Estimated against true validation perplexity of every queried order, per estimator."""
+    orders = estimates.get("orders") or []
+    if not orders:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    true = [math.exp(min(o["true_loss"], 50)) for o in orders]
+    for row in estimates.get("fidelity", []):
+        name = row["estimator"]
+        est = [math.exp(min(o[f"{name}_loss"], 50)) for o in orders]
+        ax.scatter(true, est, s=14, label=f"{name} (Spearman {row['spearman']:.2f})" if row["spearman"] == row["spearman"] else name)
+    lo, hi = min(true), max(true)
+    ax.plot([lo, hi], [lo, hi], color="#bbb", linewidth=1)
+    ax.set_xlabel("true perplexity (retrained)")
+    ax.set_ylabel("estimated perplexity")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
