@@ -193,6 +193,7 @@ function drawOrders(){
 drawOrders();
 empty('memorization','No memorization analysis stage is part of these runs yet.');
 empty('curriculum','No curriculum design stage is part of these runs yet.');
+document.body.setAttribute('data-render-ms',String(Math.round(performance.now())));
 document.body.setAttribute('data-ready','1');
 """
 
