@@ -18,6 +18,17 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def perplexity_vs_sparsity(rows: List[Dict], path: Path) -> Optional[Path]:
     """Perplexity against sparsity per method and pattern (the dense model at sparsity 0)."""
     if not rows:
@@ -35,14 +46,7 @@ def perplexity_vs_sparsity(rows: List[Dict], path: Path) -> Optional[Path]:
                 label=f"{method} {pattern}")
     if dense and not groups:
         ax.plot([0], [dense[0]["ppl"]], "ko", label="dense")
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "sparsity", "perplexity", path)
 
 
 def order_scatter(estimates: Dict, path: Path) -> Optional[Path]:
@@ -59,11 +63,4 @@ def order_scatter(estimates: Dict, path: Path) -> Optional[Path]:
         ax.scatter(true, est, s=14, label=f"{name} (Spearman {row['spearman']:.2f})" if row["spearman"] == row["spearman"] else name)
     lo, hi = min(true), max(true)
     ax.plot([lo, hi], [lo, hi], color="#bbb", linewidth=1)
-    ax.set_xlabel("true perplexity (retrained)")
-    ax.set_ylabel("estimated perplexity")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "true perplexity (retrained)", "estimated perplexity", path)
