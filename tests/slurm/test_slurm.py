@@ -122,3 +122,35 @@ def test_hydra_submitit_sweep_shares_upstream_stages(slurm_cluster, tmp_path):
     assert len(list(run.glob("evaluate_pruned-*/DONE"))) == 2
     jobs = {json.loads(p.read_text())["job_id"] for p in run.glob("prune-*/provenance.json")}
     assert len(jobs) == 2 and all(jobs)  # each member ran as its own Slurm job
+
+
+def test_preemption_signal_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
+    """USR2 (what Slurm sends before a time limit or preemption) makes submitit call the stage's
+    checkpoint hook, which requeues the same job; it resumes from the stage's own checkpoint and
+    ends with the same weights as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    args = FAST + ["stages=[train]", "data.max_train_docs=2500", "train.max_batches=2000", "train.checkpoint_every=5"]
+    run_cli(args + ["run=straight", "launcher=inline"], tmp_path, check=True)
+    run_cli(args + ["run=preempt", "launcher=slurm"], tmp_path, check=True)
+    train = stage_dir(tmp_path, "preempt", "train")
+    job = json.loads((train / "submission.json").read_text())["job_id"]
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(train.glob("checkpoints/step-*/meta.json")):
+        time.sleep(0.3)
+    assert list(train.glob("checkpoints/step-*/meta.json")), "no checkpoint before the deadline"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # to the job step, where submitit listens
+    deadline = time.time() + 280
+    while time.time() < deadline and not (train / "DONE").exists():
+        time.sleep(1)
+    assert (train / "DONE").exists(), (train / "stage.log").read_text()[-2000:]
+    assert "resumed from step-" in (train / "stage.log").read_text()
+    a = load_file(str(stage_dir(tmp_path, "straight", "train") / "model" / "model.safetensors"))
+    b = load_file(str(train / "model" / "model.safetensors"))
+    assert all(torch_equal(a[k], b[k]) for k in a)
+
+
+def torch_equal(x, y):
+    import torch
+
+    return torch.equal(x, y)
