@@ -59,6 +59,8 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     for est in ("none", "fut", "fut-carry"):  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
     assert "No memorization analysis stage" in dom.stdout  # empty sections say why
+    for name in ("method", "pattern", "sparsity", "estimator"):  # the filters
+        assert f'data-filter="{name}"' in dom.stdout, name
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'prof2'}", "--window-size=1200,1600",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)

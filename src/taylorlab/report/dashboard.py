@@ -132,8 +132,8 @@ function drawSparsity(){
   const box=document.getElementById('sparsity-chart'); box.innerHTML='';
   const R=D.results.filter(r=>r.split==='test'||!r.split);
   if(!R.length){empty('sparsity-chart','No evaluate stage has finished yet (run evaluate_dense / evaluate_pruned).');return;}
-  const methods=selected('method'), patterns=selected('pattern'); const many=new Set(R.map(r=>r.run)).size>1;
-  const groups={}; R.filter(r=>r.method!=='dense'&&methods.includes(r.method)&&patterns.includes(String(r.pattern))).forEach(r=>{
+  const methods=selected('method'), patterns=selected('pattern'), sparsities=selected('sparsity'); const many=new Set(R.map(r=>r.run)).size>1;
+  const groups={}; R.filter(r=>r.method!=='dense'&&methods.includes(r.method)&&patterns.includes(String(r.pattern))&&sparsities.includes(String(r.sparsity))).forEach(r=>{
     const k=JSON.stringify([r.run,r.method,String(r.pattern)]); (groups[k]=groups[k]||[]).push([r.sparsity,r.ppl]);});
   const series=Object.entries(groups).map(([k,p])=>{const [run,m,pat]=JSON.parse(k);
     const dense=R.find(r=>r.method==='dense'&&r.run===run); if(dense) p=[[0,dense.ppl],...p]; p.sort((a,b)=>a[0]-b[0]);
@@ -169,13 +169,19 @@ function drawStages(){
 }
 function filters(){
   const box=document.getElementById('filters'); const R=D.results.filter(r=>r.method!=='dense');
-  [['method',[...new Set(R.map(r=>r.method))]],['pattern',[...new Set(R.map(r=>String(r.pattern)))]]].forEach(([name,vals])=>{
-    vals.forEach(v=>{const l=h('label',{},box); const i=h('input',{type:'checkbox',value:v,'data-filter':name,checked:''},l); l.append(' '+v); i.addEventListener('change',drawSparsity);});});
+  [['method',[...new Set(R.map(r=>r.method))]],['pattern',[...new Set(R.map(r=>String(r.pattern)))]],
+   ['sparsity',[...new Set(R.map(r=>String(r.sparsity)))]]].forEach(([name,vals])=>{
+    vals.forEach(v=>{const l=h('label',{},box); const i=h('input',{type:'checkbox',value:v,'data-filter':name,checked:''},l); l.append(' '+(name==='sparsity'?'@'+v:v)); i.addEventListener('change',drawSparsity);});});
 }
 filters(); drawSparsity(); drawTable(); drawCurves(); drawStages();
 function drawOrders(){
   const box=document.getElementById('order-scatter');
   if(!D.order_estimates.length){empty('order-scatter','No estimate stage (record -> estimate) is part of these runs.');return;}
+  const names=[...new Set(D.order_estimates.flatMap(E=>E.fidelity.map(r=>r.estimator)))];
+  const fb=h('div',{class:'filters',id:'estimator-filters'},box);
+  names.forEach(n=>{const l=h('label',{},fb); const i=h('input',{type:'checkbox',value:n,'data-filter':'estimator',checked:''},l); l.append(' '+n);
+    i.addEventListener('change',()=>document.querySelectorAll('#order-scatter g.series').forEach(g=>{
+      g.style.display=(g.dataset.name==='perfect'||selected('estimator').includes(g.dataset.name))?'':'none';}));});
   D.order_estimates.forEach(E=>{
     h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
     const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
