@@ -151,7 +151,8 @@ def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
         if deps:
             extra["dependency"] = "afterok:" + ":".join(deps)
             extra["kill-on-invalid-dep"] = "yes"
-        ex.update_parameters(**slurm_parameters(ps, cfg), slurm_additional_parameters=extra)
+        params = slurm_parameters(ps, cfg)
+        ex.update_parameters(**params, slurm_additional_parameters=extra)
         try:
             job = ex.submit(make_job(graph, plan, ps, cfg))
         except Exception as exc:  # sbatch refused the request
@@ -159,7 +160,7 @@ def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
             raise ConfigError(f"Slurm refused stage {ps.node}: {msg[-1] if msg else exc}") from exc
         jobs[ps.node] = job
         atomic_write_json(ps.dir / "submission.json", {"job_id": job.job_id, "dependencies": deps,
-                                                        "submitted": time.time(), "parameters": slurm_parameters(ps, cfg)})
+                                                        "submitted": time.time(), "parameters": params})
         log.info("submitted %s as Slurm job %s (after %s)", ps.node, job.job_id, ",".join(deps) or "-")
     if cfg.launcher.wait:
         wait_for_slurm(plan, {n: j.job_id for n, j in jobs.items()}, cfg.launcher.poll_interval_s)

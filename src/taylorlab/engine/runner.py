@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -305,6 +304,3 @@ def execute(graph: Graph, cfg: DictConfig) -> Plan:
     executors.get(cfg.launcher.name)(graph, plan, cfg)
     return plan
 
-
-def remove_stage_dir(d: Path) -> None:
-    shutil.rmtree(d, ignore_errors=True)

@@ -105,9 +105,5 @@ def apply_mask_(layer: torch.nn.Linear, scores: torch.Tensor, sparsity: float, n
     layer.weight.data[mask.to(layer.weight.device)] = 0
 
 
-def expected_zero_fraction(sparsity: float, nm) -> float:
-    return 1 - nm[0] / nm[1] if nm is not None else sparsity
-
-
 __all__ = ["score_magnitude", "score_wanda", "score_gblm", "gblm_gradient_term", "sparsegpt_prune_",
-           "apply_mask_", "expected_zero_fraction"]
+           "apply_mask_"]

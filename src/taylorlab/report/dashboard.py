@@ -24,17 +24,10 @@ def _read_json(path: Path, default=None):
 
 
 def _curve(stage_dir: Path) -> List[List[float]]:
-    pts = []
-    path = stage_dir / "metrics.jsonl"
-    if not path.exists():
-        return pts
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if "train/loss" in rec and "step" in rec and not rec.get("summary"):
-            pts.append([rec["step"], rec["train/loss"]])
+    from taylorlab.tracking.metrics import read_metrics
+
+    pts = [[r["step"], r["train/loss"]] for r in read_metrics(stage_dir)
+           if "train/loss" in r and "step" in r and not r.get("summary")]
     if len(pts) > MAX_CURVE_POINTS:
         stride = len(pts) / MAX_CURVE_POINTS
         pts = [pts[int(i * stride)] for i in range(MAX_CURVE_POINTS)] + [pts[-1]]

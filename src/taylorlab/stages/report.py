@@ -16,14 +16,14 @@ def run(ctx):
     write_html([run_dir], ctx.dir / "index.html", title=f"taylorlab run {run_dir.name}")
     artifacts = {"table": "results.txt", "page": "index.html"}
     with atomic_path(ctx.dir / "perplexity_vs_sparsity.png") as tmp:
-        if figures.perplexity_vs_sparsity(rows, tmp.with_suffix(".png")):
+        if figures.perplexity_vs_sparsity(rows, tmp):
             artifacts["perplexity_figure"] = "perplexity_vs_sparsity.png"
     if "perplexity_figure" in artifacts:
         ctx.tracker.image("report/perplexity_vs_sparsity", ctx.dir / "perplexity_vs_sparsity.png")
     if "orders" in ctx.parents:
         estimates = read_json(ctx.parents["orders"] / "estimates.json")
         with atomic_path(ctx.dir / "order_estimates.png") as tmp:
-            figures.order_scatter(estimates, tmp.with_suffix(".png"))
+            figures.order_scatter(estimates, tmp)
         ctx.tracker.image("report/order_estimates", ctx.dir / "order_estimates.png")
         artifacts["order_figure"] = "order_estimates.png"
     return artifacts

@@ -143,7 +143,7 @@ def train(
     from tqdm.auto import tqdm
 
     total = len(order)
-    if sorted(order) != list(range(batches.shape[0])) and not all(0 <= i < batches.shape[0] for i in order):
+    if any(not 0 <= i < batches.shape[0] for i in order):
         raise TaylorlabError(f"batch order has ids outside 0..{batches.shape[0] - 1}.")
     torch.manual_seed(settings.seed)
     model.to(device).train()
