@@ -154,3 +154,30 @@ def torch_equal(x, y):
     import torch
 
     return torch.equal(x, y)
+
+
+def test_two_task_gloo_train_job_matches_one_process(slurm_cluster, tmp_path):
+    """train with resources.tasks_per_node=2: one Slurm job of two tasks, torch.distributed (gloo)
+    initialised from the job's environment, each task on half of every global batch; the weights
+    match one process on the whole batch."""
+    from safetensors.torch import load_file
+    import torch
+
+    args = FAST + ["stages=[train]"]
+    run_cli(args + ["run=one", "launcher=inline"], tmp_path, check=True)
+    run_cli(args + ["run=two", "launcher=slurm", "launcher.wait=true", "train.resources.tasks_per_node=2",
+                    "train.resources.cpus=1"], tmp_path, check=True)
+    train = stage_dir(tmp_path, "two", "train")
+    sub = json.loads((train / "submission.json").read_text())
+    assert sub["parameters"]["tasks_per_node"] == 2
+    for _ in range(60):  # rank 0's result is in; the job ends when both tasks have
+        if sacct_state(sub["job_id"]) not in ("PENDING", "RUNNING", "COMPLETING"):
+            break
+        time.sleep(0.5)
+    assert sacct_state(sub["job_id"]) == "COMPLETED"
+    assert "(2 tasks)" in (train / "stage.log").read_text()
+    assert json.loads((train / "train_result.json").read_text())["world_size"] == 2
+    a = load_file(str(stage_dir(tmp_path, "one", "train") / "model" / "model.safetensors"))
+    b = load_file(str(train / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -20,6 +20,7 @@ class StageSpec:
     name: str
     function: str
     description: str = ""
+    distributed: bool = False  # runs on every task of a multi-task job (data parallel); else rank 0 alone
 
     def load(self) -> Callable:
         module, _, attr = self.function.partition(":")

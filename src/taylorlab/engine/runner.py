@@ -164,6 +164,7 @@ class StageJob:
     run_dir: str
     wandb: Dict[str, Any]
     progress: bool = True
+    distributed: bool = False
 
     def __call__(self) -> Dict[str, Any]:
         return run_stage_job(self)
@@ -183,10 +184,38 @@ def _job_id() -> Optional[str]:
         return os.environ.get("SLURM_JOB_ID")
 
 
+class _SilentTracker:
+    """The tracker of tasks other than rank 0 of a data-parallel stage: rank 0 reports for all."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def _follow(job: StageJob, spec, info) -> Dict[str, Any]:
+    """Rank > 0 of a multi-task job: take part in the computation of a data-parallel stage, write
+    nothing (rank 0 holds the lock and writes the stage directory)."""
+    d = Path(job.dir)
+    if not spec.distributed or is_done(d, job.hash):
+        return {}
+    ctx = StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=d,
+                       parents={r: Path(p) for r, p in job.parents.items()}, tracker=_SilentTracker(),
+                       log=logging.getLogger(f"taylorlab.stage.{job.node}.rank{info.rank}"), progress=False,
+                       dist=info)
+    spec.load()(ctx)
+    return {}
+
+
 def run_stage_job(job: StageJob) -> Dict[str, Any]:
     from taylorlab.engine.graph import StageSpec
     from taylorlab.tracking import Tracker
+    from taylorlab.training import distributed
 
+    spec = StageSpec(job.stage, job.function, distributed=job.distributed)
+    info = distributed.detect()
+    if not info.is_main:
+        return _follow(job, spec, info)
+    if info.enabled and not spec.distributed:
+        info = distributed.DistInfo()  # other tasks return at once; this one runs the stage alone
     d = Path(job.dir)
     d.mkdir(parents=True, exist_ok=True)
     lock_fh = open(d / ".lock", "w")
@@ -214,9 +243,9 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
                               job_type=job.stage, config=job.cfg, wandb_cfg=job.wandb)
             ctx = StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=d,
                                parents={r: Path(p) for r, p in job.parents.items()}, tracker=tracker,
-                               log=slog, progress=job.progress)
+                               log=slog, progress=job.progress, dist=info)
             slog.info("stage %s (%s) starts in %s", job.node, job.stage, d)
-            fn = StageSpec(job.stage, job.function).load()
+            fn = spec.load()
             artifacts = fn(ctx) or {}
             elapsed = time.time() - t0
             tracker.summary({"stage/wall_s": elapsed})
@@ -272,6 +301,7 @@ def make_job(graph: Graph, plan: Plan, ps: PlannedStage, cfg: DictConfig) -> Sta
         dir=str(ps.dir), parents={r: str(plan.stages[p].dir) for r, p in ps.parents.items()}, cfg=ps.cfg,
         run_name=str(cfg.run), run_dir=str(plan.run_dir),
         wandb=OmegaConf.to_container(cfg.wandb, resolve=True), progress=bool(cfg.progress),
+        distributed=graph.nodes[ps.node].spec.distributed,
     )
 
 

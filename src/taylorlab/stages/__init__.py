@@ -7,7 +7,8 @@ from taylorlab.engine.graph import Graph, Node, StageSpec
 
 DATA = StageSpec("data", "taylorlab.stages.data:run", "text splits (datasets, local JSON) and a BPE tokenizer")
 MODEL = StageSpec("model", "taylorlab.stages.model:run", "the base model: built, loaded or converted once")
-TRAIN = StageSpec("train", "taylorlab.stages.train:run", "AdamW in an explicit batch order, resumable")
+TRAIN = StageSpec("train", "taylorlab.stages.train:run", "AdamW in an explicit batch order, resumable",
+                  distributed=True)
 EVALUATE = StageSpec("evaluate", "taylorlab.stages.evaluate:run", "perplexity in non-overlapping windows")
 CALIBRATE = StageSpec("calibrate", "taylorlab.stages.calibrate:run", "calibration windows and gradient norms")
 PRUNE = StageSpec("prune", "taylorlab.stages.prune:run", "magnitude / Wanda / SparseGPT / GBLM")

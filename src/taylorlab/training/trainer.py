@@ -12,6 +12,7 @@ import torch
 
 from taylorlab.errors import ArtifactError, TaylorlabError
 from taylorlab.io import atomic_path
+from taylorlab.training.distributed import DistInfo, mean_across, shard
 
 log = logging.getLogger("taylorlab.training")
 
@@ -134,11 +135,16 @@ def train(
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
     on_step: Optional[Callable[[int, dict], None]] = None,
+    dist: DistInfo = DistInfo(),
 ) -> dict:
     """Train ``model`` on ``batches[order[0]], batches[order[1]], ...`` (one step each).
 
     Checkpoints every ``checkpoint_every`` steps into ``ckpt_dir`` and resumes from the newest one,
     so a killed run re-run reaches the same final weights (bitwise on CPU).
+
+    With ``dist`` of several tasks (an initialised process group) every task takes its rows of each
+    global batch and DistributedDataParallel averages the gradients, so the step is that of one
+    process on the whole batch (to float tolerance); only rank 0 writes checkpoints and reports.
     """
     from tqdm.auto import tqdm
 
@@ -147,17 +153,23 @@ def train(
         raise TaylorlabError(f"batch order has ids outside 0..{batches.shape[0] - 1}.")
     torch.manual_seed(settings.seed)
     model.to(device).train()
+    forward = model
+    if dist.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     opt, sched = make_optimizer(model, settings, total)
     start = load_latest_checkpoint(ckpt_dir, model, opt, sched, order) if ckpt_dir else 0
     last_loss = float("nan")
-    bar = tqdm(range(start, total), total=total, initial=start, desc="train", disable=not progress, leave=False)
+    bar = tqdm(range(start, total), total=total, initial=start, desc="train",
+               disable=not progress or not dist.is_main, leave=False)
     for step in bar:
-        batch = batches[order[step]].to(device)
-        out = model(input_ids=batch, labels=batch)
+        batch = shard(batches[order[step]], dist).to(device)
+        out = forward(input_ids=batch, labels=batch)
         loss = out.loss
-        if not torch.isfinite(loss):
+        global_loss = mean_across(loss, dist)  # every task sees the same value, so all stop together
+        if not torch.isfinite(global_loss):
             raise TaylorlabError(
-                f"training loss is {loss.item()} at step {step} (batch {order[step]}); lower train.lr "
+                f"training loss is {global_loss.item()} at step {step} (batch {order[step]}); lower train.lr "
                 f"(now {settings.lr:g}) or set train.grad_clip; checkpoints before step {step} are kept."
             )
         opt.zero_grad(set_to_none=True)
@@ -167,13 +179,14 @@ def train(
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
         opt.step()
         sched.step()
-        last_loss = float(loss.item())
-        if on_step is not None:
+        last_loss = float(global_loss.item())
+        if on_step is not None and dist.is_main:
             on_step(step, {"train/loss": last_loss, "train/lr": sched.get_last_lr()[0],
                            **({"train/grad_norm": grad_norm} if grad_norm is not None else {})})
         bar.set_postfix(loss=f"{last_loss:.3f}")
         done = step + 1
-        if ckpt_dir is not None and (done % settings.checkpoint_every == 0) and done < total:
+        if ckpt_dir is not None and dist.is_main and (done % settings.checkpoint_every == 0) and done < total:
             save_checkpoint(ckpt_dir, done, model, opt, sched, order, settings.keep_checkpoints)
     bar.close()
-    return {"steps": total, "resumed_from": start, "final_loss": last_loss, "settings": asdict(settings)}
+    return {"steps": total, "resumed_from": start, "final_loss": last_loss, "settings": asdict(settings),
+            "world_size": dist.world_size}
