@@ -26,7 +26,8 @@ def machine() -> dict:
     return info
 
 
-def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy", "gguf", "accelerate")) -> dict:
+def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy", "gguf", "accelerate", "llmcompressor",
+                      "compressed-tensors", "datasets")) -> dict:
     from taylorlab.engine.provenance import library_versions  # stdlib only: no engine dependencies
 
     return library_versions(names)

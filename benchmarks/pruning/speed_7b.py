@@ -2,7 +2,11 @@
 (random weights, bf16), 128 x 2048 calibration tokens, one GPU: from the model in memory to the
 pruned model in memory. GBLM's time includes its per-sequence gradient pass.
 
-    python benchmarks/pruning/speed_7b.py --out results.json [--methods wanda,gblm] [--offload]
+    python benchmarks/pruning/speed_7b.py --out results.json [--methods wanda,gblm,llmc-wanda,llmc-sparsegpt]
+
+``llmc-wanda`` and ``llmc-sparsegpt`` are llm-compressor's WandaPruningModifier and SparseGPTModifier
+(``oneshot``, sequential pipeline, every decoder Linear, lm_head left dense, as ours) on the same model
+and the same calibration windows.
 """
 
 import argparse
@@ -42,6 +46,33 @@ def reinit(model, seed=0):
                 p.normal_(0, 0.02, generator=g)
 
 
+def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5) -> None:
+    """llm-compressor's oneshot on the model in memory. It reads the model's config from disk and wants
+    a processor: a config is saved to a temporary folder and a two-token tokenizer stands in (the
+    calibration windows are token ids already, so it only pads, and nothing needs padding)."""
+    import tempfile
+
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]")),
+                                  pad_token="[PAD]", unk_token="[UNK]")
+    cdir = tempfile.mkdtemp()
+    model.config.save_pretrained(cdir)
+    model.config.name_or_path = cdir
+    n, seqlen = windows.shape
+    ds = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": [[1] * seqlen] * n})
+    cls = {"llmc-wanda": WandaPruningModifier, "llmc-sparsegpt": SparseGPTModifier}[method]
+    mod = cls(sparsity=sparsity, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"])
+    oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=n, max_seq_length=seqlen,
+            pipeline="sequential", processor=tok)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -74,8 +105,11 @@ def main():
                                                 device=torch.device("cuda"))
             torch.cuda.synchronize()
             tg = time.time() - t0
-        prune_model(model, method=method, sparsity=0.5, windows=windows, gradients=grads, grad_nsamples=args.nsamples,
-                    batch_size=8, device=torch.device("cuda"), offload=offload)
+        if method.startswith("llmc-"):
+            llmc_prune(model, method, windows)
+        else:
+            prune_model(model, method=method, sparsity=0.5, windows=windows, gradients=grads,
+                        grad_nsamples=args.nsamples, batch_size=8, device=torch.device("cuda"), offload=offload)
         torch.cuda.synchronize()
         wall = time.time() - t0
         del grads
