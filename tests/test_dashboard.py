@@ -56,7 +56,7 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     for r in results:
         assert round(r["ppl"], 6) in drawn, r["ppl"]
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
-    for est in ("none", "fut", "fut-carry"):  # the order-estimate fidelity table of the estimate stage
+    for est in ("none", "fut", "fut2", "fut-carry", "additive"):  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
     assert "No memorization analysis stage" in dom.stdout  # empty sections say why
     for name in ("method", "pattern", "sparsity", "estimator"):  # the filters

@@ -144,17 +144,24 @@ class RecordConfig:
     eps: float = 1e-8
     validation_batches: int = 8
     dtype: str = "float64"
+    checkpoint_every: int = 1  # store the state every k steps; the steps between are replayed exactly
+    device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
 class EstimateConfig:
-    estimators: List[str] = field(default_factory=lambda: ["none", "fut", "fut-carry"])
+    estimators: List[str] = field(default_factory=lambda: ["none", "fut", "fut2", "fut-carry", "additive"])
     num_orders: int = 16  # K held-out random orders
     seed: int = 1
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
     orders: List[List[int]] = field(default_factory=list)  # explicit queries
     retrain_batched: bool = True
+    retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
+    curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | none
+    projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
+    search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries
+    device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 
 
@@ -263,11 +270,14 @@ def validate(cfg: Any) -> None:
     r = cfg.record
     _choice("record.schedule", r.schedule, ("cosine", "constant"))
     _choice("record.dtype", r.dtype, ("float32", "float64"))
-    for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches"):
+    for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches", "checkpoint_every"):
         _positive(f"record.{key}", r[key])
     e = cfg.estimate
     for name in e.estimators:
-        _choice("estimate.estimators", name, ("none", "fut", "fut-carry"))
+        _choice("estimate.estimators", name, ("none", "fut", "fut2", "fut-carry", "additive"))
+    _choice("estimate.curvature", e.curvature, ("hvp", "none"))
+    if e.projection_dim < 0 or e.search_orders < 0:
+        raise ConfigError("estimate.projection_dim and estimate.search_orders must be 0 or more.")
     for name in e.heuristics:
         _choice("estimate.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
     if e.num_orders < 2 and not e.orders:

@@ -1,15 +1,30 @@
-"""Estimators of the final parameters of a training order, from the recorded reference run.
+"""Estimators of a training order's outcome, from the recorded reference run.
+
+All share one interface (``estimate``); x_t = (theta_t, m_t, v_t) is the reference run's optimiser
+state, delta_t = gamma_t - theta_t the deviation of the queried order's run.
 
 * ``none`` — "no change": the reference run's final parameters for every order (the baseline every
   table must show).
-* ``fut`` — the paper's first-order recursion: ``delta_{t+1} = (I - eta_t J) delta_t - eta_t
-  [Gamma(theta_t, B_l) - Gamma(theta_t, B_t)]``, Gamma the Adam update with the reference run's
-  moments, J its diagonal derivative through a secant (finite-difference) Hessian diagonal between
-  consecutive checkpoints. T^2 gradient evaluations, streamed over t.
+* ``fut`` — the paper's first-order recursion: ``delta_{t+1} = delta_t - eta_t [Gamma(theta_t, B_l)
+  - Gamma(theta_t, B_t) + Gamma'(g_l) h_l delta_t + wd delta_t]``, Gamma the Adam update with the
+  reference run's moments m_t, v_t (frozen), Gamma' its exact elementwise derivative in the gradient,
+  h_l the paper's secant (finite-difference) Hessian diagonal of batch l between consecutive
+  checkpoints. T^2 gradient evaluations, streamed over t (the T x T table is never stored).
+* ``fut2`` — the paper's second-order recursion: ``fut`` plus ``1/2 Gamma''(g_l) (h_l delta_t)^2``.
 * ``fut-carry`` — this project's accuracy estimator: ``g(gamma_t, B_l) ~ g(theta_t, B_l) +
-  H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product, and Adam's m, v and
-  step computed exactly from that gradient along the new order (moments carried, never
-  linearised). Streams over t, advancing all K orders together (memory K x 3d).
+  H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``) or
+  none (``curvature="none"``, the cheap variant), and Adam's m, v and step computed exactly from that
+  gradient along the new order (moments carried, never linearised). Streams over t, advancing all K
+  orders together (memory K x 3d).
+* ``additive`` — this project's search surrogate: ``f(order) - f(reference) ~ sum_t S[t, l_t]`` with
+  ``S[t, l] = lambda_{t+1} . (x_{t+1}(l) - x_{t+1})``: the exact one-step effect of training on batch
+  l instead of the reference batch at step t (exact Adam step from the reference state), carried to
+  the final validation loss by the adjoint lambda of the linearised dynamics, from one reverse sweep
+  (vector-Jacobian products through the whole Adam step, Hessian included). After that precompute
+  (T^2 gradients + T double-backward passes), any order is scored in O(T) and the best order under
+  the surrogate is an exact linear assignment (``best_order``). With ``projection_dim`` the one-step
+  effects and adjoints are kept only as seeded random projections (the paper's storage) and S is
+  their inner product. It gives losses, not parameters.
 
 Every estimator returns the reference run exactly for the reference order.
 """
@@ -17,57 +32,82 @@ Every estimator returns the reference run exactly for the reference order.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.func import jvp
 
-from taylorlab.order.functional import FlatModel, adam_step
+from taylorlab.order.functional import FlatModel, adam_step, sqrt0
 from taylorlab.order.trajectory import Trajectory, validate_orders
 
 
-def est_none(flat: FlatModel, traj: Trajectory, batches, orders) -> torch.Tensor:
-    return traj.thetas[-1].expand(len(orders), -1).clone()
+def est_none(flat: FlatModel, traj: Trajectory, batches, orders, **_) -> dict:
+    return {"params": traj.final.expand(len(orders), -1).clone()}
 
 
-def _gamma(traj: Trajectory, t: int, g: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Adam's update direction at reference state t with gradient g (reference moments)."""
+def _phi(traj: Trajectory, t: int):
+    """Gamma as an elementwise function of the gradient at reference step t (reference moments)."""
     b1, b2 = traj.hp.betas
     s = t + 1
-    m = b1 * traj.ms[t] + (1 - b1) * g
-    v = b2 * traj.vs[t] + (1 - b2) * g * g
-    vhat = v / (1 - b2 ** s)
-    return (m / (1 - b1 ** s)) / (torch.sqrt(vhat) + traj.hp.eps) + traj.hp.weight_decay * theta, vhat
+    _, m, v = traj.state(t)
+
+    def phi(g):
+        mhat = (b1 * m + (1 - b1) * g) / (1 - b1 ** s)
+        vhat = (b2 * v + (1 - b2) * g * g) / (1 - b2 ** s)
+        return mhat / (sqrt0(vhat) + traj.hp.eps)
+
+    return phi
 
 
-def est_fut(flat: FlatModel, traj: Trajectory, batches, orders) -> torch.Tensor:
+def _phi_derivatives(phi, g):
+    """phi(g), phi'(g), phi''(g), elementwise (forward mode with a tangent of ones)."""
+    ones = torch.ones_like(g)
+    (val, d1), (_, d2) = jvp(phi, (g,), (ones,)), jvp(lambda x: jvp(phi, (x,), (ones,))[1], (g,), (ones,))
+    return val, d1, d2
+
+
+def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool) -> dict:
     K, T = len(orders), traj.T
-    b1 = traj.hp.betas[0]
-    delta = torch.zeros(K, traj.thetas.shape[1])
-    prev_g = None
+    delta = torch.zeros(K, traj.dim, dtype=traj.theta0.dtype, device=traj.device)
+    wd = traj.hp.weight_decay
+    prev_g, prev_theta = None, None
     for t in range(T):
-        theta = traj.thetas[t]
-        g_all = torch.stack([flat.grad(theta, batches[b]) for b in range(T)])  # the paper's T^2 table, streamed
+        theta = traj.theta(t)
+        g_all = torch.stack([flat.grad(theta, batches[b]) for b in range(T)])  # one row of the T^2 table
         if prev_g is None:
             h = torch.zeros_like(g_all)
         else:
-            dtheta = theta - traj.thetas[t - 1]
-            safe = torch.where(dtheta.abs() > 1e-12, dtheta, torch.ones_like(dtheta))
-            h = torch.where(dtheta.abs() > 1e-12, (g_all - prev_g) / safe, torch.zeros_like(g_all))
-        ref_gamma, _ = _gamma(traj, t, g_all[traj.order[t]], theta)
+            dtheta = theta - prev_theta
+            ok = dtheta.abs() > 1e-12
+            h = torch.where(ok, (g_all - prev_g) / torch.where(ok, dtheta, torch.ones_like(dtheta)),
+                            torch.zeros_like(g_all))
+        phi = _phi(traj, t)
+        ref_gamma = phi(g_all[traj.order[t]])
         for k, o in enumerate(orders):
-            gam, vhat = _gamma(traj, t, g_all[o[t]], theta)
-            jac = (1 - b1) / (1 - b1 ** (t + 1)) * h[o[t]] / (torch.sqrt(vhat) + traj.hp.eps) + traj.hp.weight_decay
-            delta[k] = delta[k] - traj.lrs[t] * (jac * delta[k] + gam - ref_gamma)
-        prev_g = g_all
-    return traj.thetas[-1] + delta
+            gam, d1, d2 = _phi_derivatives(phi, g_all[o[t]])
+            dg = h[o[t]] * delta[k]
+            change = gam - ref_gamma + d1 * dg + wd * delta[k]
+            if second_order:
+                change = change + 0.5 * d2 * dg * dg
+            delta[k] = delta[k] - traj.lrs[t] * change
+        prev_g, prev_theta = g_all, theta
+    return {"params": traj.final + delta}
 
 
-def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders) -> torch.Tensor:
+def est_fut(flat, traj, batches, orders, **_) -> dict:
+    return _fut(flat, traj, batches, orders, second_order=False)
+
+
+def est_fut2(flat, traj, batches, orders, **_) -> dict:
+    return _fut(flat, traj, batches, orders, second_order=True)
+
+
+def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", **_) -> dict:
     K = len(orders)
-    gamma = traj.thetas[0].expand(K, -1).clone()
+    gamma = traj.theta0.expand(K, -1).clone()
     m, v = torch.zeros_like(gamma), torch.zeros_like(gamma)
     for t in range(traj.T):
-        theta = traj.thetas[t]
+        theta = traj.theta(t)
         g = torch.empty_like(gamma)
         cache: Dict[int, torch.Tensor] = {}
         for k, o in enumerate(orders):
@@ -75,21 +115,118 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders) -> torch.T
             if b not in cache:
                 cache[b] = flat.grad(theta, batches[b])
             delta = gamma[k] - theta
-            g[k] = cache[b] + (flat.hvp(theta, batches[b], delta) if torch.any(delta != 0) else 0.0)
+            g[k] = cache[b]
+            if curvature == "hvp" and torch.any(delta != 0):
+                g[k] += flat.hvp(theta, batches[b], delta)
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
-    return gamma
+    return {"params": gamma}
 
 
-ESTIMATORS: Dict[str, Callable] = {"none": est_none, "fut": est_fut, "fut-carry": est_fut_carry}
+# ----------------------------------------------------------------------------- additive
 
 
-def estimate(name: str, flat: FlatModel, traj: Trajectory, batches: torch.Tensor, orders: List[List[int]]) -> dict:
-    """Run one estimator over K orders; returns final parameters [K, d] and the wall time."""
+def _target_grad(flat: FlatModel, theta: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    return sum(flat.grad(theta, b) for b in val) / len(val)
+
+
+def adjoint_step(flat: FlatModel, traj: Trajectory, t: int, lam):
+    """lambda_t = J_t^T lambda_{t+1}, J_t the Jacobian of the reference step x_t -> x_{t+1} (Adam's
+    step with the gradient of the reference batch, whose derivative brings in the Hessian)."""
+    theta, m, v = (y.detach().requires_grad_(True) for y in traj.state(t))
+    with torch.enable_grad():
+        loss = flat.loss(theta, traj.batches[traj.order[t]])
+        g = torch.autograd.grad(loss, theta, create_graph=True)[0]
+        out = adam_step(theta, m, v, g, t + 1, traj.lrs[t], traj.hp)
+        res = torch.autograd.grad(out, (theta, m, v), grad_outputs=lam, allow_unused=True)
+    return tuple(torch.zeros_like(x) if r is None else r.detach() for x, r in zip((theta, m, v), res))
+
+
+def additive_scores(flat: FlatModel, traj: Trajectory, batches, val, projection_dim: int = 0,
+                    projection_seed: int = 0, projection_kind: str = "gaussian", progress: bool = False,
+                    chunk: int = 8) -> torch.Tensor:
+    """S [T, T]: S[t, l] = lambda_{t+1} . (x_{t+1}(l) - x_{t+1}), from one reverse sweep; ``chunk``
+    one-step effects (3d each) are held at a time."""
+    from tqdm.auto import tqdm
+
+    T = traj.T
+    if traj.batches is None:
+        traj.batches = batches
+    lam = (_target_grad(flat, traj.final, val), torch.zeros_like(traj.final), torch.zeros_like(traj.final))
+    proj = None
+    if projection_dim:
+        from taylorlab.order.projection import Projector
+
+        proj = Projector(3 * traj.dim, projection_dim, projection_seed, projection_kind)
+    S = torch.zeros(T, T, dtype=traj.theta0.dtype, device=traj.device)
+    for t in tqdm(range(T - 1, -1, -1), desc="additive", disable=not progress, leave=False):
+        x_t, x_next = traj.state(t), traj.state(t + 1)
+        lam_flat = torch.cat(lam)
+        plam = proj(lam_flat) if proj is not None else None
+        others = [l for l in range(T) if l != traj.order[t]]  # the reference batch: no change, S = 0
+        for lo in range(0, len(others), chunk):
+            ls = others[lo:lo + chunk]
+            diffs = []
+            for l in ls:
+                alt = adam_step(*x_t, flat.grad(x_t[0], batches[l]), t + 1, traj.lrs[t], traj.hp)
+                diffs.append(torch.cat([a - b for a, b in zip(alt, x_next)]))
+            diffs = torch.stack(diffs)
+            S[t, ls] = proj(diffs) @ plam if proj is not None else diffs @ lam_flat
+        if t > 0:
+            lam = adjoint_step(flat, traj, t, lam)
+    return S
+
+
+def score_orders(S: torch.Tensor, orders, reference_loss: float) -> torch.Tensor:
+    """f(reference) + sum_t S[t, l_t] for [K, T] orders, vectorised (100k orders in milliseconds)."""
+    idx = torch.as_tensor(orders, device=S.device)
+    return reference_loss + S.gather(1, idx.T).sum(0)
+
+
+def best_order(S: torch.Tensor) -> List[int]:
+    """The order minimising the additive surrogate: an exact linear assignment of batches to steps."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(S.detach().cpu().double().numpy())
+    return [int(c) for _, c in sorted(zip(rows, cols))]
+
+
+def est_additive(flat, traj, batches, orders, val=None, reference_loss=None, projection_dim: int = 0, **_) -> dict:
+    if val is None or reference_loss is None:
+        raise ValueError("additive needs the validation batches and the reference validation loss")
+    t0 = time.perf_counter()
+    S = additive_scores(flat, traj, batches, val, projection_dim=projection_dim)
+    t1 = time.perf_counter()
+    loss = score_orders(S, orders, reference_loss)
+    if S.is_cuda:
+        torch.cuda.synchronize()
+    return {"loss": [float(x) for x in loss], "S": S, "precompute_s": t1 - t0, "query_s": time.perf_counter() - t1}
+
+
+ESTIMATORS: Dict[str, Callable] = {"none": est_none, "fut": est_fut, "fut2": est_fut2, "fut-carry": est_fut_carry,
+                                   "additive": est_additive}
+
+
+def estimate(name: str, flat: FlatModel, traj: Trajectory, batches: torch.Tensor, orders: List[List[int]],
+             val: Optional[torch.Tensor] = None, reference_loss: Optional[float] = None, **options) -> dict:
+    """Run one estimator over K orders. Returns ``params`` [K, d] (estimators that produce them),
+    ``loss`` (estimators that give losses directly), the wall time and, on a GPU, the peak memory."""
     from taylorlab.errors import ConfigError
 
     if name not in ESTIMATORS:
         raise ConfigError(f"estimator {name!r} is not one of {', '.join(ESTIMATORS)}.")
     orders = validate_orders(orders, traj.T)
-    t0 = time.time()
-    params = ESTIMATORS[name](flat, traj, batches, orders)
-    return {"params": params, "wall_s": time.time() - t0}
+    if traj.batches is None:
+        traj.batches = batches
+    cuda = traj.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = ESTIMATORS[name](flat, traj, batches, orders, val=val, reference_loss=reference_loss, **options)
+    if cuda:
+        torch.cuda.synchronize()
+    out["wall_s"] = time.perf_counter() - t0
+    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    out.setdefault("params", None)
+    out.setdefault("loss", None)
+    return out

@@ -22,6 +22,13 @@ class AdamHP:
     grad_clip: Optional[float] = None
 
 
+def sqrt0(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with a zero (not infinite) derivative at 0, so the adjoint through Adam's step stays finite
+    where a coordinate has had no gradient yet; the value is exactly torch.sqrt's."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
 def adam_step(theta, m, v, g, step: int, lr: float, hp: AdamHP):
     """One AdamW step (decoupled weight decay, bias correction; ``step`` counts from 1).
     Gradient clipping by global norm, when set, is part of the step. Works on [d] or [K, d]."""
@@ -33,7 +40,7 @@ def adam_step(theta, m, v, g, step: int, lr: float, hp: AdamHP):
     v = b2 * v + (1 - b2) * g * g
     mhat = m / (1 - b1 ** step)
     vhat = v / (1 - b2 ** step)
-    theta = theta * (1 - lr * hp.weight_decay) - lr * mhat / (torch.sqrt(vhat) + hp.eps)
+    theta = theta * (1 - lr * hp.weight_decay) - lr * mhat / (sqrt0(vhat) + hp.eps)
     return theta, m, v
 
 
@@ -73,7 +80,8 @@ class FlatModel:
     def loss(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         params = {**self.unflatten(theta), **self.buffers}
         logits = functional_call(self.model, params, (), {"input_ids": batch, "use_cache": False}).logits
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                  batch[:, 1:].reshape(-1))
 
     def grad(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

@@ -1,30 +1,94 @@
-"""The recorded reference run (every step's parameters and Adam moments) and real retraining."""
+"""The recorded reference run and real retraining.
+
+A ``Trajectory`` holds the optimiser state x_t = (theta_t, m_t, v_t) of the reference run at every
+``every``-th step (``every=1``: every step) and replays the steps between two stored states exactly
+(the same functional AdamW step on the same batch, so the replayed state is bitwise the recorded
+one on the same device). ``state(t)`` keeps the current segment in memory, so a forward or a
+backward walk over t replays each segment once (memory ``every`` x 3d).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from taylorlab.errors import TaylorlabError
 from taylorlab.order.functional import AdamHP, FlatModel, adam_step
 
+State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 @dataclass
 class Trajectory:
-    """theta_0..theta_T, m_0..m_T, v_0..v_T ([T+1, d] each), the order, the learning rates."""
+    """Stored states ``{t: (theta_t, m_t, v_t)}`` every ``every`` steps (always t=0 and t=T), the
+    order, the learning rates and Adam's settings; ``flat`` and ``batches`` replay the steps between."""
 
-    thetas: torch.Tensor
-    ms: torch.Tensor
-    vs: torch.Tensor
+    stored: Dict[int, State]
     order: List[int]
     lrs: List[float]
     hp: AdamHP
+    every: int = 1
+    flat: Optional[FlatModel] = None
+    batches: Optional[torch.Tensor] = None
+    _segment: Dict[int, State] = field(default_factory=dict, repr=False)
 
     @property
     def T(self) -> int:
         return len(self.order)
+
+    @property
+    def dim(self) -> int:
+        return self.stored[0][0].numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.stored[0][0].device
+
+    def step(self, t: int, state: State) -> State:
+        """x_{t+1} from x_t: the reference run's step t."""
+        theta, m, v = state
+        g = self.flat.grad(theta, self.batches[self.order[t]])
+        return adam_step(theta, m, v, g, t + 1, self.lrs[t], self.hp)
+
+    def state(self, t: int) -> State:
+        if t in self.stored:
+            return self.stored[t]
+        if t not in self._segment:
+            if self.flat is None or self.batches is None:
+                raise TaylorlabError(f"step {t} was not stored and this trajectory has no model to replay it.")
+            start = (t // self.every) * self.every
+            self._segment = {}
+            x = self.stored[start]
+            for s in range(start, min(start + self.every, self.T)):
+                x = self.step(s, x)
+                self._segment[s + 1] = x
+        return self._segment[t]
+
+    def theta(self, t: int) -> torch.Tensor:
+        return self.state(t)[0]
+
+    @property
+    def theta0(self) -> torch.Tensor:
+        return self.stored[0][0]
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.stored[self.T][0]
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        """The stored states as one flat dict (for safetensors)."""
+        out = {}
+        for t, (th, m, v) in self.stored.items():
+            out[f"theta.{t}"], out[f"m.{t}"], out[f"v.{t}"] = th.contiguous(), m.contiguous(), v.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Dict[str, torch.Tensor], order, lrs, hp, every, flat=None, batches=None):
+        steps = sorted(int(k.split(".", 1)[1]) for k in tensors if k.startswith("theta."))
+        stored = {t: (tensors[f"theta.{t}"], tensors[f"m.{t}"], tensors[f"v.{t}"]) for t in steps}
+        return cls(stored, list(order), list(lrs), hp, every, flat, batches)
 
 
 def validate_orders(orders: Sequence[Sequence[int]], T: int) -> List[List[int]]:
@@ -42,39 +106,49 @@ def validate_orders(orders: Sequence[Sequence[int]], T: int) -> List[List[int]]:
     return out
 
 
-def record(flat: FlatModel, batches: torch.Tensor, order: List[int], lrs: List[float], hp: AdamHP) -> Trajectory:
-    """Train once in ``order``, keeping every step's parameters and moments (small models)."""
+def record(flat: FlatModel, batches: torch.Tensor, order: List[int], lrs: List[float], hp: AdamHP,
+           every: int = 1, progress: bool = False) -> Trajectory:
+    """Train once in ``order`` from the model's current weights, storing the state every ``every``
+    steps (and the last); the rest is replayed on demand."""
+    from tqdm.auto import tqdm
+
     T = len(order)
-    theta = flat.flat()
-    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-    thetas, ms, vs = [theta], [m], [v]
-    for t in range(T):
-        g = flat.grad(theta, batches[order[t]])
-        if not torch.isfinite(g).all():
-            raise TaylorlabError(f"gradient is not finite at step {t}; lower the learning rate.")
-        theta, m, v = adam_step(theta, m, v, g, t + 1, lrs[t], hp)
-        thetas.append(theta)
-        ms.append(m)
-        vs.append(v)
-    return Trajectory(torch.stack(thetas), torch.stack(ms), torch.stack(vs), list(order), list(lrs), hp)
+    if every < 1:
+        raise TaylorlabError(f"record.checkpoint_every must be at least 1, got {every}.")
+    theta = flat.flat().to(batches.device)
+    x = (theta, torch.zeros_like(theta), torch.zeros_like(theta))
+    traj = Trajectory({0: x}, list(order), list(lrs), hp, every, flat, batches)
+    for t in tqdm(range(T), desc="record", disable=not progress, leave=False):
+        x = traj.step(t, x)
+        if not torch.isfinite(x[0]).all():
+            raise TaylorlabError(f"the reference run diverged at step {t}; lower record.lr.")
+        if (t + 1) % every == 0 or t + 1 == T:
+            traj.stored[t + 1] = x
+    return traj
 
 
 def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders: List[List[int]], lrs: List[float],
-            hp: AdamHP, batched: bool = True) -> torch.Tensor:
+            hp: AdamHP, batched: bool = True, chunk: Optional[int] = None) -> torch.Tensor:
     """Ground truth: every order trained for real from theta0. ``batched`` trains the K parameter
-    copies together (torch.func.vmap over the gradient); else one after another. Returns [K, d]."""
+    copies together (torch.func.vmap over the gradient; ``chunk`` copies at a time to bound memory);
+    else one after another. Returns [K, d]."""
     K, T = len(orders), len(orders[0])
     if batched:
         from torch.func import vmap
 
         gfn = vmap(flat.grad)
-        theta = theta0.expand(K, -1).clone()
-        m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-        idx = torch.tensor(orders)
-        for t in range(T):
-            g = gfn(theta, batches[idx[:, t]])
-            theta, m, v = adam_step(theta, m, v, g, t + 1, lrs[t], hp)
-        return theta
+        outs = []
+        step = chunk or K
+        for lo in range(0, K, step):
+            part = orders[lo:lo + step]
+            theta = theta0.expand(len(part), -1).clone()
+            m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+            idx = torch.tensor(part, device=batches.device)
+            for t in range(T):
+                g = gfn(theta, batches[idx[:, t]])
+                theta, m, v = adam_step(theta, m, v, g, t + 1, lrs[t], hp)
+            outs.append(theta)
+        return torch.cat(outs)
     out = []
     for o in orders:
         theta = theta0.clone()

@@ -178,14 +178,15 @@ function drawOrders(){
   D.order_estimates.forEach(E=>{
     h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
     const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
-    ['estimator','Spearman','Pearson','mean |PPL est − true|','rel. parameter error','wall s','× one retraining'].forEach(x=>h('th',{},hr,x));
+    ['estimator','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','wall s','× one retraining'].forEach(x=>h('th',{},hr,x));
     const f=v=>v==null?'–':Number(v).toPrecision(3);
     E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); h('td',{},tr,r.estimator);
-      [r.spearman,r.pearson,r.mae_ppl,r.rel_param_error,r.wall_s,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+      [r.spearman,r.pearson,r.mae_ppl,r.mae_ratio_to_none,r.rel_param_error,r.wall_s,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
     h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
-    const cols={'none':'#999','fut':'#d62728','fut-carry':'#1f77b4'};
+    if(E.additive){const a=E.additive; h('p',{},box,'additive surrogate: '+a.search_orders+' random orders scored in '+f(a.search_score_s)+' s after a '+f(a.precompute_s)+' s precompute; its optimum (a linear assignment), retrained for real: validation loss '+f(a.best_order_true_loss)+' against '+f(a.random_true_loss_median)+' for the median and '+f(a.random_true_loss_min)+' for the best of the random orders.');}
+    const cols={'none':'#999','fut':'#d62728','fut2':'#ff7f0e','fut-carry':'#1f77b4','additive':'#2ca02c'};
     const series=E.fidelity.map(r=>({name:r.estimator,color:cols[r.estimator]||'#555',dash:'0 10000',
-      points:E.orders.map(o=>[Math.exp(o.true_loss),Math.exp(o[r.estimator+'_loss'])]).filter(p=>isFinite(p[1])&&p[1]<1e6)}));
+      points:E.orders.map(o=>[Math.exp(o.true_loss),Math.exp(o[r.estimator+'_loss'])]).filter(p=>isFinite(p[1])&&p[1]>0&&p[1]<1e6)}));
     const all=E.orders.map(o=>Math.exp(o.true_loss)); series.push({name:'perfect',color:'#ccc',points:[[Math.min(...all),Math.min(...all)],[Math.max(...all),Math.max(...all)]]});
     chart(box,series,'true perplexity','estimated perplexity',true);});
 }

@@ -1,5 +1,7 @@
-"""record: the reference run of T batches for the order-effect estimators — every step's
-parameters and Adam moments, the batch order (identity: batch t at step t), the learning rates."""
+"""record: the reference run of T batches for the order-effect estimators — the optimiser state
+(parameters, Adam's m and v) every ``checkpoint_every`` steps (1: every step; more: sparse
+checkpoints, the steps between replayed exactly by the estimators), the batch order (identity:
+batch t at step t), the learning rates and Adam's settings."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from taylorlab.io import atomic_path, atomic_write_json
-from taylorlab.models import load_model_artifact
+from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.order import AdamHP, FlatModel, record
 from taylorlab.stages.common import save_model, split_tokens
 from taylorlab.training import TrainSettings, make_batches
@@ -16,26 +18,31 @@ from taylorlab.training.trainer import lr_lambda
 
 def run(ctx):
     c = ctx.cfg
+    device = resolve_device(c.device)
     model, tok = load_model_artifact(ctx.artifact("model", "model"), dtype="float32")
-    model = model.to(torch.float64 if c.dtype == "float64" else torch.float32)
-    batches = make_batches(split_tokens(ctx, "train", tok), c.seq_len, c.batch_size, c.num_batches)
-    val = make_batches(split_tokens(ctx, "validation", tok), c.seq_len, c.batch_size, c.validation_batches)
+    model = model.to(device=device, dtype=torch.float64 if c.dtype == "float64" else torch.float32)
+    batches = make_batches(split_tokens(ctx, "train", tok), c.seq_len, c.batch_size, c.num_batches).to(device)
+    val = make_batches(split_tokens(ctx, "validation", tok), c.seq_len, c.batch_size, c.validation_batches).to(device)
     T = batches.shape[0]
     sched = lr_lambda(TrainSettings(lr=c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule,
                                     min_lr_ratio=c.min_lr_ratio), T)
     lrs = [c.lr * sched(t) for t in range(T)]
     hp = AdamHP(betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
     flat = FlatModel(model)
-    traj = record(flat, batches, list(range(T)), lrs, hp)
-    ref_val = flat.eval_loss(traj.thetas[-1], val)
+    traj = record(flat, batches, list(range(T)), lrs, hp, every=c.checkpoint_every, progress=ctx.progress)
+    ref_val = flat.eval_loss(traj.final, val)
     with atomic_path(ctx.dir / "trajectory.safetensors") as tmp:
-        save_file({"thetas": traj.thetas.contiguous(), "ms": traj.ms.contiguous(), "vs": traj.vs.contiguous(),
-                   "batches": batches.contiguous(), "validation": val.contiguous()}, str(tmp))
+        save_file({**{k: v.cpu() for k, v in traj.tensors().items()}, "batches": batches.cpu().contiguous(),
+                   "validation": val.cpu().contiguous()}, str(tmp))
     atomic_write_json(ctx.dir / "trajectory.json", {"order": traj.order, "lrs": lrs, "betas": list(hp.betas),
                                                     "eps": hp.eps, "weight_decay": hp.weight_decay,
                                                     "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
+                                                    "checkpoint_every": c.checkpoint_every,
                                                     "reference_validation_loss": ref_val, "dtype": c.dtype})
-    save_model(model.float(), tok, ctx.dir / "model")  # the architecture (initial weights) for the estimators
-    ctx.tracker.summary({"record/T": T, "record/parameters": flat.dim, "record/validation_loss": ref_val})
-    ctx.log.info("recorded %d steps of a %d-parameter model; reference validation loss %.4f", T, flat.dim, ref_val)
+    flat.load(traj.theta0)
+    save_model(model.cpu().float(), tok, ctx.dir / "model")  # the architecture (initial weights) for the estimators
+    ctx.tracker.summary({"record/T": T, "record/parameters": flat.dim, "record/validation_loss": ref_val,
+                         "record/stored_states": len(traj.stored)})
+    ctx.log.info("recorded %d steps of a %d-parameter model (%d states stored); reference validation loss %.4f",
+                 T, flat.dim, len(traj.stored), ref_val)
     return {"trajectory": "trajectory.safetensors", "meta": "trajectory.json", "model": "model"}
