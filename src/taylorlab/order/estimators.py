@@ -41,6 +41,18 @@ from taylorlab.order.functional import FlatModel, adam_step, sqrt0
 from taylorlab.order.trajectory import Trajectory, validate_orders
 
 
+def grads_at(flat: FlatModel, theta: torch.Tensor, batches: torch.Tensor, ids, chunk: int = 16) -> torch.Tensor:
+    """Gradients at one theta for several batches [n, d]: vmapped in chunks on a GPU (many small
+    kernels become few), one at a time on the CPU (bitwise the reference run's own gradients)."""
+    ids = list(ids)
+    if theta.device.type != "cuda":
+        return torch.stack([flat.grad(theta, batches[b]) for b in ids])
+    from torch.func import vmap
+
+    g = vmap(flat.grad, in_dims=(None, 0))
+    return torch.cat([g(theta, batches[ids[i:i + chunk]]) for i in range(0, len(ids), chunk)])
+
+
 def est_none(flat: FlatModel, traj: Trajectory, batches, orders, **_) -> dict:
     return {"params": traj.final.expand(len(orders), -1).clone()}
 
@@ -73,7 +85,7 @@ def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool)
     prev_g, prev_theta = None, None
     for t in range(T):
         theta = traj.theta(t)
-        g_all = torch.stack([flat.grad(theta, batches[b]) for b in range(T)])  # one row of the T^2 table
+        g_all = grads_at(flat, theta, batches, range(T))  # one row of the T^2 table
         if prev_g is None:
             h = torch.zeros_like(g_all)
         else:
@@ -102,22 +114,32 @@ def est_fut2(flat, traj, batches, orders, **_) -> dict:
     return _fut(flat, traj, batches, orders, second_order=True)
 
 
-def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", **_) -> dict:
+def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", chunk: int = 16,
+                  **_) -> dict:
     K = len(orders)
     gamma = traj.theta0.expand(K, -1).clone()
     m, v = torch.zeros_like(gamma), torch.zeros_like(gamma)
+    cuda = gamma.device.type == "cuda"
+    if cuda:
+        from torch.func import vmap
+
+        hvp_many = vmap(flat.hvp, in_dims=(None, 0, 0))
     for t in range(traj.T):
         theta = traj.theta(t)
-        g = torch.empty_like(gamma)
-        cache: Dict[int, torch.Tensor] = {}
-        for k, o in enumerate(orders):
-            b = o[t]
-            if b not in cache:
-                cache[b] = flat.grad(theta, batches[b])
-            delta = gamma[k] - theta
-            g[k] = cache[b]
-            if curvature == "hvp" and torch.any(delta != 0):
-                g[k] += flat.hvp(theta, batches[b], delta)
+        ids = [o[t] for o in orders]
+        uniq = sorted(set(ids))
+        table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
+        g = torch.stack([table[b] for b in ids])
+        if curvature == "hvp":
+            delta = gamma - theta
+            if cuda:  # K Hessian-vector products in chunks (vmapped)
+                for lo in range(0, K, chunk):
+                    idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
+                    g[lo:lo + chunk] += hvp_many(theta, batches[idx], delta[lo:lo + chunk])
+            else:
+                for k, b in enumerate(ids):
+                    if torch.any(delta[k] != 0):
+                        g[k] += flat.hvp(theta, batches[b], delta[k])
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
     return {"params": gamma}
 
@@ -165,11 +187,10 @@ def additive_scores(flat: FlatModel, traj: Trajectory, batches, val, projection_
         others = [l for l in range(T) if l != traj.order[t]]  # the reference batch: no change, S = 0
         for lo in range(0, len(others), chunk):
             ls = others[lo:lo + chunk]
-            diffs = []
-            for l in ls:
-                alt = adam_step(*x_t, flat.grad(x_t[0], batches[l]), t + 1, traj.lrs[t], traj.hp)
-                diffs.append(torch.cat([a - b for a, b in zip(alt, x_next)]))
-            diffs = torch.stack(diffs)
+            g = grads_at(flat, x_t[0], batches, ls, chunk)
+            alt = adam_step(x_t[0].expand(len(ls), -1), x_t[1].expand(len(ls), -1), x_t[2].expand(len(ls), -1),
+                            g, t + 1, traj.lrs[t], traj.hp)
+            diffs = torch.cat([a - b for a, b in zip(alt, x_next)], dim=1)
             S[t, ls] = proj(diffs) @ plam if proj is not None else diffs @ lam_flat
         if t > 0:
             lam = adjoint_step(flat, traj, t, lam)

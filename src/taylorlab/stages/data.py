@@ -13,6 +13,7 @@ def run(ctx):
     splits = build_default_splits(
         seed=c.seed, max_train_docs=c.max_train_docs, validation_docs=c.validation_docs,
         calibration_docs=c.calibration_docs, max_test_articles=c.max_test_articles, min_doc_chars=c.min_doc_chars,
+        domains=tuple(c.domains), block_chars=c.block_chars,
     )
     for name in SPLITS:
         write_jsonl_split(splits[name], ctx.dir / f"{name}.jsonl")
