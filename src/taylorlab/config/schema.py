@@ -98,6 +98,10 @@ class EvaluateConfig:
     max_windows: Optional[int] = None
     device: str = "auto"
     dtype: str = "float32"
+    # lm-evaluation-harness tasks (extra 'eval'): taylorlab_cloze is built from the test split, offline
+    zero_shot_tasks: List[str] = field(default_factory=list)
+    zero_shot_items: int = 200  # items of taylorlab_cloze
+    zero_shot_limit: Optional[int] = None  # lm-eval's limit per task (None: all)
     resources: Resources = field(default_factory=Resources)
 
 

@@ -64,6 +64,8 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
                 "pattern": recipe.get("pattern", "-"), "sparsity": recipe.get("sparsity", 0.0),
                 "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
+                "zero_shot": {f"{t}/{k}": v for t, m in (r.get("zero_shot") or {}).items() for k, v in m.items()
+                              if k in ("acc", "acc_norm")},
             })
     order = {"dense": 0, "magnitude": 1, "wanda": 2, "sparsegpt": 3, "gblm": 4}
     rows.sort(key=lambda r: (r["run"], r["pattern"] != "-", r["pattern"], r["sparsity"], order.get(r["method"], 9)))
@@ -73,11 +75,14 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
 def format_table(rows: List[Dict]) -> str:
     if not rows:
         return "(no finished evaluate stages)"
-    head = f"{'run':14s} {'method':10s} {'pattern':12s} {'sparsity':>8s} {'split':6s} {'seq':>5s} {'perplexity':>11s}"
+    zs = sorted({k for r in rows for k in r.get("zero_shot", {})})
+    head = (f"{'run':14s} {'method':10s} {'pattern':12s} {'sparsity':>8s} {'split':6s} {'seq':>5s} {'perplexity':>11s}"
+            + "".join(f" {k:>24s}" for k in zs))
     lines = [head, "-" * len(head)]
     for r in rows:
+        extra = "".join(f" {r['zero_shot'][k]:24.3f}" if k in r.get("zero_shot", {}) else f" {'-':>24s}" for k in zs)
         lines.append(f"{r['run'][:14]:14s} {r['method']:10s} {str(r['pattern']):12s} {float(r['sparsity']):8.2f} "
-                     f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}")
+                     f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}{extra}")
     return "\n".join(lines)
 
 
