@@ -52,6 +52,23 @@ def test_every_estimator_returns_the_reference_run_for_the_reference_order(name)
         assert out["loss"][0] == ref_loss and out["loss"][1] != ref_loss
 
 
+def test_closed_form_derivatives_of_adams_update_match_autodiff():
+    from torch.func import jvp
+
+    from taylorlab.order.estimators import _phi, _phi_derivatives
+
+    flat, batches, _, _, _, traj = setup(3e-3)
+    phi = _phi(traj, 3)
+    g = flat.grad(traj.theta(3), batches[5])
+    ones = torch.ones_like(g)
+    val, d1, d2 = _phi_derivatives(phi, g)
+    a1 = jvp(phi, (g,), (ones,))[1]
+    a2 = jvp(lambda x: jvp(phi, (x,), (ones,))[1], (g,), (ones,))[1]
+    torch.testing.assert_close(val, phi(g))
+    torch.testing.assert_close(d1, a1, rtol=1e-8, atol=1e-6)
+    torch.testing.assert_close(d2, a2, rtol=1e-6, atol=1e-3 * float(a2.abs().max()))
+
+
 def test_sparse_checkpoints_replay_the_reference_run_bitwise():
     flat, batches, _, lrs, hp, full = setup(3e-3)
     flat.load(full.theta0)

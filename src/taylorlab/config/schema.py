@@ -163,7 +163,7 @@ class EstimateConfig:
     seed: int = 1
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
     orders: List[List[int]] = field(default_factory=list)  # explicit queries
-    retrain_batched: bool = True
+    retrain_batched: Optional[bool] = None  # None: batched (vmap) on a GPU, one at a time on the CPU (faster there)
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
     curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | none
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)

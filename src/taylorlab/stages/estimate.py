@@ -66,8 +66,9 @@ def run(ctx):
     named = queries(c, traj.T, batch_losses)
     names, orders = list(named), list(named.values())
 
+    batched = cuda if c.retrain_batched is None else bool(c.retrain_batched)
     true_params, retrain_wall = _timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
-                                                       batched=c.retrain_batched, chunk=c.retrain_chunk), cuda)
+                                                       batched=batched, chunk=c.retrain_chunk), cuda)
     _, two = _timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False), cuda)
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
@@ -95,7 +96,7 @@ def run(ctx):
     ctx.tracker.table("orders/fidelity", list(table[0].keys()), [list(r.values()) for r in table])
     per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
-    speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if c.retrain_batched else None,
+    speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if batched else None,
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": traj.T,
              "one_retraining_s": one_at_a_time}
     atomic_write_json(ctx.dir / "estimates.json", {"orders": per_order, "fidelity": table, "speed": speed,
