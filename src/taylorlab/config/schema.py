@@ -164,6 +164,10 @@ class EstimateConfig:
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
     orders: List[List[int]] = field(default_factory=list)  # explicit queries
     retrain_batched: Optional[bool] = None  # None: batched (vmap) on a GPU, one at a time on the CPU (faster there)
+    retrain_jobs: int = 1  # >1: retraining fanned out as independent jobs (large models)
+    retrain_launcher: str = "local"  # local (parallel processes) | slurm (a submitit job array)
+    retrain_job_mem_gb: float = 8.0  # each fanned-out job: one task, one CPU (one GPU with device=cuda)
+    retrain_job_timeout_min: int = 60
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
     curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | none
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
@@ -288,6 +292,8 @@ def validate(cfg: Any) -> None:
     for name in e.estimators:
         _choice("estimate.estimators", name, ("none", "fut", "fut2", "fut-carry", "additive"))
     _choice("estimate.curvature", e.curvature, ("hvp", "none"))
+    _choice("estimate.retrain_launcher", e.retrain_launcher, ("local", "slurm"))
+    _positive("estimate.retrain_jobs", e.retrain_jobs)
     if e.projection_dim < 0 or e.search_orders < 0:
         raise ConfigError("estimate.projection_dim and estimate.search_orders must be 0 or more.")
     for name in e.heuristics:

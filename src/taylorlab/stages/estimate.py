@@ -48,18 +48,48 @@ def _timed(fn, cuda: bool):
     return out, time.perf_counter() - t0
 
 
-def run(ctx):
-    c = ctx.cfg
-    device = resolve_device(c.device)
-    cuda = device.type == "cuda"
-    meta = read_json(ctx.artifact("record", "meta"))
-    tensors = {k: v.to(device) for k, v in load_file(str(ctx.artifact("record", "trajectory"))).items()}
-    model, _ = load_model_artifact(ctx.artifact("record", "model"))
+def load_record(paths: dict, device):
+    """The recorded run from its artifacts: (flat model, trajectory, batches, validation, meta)."""
+    meta = read_json(paths["meta"])
+    tensors = {k: v.to(device) for k, v in load_file(str(paths["trajectory"])).items()}
+    model, _ = load_model_artifact(paths["model"])
     model = model.to(device=device, dtype=tensors["theta.0"].dtype)
     flat = FlatModel(model)
     hp = AdamHP(betas=tuple(meta["betas"]), eps=meta["eps"], weight_decay=meta["weight_decay"], grad_clip=meta["grad_clip"])
     batches, val = tensors.pop("batches"), tensors.pop("validation")
     traj = Trajectory.from_tensors(tensors, meta["order"], meta["lrs"], hp, meta.get("checkpoint_every", 1), flat, batches)
+    return flat, traj, batches, val, meta
+
+
+def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None) -> torch.Tensor:
+    """One fanned-out retraining job (a submitit array task): loads the record itself, returns [k, d]."""
+    flat, traj, batches, _, _ = load_record(paths, resolve_device(device))
+    return retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk).cpu()
+
+
+def _retrain_fanned_out(ctx, c, paths, orders, batched, device) -> torch.Tensor:
+    """The orders split over ``retrain_jobs`` independent jobs: a submitit job array on Slurm
+    (``retrain_launcher=slurm``) or parallel local processes (``local``)."""
+    import submitit
+
+    n = min(c.retrain_jobs, len(orders))
+    parts = [orders[i * len(orders) // n:(i + 1) * len(orders) // n] for i in range(n)]
+    ex = submitit.AutoExecutor(folder=str(ctx.dir / "retrain_jobs" / "%j"), cluster=c.retrain_launcher)
+    ex.update_parameters(timeout_min=int(c.retrain_job_timeout_min), cpus_per_task=1, mem_gb=float(c.retrain_job_mem_gb),
+                         gpus_per_node=1 if torch.device(device).type == "cuda" else 0, name=f"{ctx.node}-retrain")
+    jobs = ex.map_array(retrain_job, [paths] * n, parts, [batched] * n, [str(device)] * n, [c.retrain_chunk] * n)
+    ctx.log.info("retraining %d orders in %d %s jobs: %s", len(orders), n, c.retrain_launcher,
+                 ", ".join(j.job_id for j in jobs))
+    return torch.cat([j.result() for j in jobs]).to(device)
+
+
+def run(ctx):
+    c = ctx.cfg
+    device = resolve_device(c.device)
+    cuda = device.type == "cuda"
+    paths = {k: str(ctx.artifact("record", k)) for k in ("meta", "trajectory", "model")}
+    flat, traj, batches, val, meta = load_record(paths, device)
+    hp = traj.hp
     ref_loss = meta["reference_validation_loss"]
     # reference loss of each batch at the end of the reference run: easy / hard for the curricula
     batch_losses = [float(flat.loss(traj.final, b).detach()) for b in batches]
@@ -67,8 +97,11 @@ def run(ctx):
     names, orders = list(named), list(named.values())
 
     batched = cuda if c.retrain_batched is None else bool(c.retrain_batched)
-    true_params, retrain_wall = _timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
-                                                       batched=batched, chunk=c.retrain_chunk), cuda)
+    if c.retrain_jobs > 1:
+        true_params, retrain_wall = _timed(lambda: _retrain_fanned_out(ctx, c, paths, orders, batched, device), cuda)
+    else:
+        true_params, retrain_wall = _timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
+                                                           batched=batched, chunk=c.retrain_chunk), cuda)
     _, two = _timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False), cuda)
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
@@ -98,7 +131,8 @@ def run(ctx):
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
     speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if batched else None,
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": traj.T,
-             "one_retraining_s": one_at_a_time}
+             "one_retraining_s": one_at_a_time, "retrain_jobs": max(1, c.retrain_jobs),
+             "retrain_wall_s": retrain_wall}
     atomic_write_json(ctx.dir / "estimates.json", {"orders": per_order, "fidelity": table, "speed": speed,
                                                    "reference_validation_loss": ref_loss, **extra})
     ctx.tracker.artifact(ctx.dir.name, "order-estimates", {"estimates.json": ctx.dir / "estimates.json"},

@@ -1,0 +1,32 @@
+"""The estimate stage's ground truth fanned out as independent jobs gives the same answers as
+retraining in the stage's own process."""
+
+import json
+from pathlib import Path
+
+from helpers import run_cli
+
+ARGS = ["debug=fast", "launcher=inline", "stages=[estimate]", "estimate.estimators=[none,fut-carry]",
+        "estimate.search_orders=0"]
+
+
+def _estimates(out, run):
+    (p,) = list((Path(out) / run).glob("estimate-*/estimates.json"))
+    return json.loads(p.read_text()), p.parent
+
+
+def test_retraining_fanned_out_over_local_jobs_matches_in_process(tmp_path):
+    run_cli(ARGS + ["run=one"], tmp_path, check=True)
+    run_cli(ARGS + ["run=fan", "estimate.retrain_jobs=2", "estimate.retrain_launcher=local"], tmp_path, check=True)
+    a, _ = _estimates(tmp_path, "one")
+    b, d = _estimates(tmp_path, "fan")
+    assert [o["true_loss"] for o in a["orders"]] == [o["true_loss"] for o in b["orders"]]
+    assert b["speed"]["retrain_jobs"] == 2
+    assert "retraining 5 orders in 2 local jobs" in (d / "stage.log").read_text()
+    assert len([p for p in (d / "retrain_jobs").iterdir() if p.is_dir()]) >= 1
+
+
+def test_bad_retrain_launcher_is_a_one_line_error(tmp_path):
+    proc = run_cli(ARGS + ["run=bad", "estimate.retrain_launcher=cloud"], tmp_path)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "estimate.retrain_launcher" in err[0]
