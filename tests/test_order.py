@@ -190,3 +190,18 @@ def test_fidelity_table_survives_a_diverged_estimate():
     good, diverged = rows
     assert good["spearman"] == pytest.approx(1.0) and good["mae_ppl"] < 2
     assert diverged["mae_ppl"] == float("inf") and diverged["rel_param_error"] > 1e5
+
+
+def test_memorization_by_position_estimate_tracks_retraining():
+    """M[i, j]: loss on batch i at the end with batch i moved to position j. fut-carry against real
+    retraining over the cells of two batches at every position, at a small learning rate."""
+    from taylorlab.order.memorization import memorization_matrix, moved_order
+
+    assert moved_order(5, 1, 3) == [0, 2, 3, 1, 4] and moved_order(5, 3, 0) == [3, 0, 1, 2, 4]
+    flat, batches, _, _, _, traj = setup(1e-3)
+    cells = [(i, j) for i in (0, 5) for j in range(T)]
+    m = memorization_matrix(flat, traj, batches, cells)
+    assert m["mae"] < 0.5 * m["mae_no_change"]
+    assert m["spearman"] > 0.8
+    # the reference cells (batch i at its own position) are the reference run itself
+    assert m["estimated"][0, 0] == m["no_change"][0, 0] and m["estimated"][5, 5] == m["no_change"][5, 5]
