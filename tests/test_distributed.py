@@ -31,8 +31,9 @@ def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    info = distributed.init("cpu")
+    info = distributed.detect()
     assert info.world_size == world and info.rank == rank
+    distributed.init(info, "cpu")
     model = _model()
     result = train(model, _batches(), ORDER, SETTINGS, dist=info)
     if info.is_main:

@@ -61,7 +61,7 @@ def test_closed_form_derivatives_of_adams_update_match_autodiff():
     phi = _phi(traj, 3)
     g = flat.grad(traj.theta(3), batches[5])
     ones = torch.ones_like(g)
-    val, d1, d2 = _phi_derivatives(phi, g)
+    val, d1, d2 = _phi_derivatives(traj, 3, g)
     a1 = jvp(phi, (g,), (ones,))[1]
     a2 = jvp(lambda x: jvp(phi, (x,), (ones,))[1], (g,), (ones,))[1]
     torch.testing.assert_close(val, phi(g))

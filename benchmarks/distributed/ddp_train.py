@@ -29,7 +29,8 @@ def worker(a) -> None:
     from taylorlab.models import build_llama
     from taylorlab.training import TrainSettings, distributed, train
 
-    info = distributed.init(a.device)
+    info = distributed.detect()
+    distributed.init(info, a.device)
     device = distributed.device_for(info, torch.device(a.device))
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -29,25 +29,12 @@ sys.path.insert(0, str(HERE.parent))
 from common import record as record_json  # noqa: E402
 from taylorlab.models import build_llama  # noqa: E402
 from taylorlab.order import AdamHP, FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
-from taylorlab.order.estimators import best_order, score_orders  # noqa: E402
+from taylorlab.order.estimators import additive_search, heuristic_orders, timed  # noqa: E402
 from taylorlab.training import TrainSettings  # noqa: E402
 from taylorlab.training.trainer import lr_lambda  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t0
 
 
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
@@ -72,8 +59,7 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
         orders.append(o)
         names.append(f"random-{k}")
     batch_loss = [float(flat.loss(traj.final, b).detach()) for b in train]
-    by_loss = sorted(range(T), key=lambda b: batch_loss[b])
-    for n, o in {"reverse": list(range(T - 1, -1, -1)), "easy_to_hard": by_loss, "hard_to_easy": by_loss[::-1]}.items():
+    for n, o in heuristic_orders(batch_loss).items():
         orders.append(o)
         names.append(n)
     true, retrain_s = timed(lambda: retrain(flat, traj.theta0, train, orders, lrs, hp, batched=True, chunk=a.retrain_chunk))
@@ -95,15 +81,11 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
         else:
             est_loss[label] = out["loss"]
         if label == "additive":
-            S = out["S"]
-            many = torch.argsort(torch.rand(100_000, T, generator=torch.Generator().manual_seed(2)), dim=1).to(S.device)
-            _, score_s = timed(lambda: score_orders(S, many, ref_loss))
-            best = best_order(S)
-            best_true = flat.eval_loss(retrain(flat, traj.theta0, train, [best], lrs, hp, batched=False)[0], val)
+            search = additive_search(flat, traj, train, val, out["S"], ref_loss, n_orders=100_000, seed=2)
             rand = sorted(true_loss[: a.K])
-            extra["additive"] = {"precompute_s": out["precompute_s"], "score_100k_orders_s": score_s,
-                                 "best_order_true_loss": best_true, "random_median_true_loss": rand[len(rand) // 2],
-                                 "random_min_true_loss": rand[0]}
+            extra["additive"] = {"precompute_s": out["precompute_s"], "score_100k_orders_s": search["search_score_s"],
+                                 "best_order_true_loss": search["best_order_true_loss"],
+                                 "random_median_true_loss": rand[len(rand) // 2], "random_min_true_loss": rand[0]}
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         print(f"  {label}: {cost[label]:.1f} s", flush=True)
     rand_idx = list(range(a.K))

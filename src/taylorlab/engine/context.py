@@ -23,10 +23,6 @@ class StageContext:
     progress: bool = True
     dist: Any = None  # taylorlab.training.distributed.DistInfo of this task (rank 0 of 1 by default)
 
-    @property
-    def is_main(self) -> bool:
-        return self.dist is None or self.dist.is_main
-
     def parent_manifest(self, role: str) -> Dict[str, Any]:
         if role not in self.parents:
             raise ArtifactError(f"stage {self.node} needs a '{role}' input but none is part of this run.")

@@ -191,17 +191,19 @@ class _SilentTracker:
         return lambda *a, **k: None
 
 
+def _context(job: StageJob, tracker, log, progress: bool, dist) -> StageContext:
+    return StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=Path(job.dir),
+                        parents={r: Path(p) for r, p in job.parents.items()}, tracker=tracker, log=log,
+                        progress=progress, dist=dist)
+
+
 def _follow(job: StageJob, spec, info) -> Dict[str, Any]:
     """Rank > 0 of a multi-task job: take part in the computation of a data-parallel stage, write
     nothing (rank 0 holds the lock and writes the stage directory)."""
-    d = Path(job.dir)
-    if not spec.distributed or is_done(d, job.hash):
+    if not spec.distributed or is_done(Path(job.dir), job.hash):
         return {}
-    ctx = StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=d,
-                       parents={r: Path(p) for r, p in job.parents.items()}, tracker=_SilentTracker(),
-                       log=logging.getLogger(f"taylorlab.stage.{job.node}.rank{info.rank}"), progress=False,
-                       dist=info)
-    spec.load()(ctx)
+    spec.load()(_context(job, _SilentTracker(), logging.getLogger(f"taylorlab.stage.{job.node}.rank{info.rank}"),
+                         False, info))
     return {}
 
 
@@ -241,9 +243,7 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
         try:
             tracker = Tracker(d, run_dir=Path(job.run_dir), run_name=job.run_name, node=job.node,
                               job_type=job.stage, config=job.cfg, wandb_cfg=job.wandb)
-            ctx = StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=d,
-                               parents={r: Path(p) for r, p in job.parents.items()}, tracker=tracker,
-                               log=slog, progress=job.progress, dist=info)
+            ctx = _context(job, tracker, slog, job.progress, info)
             slog.info("stage %s (%s) starts in %s", job.node, job.stage, d)
             fn = spec.load()
             artifacts = fn(ctx) or {}

@@ -37,7 +37,25 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from taylorlab.order.functional import FlatModel, adam_step, sqrt0
-from taylorlab.order.trajectory import Trajectory, validate_orders
+from taylorlab.order.trajectory import Trajectory, retrain, validate_orders
+
+
+def timed(fn):
+    """(fn(), wall seconds), with the GPU synchronised on both sides when there is one."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t0
+
+
+def heuristic_orders(batch_losses: List[float]) -> Dict[str, List[int]]:
+    """The named curricula: reverse, and easy-to-hard / hard-to-easy by each batch's loss at the end
+    of the reference run."""
+    T = len(batch_losses)
+    by_loss = sorted(range(T), key=lambda b: batch_losses[b])
+    return {"reverse": list(range(T - 1, -1, -1)), "easy_to_hard": by_loss, "hard_to_easy": by_loss[::-1]}
 
 
 def grads_at(flat: FlatModel, theta: torch.Tensor, batches: torch.Tensor, ids, chunk: int = 16) -> torch.Tensor:
@@ -67,22 +85,22 @@ def _phi(traj: Trajectory, t: int):
         vhat = (b2 * v + (1 - b2) * g * g) / (1 - b2 ** s)
         return mhat / (sqrt0(vhat) + traj.hp.eps)
 
-    phi.consts = (m, v, b1, b2, s, traj.hp.eps)
     return phi
 
 
-def _phi_derivatives(phi, g):
-    """phi(g), phi'(g), phi''(g), elementwise, in closed form (phi = A / (sqrt(V) + eps) with A, V
-    the bias-corrected moments as functions of g; derivatives of sqrt taken as 0 where V = 0).
-    Checked against forward-mode autodiff in the tests."""
-    m, v, b1, b2, s, eps = phi.consts
-    c1, c2 = 1 - b1 ** s, 1 - b2 ** s
+def _phi_derivatives(traj: Trajectory, t: int, g: torch.Tensor):
+    """``_phi(traj, t)`` and its first and second derivatives at g, elementwise, in closed form (phi =
+    A / (sqrt(V) + eps) with A, V the bias-corrected moments as functions of g; derivatives of sqrt
+    taken as 0 where V = 0). Works on [d] or [K, d]; checked against forward-mode autodiff in the tests."""
+    b1, b2 = traj.hp.betas
+    _, m, v = traj.state(t)
+    c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
     A = (b1 * m + (1 - b1) * g) / c1
     V = (b2 * v + (1 - b2) * g * g) / c2
     pos = V > 0
     S = sqrt0(V)
     Ssafe = torch.where(pos, S, torch.ones_like(S))
-    d = S + eps
+    d = S + traj.hp.eps
     A1 = (1 - b1) / c1
     V1 = 2 * (1 - b2) * g / c2
     V2 = 2 * (1 - b2) / c2
@@ -109,15 +127,14 @@ def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool)
             ok = dtheta.abs() > 1e-12
             h = torch.where(ok, (g_all - prev_g) / torch.where(ok, dtheta, torch.ones_like(dtheta)),
                             torch.zeros_like(g_all))
-        phi = _phi(traj, t)
-        ref_gamma = phi(g_all[traj.order[t]])
-        for k, o in enumerate(orders):
-            gam, d1, d2 = _phi_derivatives(phi, g_all[o[t]])
-            dg = h[o[t]] * delta[k]
-            change = gam - ref_gamma + d1 * dg + wd * delta[k]
-            if second_order:
-                change = change + 0.5 * d2 * dg * dg
-            delta[k] = delta[k] - traj.lrs[t] * change
+        ids = [o[t] for o in orders]  # all K orders at once
+        gam, d1, d2 = _phi_derivatives(traj, t, g_all[ids])
+        ref_gamma = _phi_derivatives(traj, t, g_all[traj.order[t]])[0]
+        dg = h[ids] * delta
+        change = gam - ref_gamma + d1 * dg + wd * delta
+        if second_order:
+            change = change + 0.5 * d2 * dg * dg
+        delta = delta - traj.lrs[t] * change
         prev_g, prev_theta = g_all, theta
     return {"params": traj.final + delta}
 
@@ -187,8 +204,6 @@ def additive_scores(flat: FlatModel, traj: Trajectory, batches, val, projection_
     from tqdm.auto import tqdm
 
     T = traj.T
-    if traj.batches is None:
-        traj.batches = batches
     lam = (_target_grad(flat, traj.final, val), torch.zeros_like(traj.final), torch.zeros_like(traj.final))
     proj = None
     if projection_dim:
@@ -230,13 +245,25 @@ def best_order(S: torch.Tensor) -> List[int]:
 def est_additive(flat, traj, batches, orders, val=None, reference_loss=None, projection_dim: int = 0, **_) -> dict:
     if val is None or reference_loss is None:
         raise ValueError("additive needs the validation batches and the reference validation loss")
-    t0 = time.perf_counter()
-    S = additive_scores(flat, traj, batches, val, projection_dim=projection_dim)
-    t1 = time.perf_counter()
-    loss = score_orders(S, orders, reference_loss)
-    if S.is_cuda:
-        torch.cuda.synchronize()
-    return {"loss": [float(x) for x in loss], "S": S, "precompute_s": t1 - t0, "query_s": time.perf_counter() - t1}
+    S, precompute_s = timed(lambda: additive_scores(flat, traj, batches, val, projection_dim=projection_dim))
+    loss, query_s = timed(lambda: score_orders(S, orders, reference_loss))
+    return {"loss": [float(x) for x in loss], "S": S, "precompute_s": precompute_s, "query_s": query_s}
+
+
+def additive_search(flat: FlatModel, traj: Trajectory, batches, val, S: torch.Tensor, reference_loss: float,
+                    n_orders: int = 100_000, seed: int = 0) -> dict:
+    """Score ``n_orders`` random orders with the surrogate (timed: its O(T) query), take its optimum
+    (an exact linear assignment) and retrain that order for real, so a claimed gain is checked."""
+    score_s = 0.0
+    if n_orders:
+        gen = torch.Generator().manual_seed(seed)
+        many = torch.argsort(torch.rand(n_orders, traj.T, generator=gen), dim=1).to(S.device)
+        _, score_s = timed(lambda: score_orders(S, many, reference_loss))
+    best = best_order(S)
+    true = retrain(flat, traj.theta0, batches, [best], traj.lrs, traj.hp, batched=False)[0]
+    return {"search_orders": n_orders, "search_score_s": score_s, "best_order": best,
+            "best_order_predicted_loss": float(score_orders(S, [best], reference_loss)[0]),
+            "best_order_true_loss": flat.eval_loss(true, val)}
 
 
 ESTIMATORS: Dict[str, Callable] = {"none": est_none, "fut": est_fut, "fut2": est_fut2, "fut-carry": est_fut_carry,
@@ -256,13 +283,10 @@ def estimate(name: str, flat: FlatModel, traj: Trajectory, batches: torch.Tensor
         traj.batches = batches
     cuda = traj.device.type == "cuda"
     if cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    out = ESTIMATORS[name](flat, traj, batches, orders, val=val, reference_loss=reference_loss, **options)
-    if cuda:
-        torch.cuda.synchronize()
-    out["wall_s"] = time.perf_counter() - t0
+    out, out_wall = timed(lambda: ESTIMATORS[name](flat, traj, batches, orders, val=val, reference_loss=reference_loss,
+                                                    **options))
+    out["wall_s"] = out_wall
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     out.setdefault("params", None)
     out.setdefault("loss", None)

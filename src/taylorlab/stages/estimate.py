@@ -9,7 +9,6 @@ and compared with the random orders, so a claimed curriculum gain is checked, no
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 from safetensors.torch import load_file
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from taylorlab.io import atomic_write_json, read_json
 from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.order import AdamHP, FlatModel, Trajectory, estimate, fidelity_table, retrain, validate_orders
-from taylorlab.order.estimators import best_order, score_orders
+from taylorlab.order.estimators import additive_search, heuristic_orders, timed
 from taylorlab.order.functional import ppl
 
 
@@ -28,24 +27,13 @@ def queries(c, T: int, batch_losses):
         o = list(range(T))
         rng.shuffle(o)
         named[f"random-{k}"] = o
-    by_loss = sorted(range(T), key=lambda b: batch_losses[b])
-    heur = {"reverse": list(range(T - 1, -1, -1)), "easy_to_hard": by_loss, "hard_to_easy": by_loss[::-1]}
+    heur = heuristic_orders(batch_losses)
     for h in c.heuristics:
         named[h] = heur[h]
     for i, o in enumerate(c.orders):
         named[f"explicit-{i}"] = list(o)
     validate_orders(list(named.values()), T)
     return named
-
-
-def _timed(fn, cuda: bool):
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
 
 
 def load_record(paths: dict, device):
@@ -98,11 +86,11 @@ def run(ctx):
 
     batched = cuda if c.retrain_batched is None else bool(c.retrain_batched)
     if c.retrain_jobs > 1:
-        true_params, retrain_wall = _timed(lambda: _retrain_fanned_out(ctx, c, paths, orders, batched, device), cuda)
+        true_params, retrain_wall = timed(lambda: _retrain_fanned_out(ctx, c, paths, orders, batched, device))
     else:
-        true_params, retrain_wall = _timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
-                                                           batched=batched, chunk=c.retrain_chunk), cuda)
-    _, two = _timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False), cuda)
+        true_params, retrain_wall = timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
+                                                          batched=batched, chunk=c.retrain_chunk))
+    _, two = timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False))
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
 
@@ -118,7 +106,7 @@ def run(ctx):
         else:
             est_loss[name] = out["loss"]
         if name == "additive":
-            extra["additive"] = _search(ctx, c, flat, traj, batches, val, hp, out, true_loss, names, ref_loss)
+            extra["additive"] = _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss)
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]
     table = fidelity_table([true_loss[i] for i in rand], {k: [v[i] for i in rand] for k, v in est_loss.items()},
                            true_params[rand], {k: v[rand] for k, v in est_params.items()}, traj.theta0,
@@ -142,23 +130,16 @@ def run(ctx):
     return {"estimates": "estimates.json"}
 
 
-def _search(ctx, c, flat, traj, batches, val, hp, out, true_loss, names, ref_loss) -> dict:
-    """Score many random orders with the additive surrogate (timed) and retrain its optimum."""
-    S = out["S"]
-    gen = torch.Generator().manual_seed(c.seed + 1)
-    many = torch.argsort(torch.rand(c.search_orders, traj.T, generator=gen), dim=1).to(S.device) if c.search_orders else None
-    cuda = S.is_cuda
-    scored, score_s = _timed(lambda: score_orders(S, many, 0.0), cuda) if many is not None else (None, 0.0)
-    best = best_order(S)
-    best_true = flat.eval_loss(retrain(flat, traj.theta0, batches, [best], traj.lrs, hp, batched=False)[0], val)
+def _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss) -> dict:
+    """The additive surrogate's search, its optimum retrained, against the random orders' true losses."""
+    search = additive_search(flat, traj, batches, val, out["S"], ref_loss, n_orders=c.search_orders, seed=c.seed + 1)
     rand_true = sorted(true_loss[i] for i, n in enumerate(names) if n.startswith("random-"))
-    result = {"precompute_s": out["precompute_s"], "search_orders": c.search_orders, "search_score_s": score_s,
-              "best_order": best, "best_order_predicted_loss": float(score_orders(S, [best], ref_loss)[0]),
-              "best_order_true_loss": best_true,
-              "random_true_loss_median": rand_true[len(rand_true) // 2], "random_true_loss_min": rand_true[0],
-              "beats_median_random": best_true < rand_true[len(rand_true) // 2],
-              "beats_best_random": best_true < rand_true[0]}
+    median = rand_true[len(rand_true) // 2]
+    result = {"precompute_s": out["precompute_s"], **search,
+              "random_true_loss_median": median, "random_true_loss_min": rand_true[0],
+              "beats_median_random": search["best_order_true_loss"] < median,
+              "beats_best_random": search["best_order_true_loss"] < rand_true[0]}
     ctx.tracker.summary({f"orders/additive_search/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     ctx.log.info("additive: %d orders scored in %.3f s; its optimum retrained: loss %.4f (random median %.4f, best %.4f)",
-                 c.search_orders, score_s, best_true, result["random_true_loss_median"], rand_true[0])
+                 c.search_orders, search["search_score_s"], search["best_order_true_loss"], median, rand_true[0])
     return result

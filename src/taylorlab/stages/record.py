@@ -39,7 +39,7 @@ def run(ctx):
                                                     "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
                                                     "checkpoint_every": c.checkpoint_every,
                                                     "reference_validation_loss": ref_val, "dtype": c.dtype})
-    flat.load(traj.theta0)
+    # the record never changes the module's own weights (gradients are functional): they are theta_0
     save_model(model.cpu().float(), tok, ctx.dir / "model")  # the architecture (initial weights) for the estimators
     ctx.tracker.summary({"record/T": T, "record/parameters": flat.dim, "record/validation_loss": ref_val,
                          "record/stored_states": len(traj.stored)})

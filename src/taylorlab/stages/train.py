@@ -22,7 +22,7 @@ def run(ctx):
     device = resolve_device(c.device)
     dist = ctx.dist if ctx.dist is not None else distributed.DistInfo()
     if dist.enabled:
-        distributed.init(device.type)
+        distributed.init(dist, device.type)
         device = distributed.device_for(dist, device)
     model, tok = load_model_artifact(ctx.artifact("model", "model"), dtype=c.dtype)
     seq_len = context_length(model, c.seq_len)

@@ -34,36 +34,26 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _submitit_tasks() -> int:
-    if "SUBMITIT_EXECUTOR" not in os.environ and "SLURM_JOB_ID" not in os.environ:
-        return 1
-    try:
-        import submitit
-
-        return int(submitit.JobEnvironment().num_tasks)
-    except Exception:
-        return int(os.environ.get("SLURM_NTASKS", "1"))
-
-
 def detect() -> DistInfo:
-    """Rank and world size from the environment, without starting anything."""
+    """Rank and world size from the environment (torchrun's variables, else the Slurm/submitit job),
+    without starting anything."""
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if _submitit_tasks() > 1:
-        import submitit
+    if "SUBMITIT_EXECUTOR" in os.environ or "SLURM_JOB_ID" in os.environ:
+        try:
+            import submitit
 
-        env = submitit.JobEnvironment()
-        return DistInfo(int(env.global_rank), int(env.num_tasks), int(env.local_rank))
+            env = submitit.JobEnvironment()
+            return DistInfo(int(env.global_rank), int(env.num_tasks), int(env.local_rank))
+        except Exception:  # a Slurm job not started by submitit (e.g. an interactive allocation)
+            pass
     return DistInfo()
 
 
-def init(device_kind: str = "cpu") -> DistInfo:
-    """Initialise the default process group when the job has several tasks; idempotent."""
-    info = detect()
-    if not info.enabled:
-        return info
-    if torch.distributed.is_initialized():
-        return info
+def init(info: DistInfo, device_kind: str = "cpu") -> None:
+    """Initialise the default process group for a job of several tasks (``detect()``); idempotent."""
+    if not info.enabled or torch.distributed.is_initialized():
+        return
     if "MASTER_ADDR" not in os.environ:  # a Slurm job of several tasks started by submitit
         from submitit.helpers import TorchDistributedEnvironment
 
@@ -75,7 +65,6 @@ def init(device_kind: str = "cpu") -> DistInfo:
         torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
     torch.distributed.init_process_group(backend=backend)
     log.info("process group up: rank %d of %d (%s)", info.rank, info.world_size, backend)
-    return info
 
 
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
