@@ -12,8 +12,9 @@ state, delta_t = gamma_t - theta_t the deviation of the queried order's run.
   checkpoints. T^2 gradient evaluations, streamed over t (the T x T table is never stored).
 * ``fut2`` — the paper's second-order recursion: ``fut`` plus ``1/2 Gamma''(g_l) (h_l delta_t)^2``.
 * ``fut-carry`` — this project's accuracy estimator: ``g(gamma_t, B_l) ~ g(theta_t, B_l) +
-  H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``) or
-  none (``curvature="none"``, the cheap variant), and Adam's m, v and step computed exactly from that
+  H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``), the
+  paper's secant diagonal (``curvature="secant"``, cost independent of K once K >> T) or none
+  (``curvature="none"``, the cheap variant), and Adam's m, v and step computed exactly from that
   gradient along the new order (moments carried, never linearised). Streams over t, advancing all K
   orders together (memory K x 3d).
 * ``additive`` — this project's search surrogate: ``f(order) - f(reference) ~ sum_t S[t, l_t]`` with
@@ -123,10 +124,7 @@ def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool)
         if prev_g is None:
             h = torch.zeros_like(g_all)
         else:
-            dtheta = theta - prev_theta
-            ok = dtheta.abs() > 1e-12
-            h = torch.where(ok, (g_all - prev_g) / torch.where(ok, dtheta, torch.ones_like(dtheta)),
-                            torch.zeros_like(g_all))
+            h = _secant(g_all, prev_g, theta - prev_theta)
         ids = [o[t] for o in orders]  # all K orders at once
         gam, d1, d2 = _phi_derivatives(traj, t, g_all[ids])
         ref_gamma = _phi_derivatives(traj, t, g_all[traj.order[t]])[0]
@@ -147,8 +145,19 @@ def est_fut2(flat, traj, batches, orders, **_) -> dict:
     return _fut(flat, traj, batches, orders, second_order=True)
 
 
+def _secant(g_now: torch.Tensor, g_prev: torch.Tensor, dtheta: torch.Tensor) -> torch.Tensor:
+    """The paper's secant Hessian diagonal of one batch between consecutive reference states."""
+    ok = dtheta.abs() > 1e-12
+    return torch.where(ok, (g_now - g_prev) / torch.where(ok, dtheta, torch.ones_like(dtheta)), torch.zeros_like(g_now))
+
+
 def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", chunk: int = 16,
                   **_) -> dict:
+    """``curvature``: ``hvp`` (exact; on a GPU each order's gradient and Hessian-vector product come
+    from one vmapped forward-over-reverse pass), ``secant`` (the paper's diagonal from the gradients
+    of the step's batches at the current and previous reference states: 2 gradients per distinct
+    batch of a step, previous states' gradients reused, so for K >> T the cost is about T gradients
+    per step whatever K) or ``none``."""
     K = len(orders)
     gamma = traj.theta0.expand(K, -1).clone()
     m, v = torch.zeros_like(gamma), torch.zeros_like(gamma)
@@ -156,23 +165,36 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
     if cuda:
         from torch.func import vmap
 
-        hvp_many = vmap(flat.hvp, in_dims=(None, 0, 0))
+        grad_hvp_many = vmap(lambda th, b, vec: torch.func.jvp(lambda x: torch.func.grad(flat.loss)(x, b), (th,), (vec,)),
+                             in_dims=(None, 0, 0))
+    prev_table, prev_theta = {}, None
     for t in range(traj.T):
         theta = traj.theta(t)
         ids = [o[t] for o in orders]
         uniq = sorted(set(ids))
-        table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
-        g = torch.stack([table[b] for b in ids])
-        if curvature == "hvp":
-            delta = gamma - theta
-            if cuda:  # K Hessian-vector products in chunks (vmapped)
-                for lo in range(0, K, chunk):
-                    idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
-                    g[lo:lo + chunk] += hvp_many(theta, batches[idx], delta[lo:lo + chunk])
-            else:
+        delta = gamma - theta
+        if curvature == "hvp" and cuda:  # gradient and H delta together, K orders in chunks
+            g = torch.empty_like(gamma)
+            for lo in range(0, K, chunk):
+                idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
+                gk, hk = grad_hvp_many(theta, batches[idx], delta[lo:lo + chunk])
+                g[lo:lo + chunk] = gk + hk
+        else:
+            table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
+            g = torch.stack([table[b] for b in ids])
+            if curvature == "hvp":
                 for k, b in enumerate(ids):
                     if torch.any(delta[k] != 0):
                         g[k] += flat.hvp(theta, batches[b], delta[k])
+            elif curvature == "secant" and t > 0:
+                missing = [b for b in uniq if b not in prev_table]
+                if missing:
+                    prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))
+                dtheta = theta - prev_theta
+                h = {b: _secant(table[b], prev_table[b], dtheta) for b in uniq}
+                g = g + torch.stack([h[b] for b in ids]) * delta
+            if curvature == "secant":
+                prev_table, prev_theta = table, theta
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
     return {"params": gamma}
 
