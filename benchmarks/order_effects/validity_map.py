@@ -70,9 +70,17 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     for name in estimators:
         opts = {}
         label = name
-        if name == "fut-carry-nocurv":
-            name, opts = "fut-carry", {"curvature": "none"}
-        out = estimate(name, flat, traj, train, orders, val=val, reference_loss=ref_loss, **opts)
+        if name in ("fut-carry-nocurv", "fut-carry-secant"):
+            name, opts = "fut-carry", {"curvature": "none" if label.endswith("nocurv") else "secant"}
+        if name == "additive":
+            opts = {"chunk": a.additive_chunk}
+        try:
+            out = estimate(name, flat, traj, train, orders, val=val, reference_loss=ref_loss, **opts)
+        except Exception as exc:  # one estimator failing (e.g. out of memory) must not lose the cell
+            extra.setdefault("errors", {})[label] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"  {label}: FAILED {exc}", flush=True)
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            continue
         cost[label], peak[label] = out["wall_s"], out["peak_gib"]
         if out["params"] is not None:
             est_params[label] = out["params"]
@@ -117,6 +125,7 @@ def main():
     ap.add_argument("--K", type=int, default=32)
     ap.add_argument("--every", type=int, default=16, help="store the state every k steps; replay between")
     ap.add_argument("--retrain-chunk", type=int, default=32)
+    ap.add_argument("--additive-chunk", type=int, default=8, help="one-step effects computed together in additive")
     ap.add_argument("--cells", default="256:1e-3:0.1:none,fut-carry;64:1e-3:0:none,fut-carry,fut-carry-nocurv,additive,fut,fut2",
                     help="T:peak_lr:warmup_fraction:estimators;... run in this order")
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting new cells after this many seconds")
@@ -135,7 +144,12 @@ def main():
             continue
         T, lr, warm, ests = spec.split(":")
         print(f"cell T={T} lr={lr} warmup={warm}", flush=True)
-        res = cell(tokens, a, int(T), float(lr), float(warm), ests.split(","), device)
+        try:
+            res = cell(tokens, a, int(T), float(lr), float(warm), ests.split(","), device)
+        except Exception as exc:
+            results.setdefault("failed", []).append({"cell": spec, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            print(f"cell {spec} FAILED: {exc}", flush=True)
+            continue
         results["cells"].append(res)
         print(json.dumps({r["estimator"]: round(r["spearman"], 3) if r["spearman"] == r["spearman"] else None
                           for r in res["fidelity"]}), flush=True)

@@ -264,10 +264,12 @@ def best_order(S: torch.Tensor) -> List[int]:
     return [int(c) for _, c in sorted(zip(rows, cols))]
 
 
-def est_additive(flat, traj, batches, orders, val=None, reference_loss=None, projection_dim: int = 0, **_) -> dict:
+def est_additive(flat, traj, batches, orders, val=None, reference_loss=None, projection_dim: int = 0, chunk: int = 8,
+                 **_) -> dict:
     if val is None or reference_loss is None:
         raise ValueError("additive needs the validation batches and the reference validation loss")
-    S, precompute_s = timed(lambda: additive_scores(flat, traj, batches, val, projection_dim=projection_dim))
+    S, precompute_s = timed(lambda: additive_scores(flat, traj, batches, val, projection_dim=projection_dim,
+                                                    chunk=chunk))
     loss, query_s = timed(lambda: score_orders(S, orders, reference_loss))
     return {"loss": [float(x) for x in loss], "S": S, "precompute_s": precompute_s, "query_s": query_s}
 

@@ -1,0 +1,84 @@
+"""Batched retraining (K parameter copies trained together, torch.func.vmap over the gradient)
+against one-at-a-time retraining, orders per second, for the project's tiny and small models
+(conf/model/tiny.yaml, conf/model/small.yaml), trained from scratch in float32.
+
+    python benchmarks/order_effects/retrain_speed.py --tokens .bench/order_tokens.pt --out retrain_speed_h200.json
+
+Needs only torch, transformers and pyyaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE.parent))
+
+from common import record as record_json  # noqa: E402
+from taylorlab.models import build_llama  # noqa: E402
+from taylorlab.order import AdamHP, FlatModel, retrain  # noqa: E402
+from taylorlab.order.estimators import timed  # noqa: E402
+
+
+def one_model(name: str, tokens, a, device) -> dict:
+    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    B, L, T, K = a.batch, a.seq_len, a.T, a.K
+    model = build_llama(tokens["vocab"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+                        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+                        num_key_value_heads=cfg["num_key_value_heads"], max_position_embeddings=L, seed=0).to(device)
+    flat = FlatModel(model)
+    batches = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
+    rng = random.Random(0)
+    orders = [rng.sample(range(T), T) for _ in range(K)]
+    lrs, hp = [a.lr] * T, AdamHP(betas=(0.9, 0.95), grad_clip=1.0)
+    theta0 = flat.flat().to(device)
+    retrain(flat, theta0, batches, [o[:2] for o in orders], lrs, hp, batched=True)  # warm-up (kernels, workspaces)
+    retrain(flat, theta0, batches, [orders[0][:2]], lrs, hp, batched=False)
+    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    together, batched_s = timed(lambda: retrain(flat, theta0, batches, orders, lrs, hp, batched=True, chunk=a.chunk))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    n_one = a.one_at_a_time
+    alone, one_s = timed(lambda: retrain(flat, theta0, batches, orders[:n_one], lrs, hp, batched=False))
+    rel = float((torch.linalg.vector_norm(together[:n_one] - alone, dim=1)
+                 / torch.linalg.vector_norm(alone - theta0, dim=1)).max())
+    return {"model": name, "parameters": flat.dim, "T": T, "K": K, "batch_tokens": B * L, "chunk": a.chunk or K,
+            "batched_s": batched_s, "batched_orders_per_s": K / batched_s, "batched_peak_gib": peak,
+            "one_at_a_time_orders": n_one, "one_at_a_time_s": one_s, "one_at_a_time_orders_per_s": n_one / one_s,
+            "speedup": (K / batched_s) / (n_one / one_s),
+            "max_rel_difference_batched_vs_alone": rel}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--models", default="tiny,small")
+    ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--K", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=None, help="copies trained together (default: all K)")
+    ap.add_argument("--one-at-a-time", type=int, default=4, help="orders timed one after another")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    tokens = torch.load(a.tokens)
+    device = torch.device(a.device)
+    res = {"config": vars(a), "models": []}
+    for name in a.models.split(","):
+        r = one_model(name, tokens, a, device)
+        print(r, flush=True)
+        res["models"].append(r)
+        record_json(Path(a.out), res, command="python benchmarks/order_effects/retrain_speed.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
