@@ -113,7 +113,7 @@ def _phi_derivatives(traj: Trajectory, t: int, g: torch.Tensor):
     return val, d1, d2
 
 
-def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool) -> dict:
+def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool, chunk: int = 8) -> dict:
     K, T = len(orders), traj.T
     delta = torch.zeros(K, traj.dim, dtype=traj.theta0.dtype, device=traj.device)
     wd = traj.hp.weight_decay
@@ -125,24 +125,26 @@ def _fut(flat: FlatModel, traj: Trajectory, batches, orders, second_order: bool)
             h = torch.zeros_like(g_all)
         else:
             h = _secant(g_all, prev_g, theta - prev_theta)
-        ids = [o[t] for o in orders]  # all K orders at once
-        gam, d1, d2 = _phi_derivatives(traj, t, g_all[ids])
         ref_gamma = _phi_derivatives(traj, t, g_all[traj.order[t]])[0]
-        dg = h[ids] * delta
-        change = gam - ref_gamma + d1 * dg + wd * delta
-        if second_order:
-            change = change + 0.5 * d2 * dg * dg
-        delta = delta - traj.lrs[t] * change
+        for lo in range(0, K, chunk):  # orders vectorised in chunks (each temporary is [chunk, d])
+            ids = [o[t] for o in orders[lo:lo + chunk]]
+            dk = delta[lo:lo + chunk]
+            gam, d1, d2 = _phi_derivatives(traj, t, g_all[ids])
+            dg = h[ids] * dk
+            change = gam - ref_gamma + d1 * dg + wd * dk
+            if second_order:
+                change = change + 0.5 * d2 * dg * dg
+            delta[lo:lo + chunk] = dk - traj.lrs[t] * change
         prev_g, prev_theta = g_all, theta
     return {"params": traj.final + delta}
 
 
-def est_fut(flat, traj, batches, orders, **_) -> dict:
-    return _fut(flat, traj, batches, orders, second_order=False)
+def est_fut(flat, traj, batches, orders, chunk: int = 8, **_) -> dict:
+    return _fut(flat, traj, batches, orders, second_order=False, chunk=chunk)
 
 
-def est_fut2(flat, traj, batches, orders, **_) -> dict:
-    return _fut(flat, traj, batches, orders, second_order=True)
+def est_fut2(flat, traj, batches, orders, chunk: int = 8, **_) -> dict:
+    return _fut(flat, traj, batches, orders, second_order=True, chunk=chunk)
 
 
 def _secant(g_now: torch.Tensor, g_prev: torch.Tensor, dtheta: torch.Tensor) -> torch.Tensor:
