@@ -18,12 +18,13 @@ help:
 	@echo "make demo  - install and run the default pipeline (tiny Llama, four pruning methods)"
 	@echo "make test  - install with dev extras and run the tests"
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile scripts/fetch-austen.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps $(EMBEDDED_PACKAGES)
+	bash scripts/fetch-austen.sh $(VENV)/share/janeaustenr
 	touch $(STAMP)
 
 install: $(STAMP)

