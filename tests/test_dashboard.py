@@ -58,7 +58,13 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
     for est in ("none", "fut", "fut2", "fut-carry", "additive"):  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
-    assert "No memorization analysis stage" in dom.stdout  # empty sections say why
+    (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
+    heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
+    assert len(heat_cells) == 3 * len(mem["cells"])  # estimated, true, difference
+    assert {(int(i), int(j)) for i, j in heat_cells} == {tuple(c) for c in mem["cells"]}
+    (cur,) = [json.loads(p.read_text()) for p in (out / "dash").glob("curriculum-*/curriculum.json")]
+    assert dom.stdout.count('<table class="curriculum">') == 1
+    assert dom.stdout.count('<tr class="best">') == 1 and f"Recommended (best verified): {cur['best']}" in dom.stdout
     for name in ("method", "pattern", "sparsity", "estimator"):  # the filters
         assert f'data-filter="{name}"' in dom.stdout, name
     shot = tmp_path / "shot.png"

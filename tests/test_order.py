@@ -222,3 +222,33 @@ def test_memorization_by_position_estimate_tracks_retraining():
     assert m["spearman"] > 0.8
     # the reference cells (batch i at its own position) are the reference run itself
     assert m["estimated"][0, 0] == m["no_change"][0, 0] and m["estimated"][5, 5] == m["no_change"][5, 5]
+
+
+def test_curriculum_design_recommends_the_best_verified_order_and_ranks_like_the_truth():
+    from scipy.stats import spearmanr
+
+    from taylorlab.order.curriculum import candidate_orders, design_curriculum
+
+    flat, batches, val, _, _, traj = setup(1e-3)
+    ref = flat.eval_loss(traj.final, val)
+    cands = candidate_orders(flat, traj, batches, num_random=8, seed=3)
+    res = design_curriculum(flat, traj, batches, val, ref, cands, verify_top=len(cands))  # verify everything
+    rows = res["candidates"]
+    assert all(r["true_loss"] is not None for r in rows) and res["verified"] == len(cands)
+    assert res["best_true_loss"] == min(r["true_loss"] for r in rows)
+    ref_row = next(r for r in rows if r["name"] == "reference")
+    assert ref_row["estimated_loss"] == ref and abs(ref_row["true_loss"] - ref) < 1e-12
+    assert spearmanr([r["estimated_loss"] for r in rows], [r["true_loss"] for r in rows]).statistic > 0.8
+    few = design_curriculum(flat, traj, batches, val, ref, cands, verify_top=2)
+    assert few["verified"] == 3 and sum(r["true_loss"] is not None for r in few["candidates"]) == 3
+    by_rank = sorted((r for r in few["candidates"] if r["name"] != "reference"), key=lambda r: r["rank_by_estimate"])
+    assert {r["name"] for r in few["candidates"] if r["true_loss"] is not None} == {"reference"} | {
+        r["name"] for r in by_rank[:2]}
+
+
+def test_memorization_cells_spread_over_the_run():
+    from taylorlab.order.curriculum import memorization_cells
+
+    cells = memorization_cells(16, None, 3, 4)
+    assert sorted({i for i, _ in cells}) == [0, 8, 15] and sorted({j for _, j in cells}) == [0, 5, 10, 15]
+    assert memorization_cells(16, [2], 3, 1) == [(2, 0)]

@@ -30,3 +30,10 @@ def test_bad_retrain_launcher_is_a_one_line_error(tmp_path):
     proc = run_cli(ARGS + ["run=bad", "estimate.retrain_launcher=cloud"], tmp_path)
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and len(err) == 1 and "estimate.retrain_launcher" in err[0]
+
+
+def test_memorize_batch_out_of_range_is_a_one_line_error(tmp_path):
+    proc = run_cli(["debug=fast", "launcher=inline", "stages=[memorize]", "run=mem", "memorize.batches=[0,99]"], tmp_path)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "memorize.batches" in err[0] and "99" in err[0]
+    assert not list(Path(tmp_path).glob("mem/record-*"))  # refused before anything ran

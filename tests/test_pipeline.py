@@ -24,9 +24,9 @@ def stage_dirs(out, run, node):
 
 def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     first = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 10 stage(s)" in first.stdout
+    assert "ran 12 stage(s)" in first.stdout
     for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "record",
-                 "estimate", "report"):
+                 "estimate", "memorize", "curriculum", "report"):
         (d,) = stage_dirs(tmp_path, "e2e", node)
         assert (d / "DONE").exists() and (d / "manifest.json").exists(), node
     res = json.loads(next(iter(stage_dirs(tmp_path, "e2e", "evaluate_pruned")))
@@ -37,11 +37,20 @@ def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     search = est["additive"]
     assert sorted(search["best_order"]) == list(range(6)) and search["best_order_true_loss"] > 0
     assert len(est["orders"]) == 5 and all(o["true_loss"] > 0 for o in est["orders"])
+    mem_dir = stage_dirs(tmp_path, "e2e", "memorize")[0]
+    mem = json.loads((mem_dir / "memorization.json").read_text())
+    assert len(mem["cells"]) == 6 and mem["mae"] >= 0 and mem["mae_no_change"] > 0
+    assert all(mem["true"][i][j] > 0 and mem["estimated"][i][j] > 0 for i, j in mem["cells"])
+    assert (mem_dir / "memorization.png").stat().st_size > 1000
+    cur = json.loads(stage_dirs(tmp_path, "e2e", "curriculum")[0].joinpath("curriculum.json").read_text())
+    verified = {r["name"]: r["true_loss"] for r in cur["candidates"] if r["true_loss"] is not None}
+    assert len(verified) == 3 and "reference" in verified  # the reference and the 2 best by estimate
+    assert cur["best_true_loss"] == min(verified.values()) and sorted(cur["best_order"]) == list(range(6))
     spars = json.loads(stage_dirs(tmp_path, "e2e", "prune")[0].joinpath("sparsity.json").read_text())
     assert abs(spars["total"]["sparsity"] - 0.5) < 0.01
     t0 = time.time()
     second = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 0 stage(s)" in second.stdout and "skipped 10 done" in second.stdout
+    assert "ran 0 stage(s)" in second.stdout and "skipped 12 done" in second.stdout
     assert "skip train: done with the same hash" in second.stdout + second.stderr
     assert time.time() - t0 < 30
     forced = run_cli(FAST + ["run=e2e", "launcher=inline", "prune.method=gblm", "force=prune"], tmp_path, check=True)

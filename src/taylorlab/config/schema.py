@@ -177,6 +177,35 @@ class EstimateConfig:
 
 
 @dataclass
+class MemorizeConfig:
+    """Memorization by position over a grid of (batch, position) cells of the recorded run."""
+
+    estimator: str = "fut-carry"  # any order estimator that gives parameters
+    batches: List[int] = field(default_factory=list)  # batch ids i; [] = num_batches spread over the run
+    num_batches: int = 3
+    num_positions: int = 4  # positions j, spread from the first step to the last
+    with_retraining: bool = True  # the true M (one retraining per cell) and the error against it
+    curvature: str = "hvp"
+    device: str = "cpu"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class CurriculumConfig:
+    """Candidate curricula ranked by an estimator; the best few verified by real retraining."""
+
+    estimator: str = "fut-carry"
+    num_random: int = 8  # random orders among the candidates
+    seed: int = 2
+    heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
+    additive_proposal: bool = False  # add the additive surrogate's optimum (T^2 gradients) as a candidate
+    verify_top: int = 3  # candidates retrained (besides the reference order)
+    curvature: str = "hvp"
+    device: str = "cpu"
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
 class ReportConfig:
     title: str = "taylorlab run"
     resources: Resources = field(default_factory=Resources)
@@ -223,6 +252,8 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    memorize: MemorizeConfig = field(default_factory=MemorizeConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
@@ -298,6 +329,22 @@ def validate(cfg: Any) -> None:
         raise ConfigError("estimate.projection_dim and estimate.search_orders must be 0 or more.")
     for name in e.heuristics:
         _choice("estimate.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
+    mz, cu = cfg.memorize, cfg.curriculum
+    _choice("memorize.estimator", mz.estimator, ("none", "fut", "fut2", "fut-carry"))
+    _choice("curriculum.estimator", cu.estimator, ("none", "fut", "fut2", "fut-carry", "additive"))
+    for key, val in (("memorize.curvature", mz.curvature), ("curriculum.curvature", cu.curvature)):
+        _choice(key, val, ("hvp", "secant", "none"))
+    for name in cu.heuristics:
+        _choice("curriculum.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
+    out_of_range = [i for i in mz.batches if not 0 <= i < cfg.record.num_batches]
+    if out_of_range:
+        raise ConfigError(f"memorize.batches has ids {out_of_range} outside 0..{cfg.record.num_batches - 1} "
+                          f"(record.num_batches={cfg.record.num_batches}).")
+    _positive("memorize.num_batches", mz.num_batches)
+    _positive("memorize.num_positions", mz.num_positions)
+    _positive("curriculum.verify_top", cu.verify_top)
+    if cu.num_random < 0:
+        raise ConfigError(f"curriculum.num_random={cu.num_random} must be 0 or more.")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
     if p.method == "gblm" and not c.gradients:

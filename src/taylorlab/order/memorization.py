@@ -21,13 +21,13 @@ def moved_order(T: int, i: int, j: int) -> List[int]:
 
 
 def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Sequence[Tuple[int, int]],
-                        estimator: str = "fut-carry", with_retraining: bool = True) -> Dict:
+                        estimator: str = "fut-carry", with_retraining: bool = True, **options) -> Dict:
     """Estimated (and retrained) M over ``cells`` [(i, j), ...]; NaN where a cell was not asked for."""
     from scipy.stats import spearmanr
 
     T = traj.T
     orders = [moved_order(T, i, j) for i, j in cells]
-    est = estimate(estimator, flat, traj, batches, orders)
+    est = estimate(estimator, flat, traj, batches, orders, **options)
     shape = (T, T)
     m_est = torch.full(shape, math.nan, dtype=torch.float64)
     m_true = torch.full(shape, math.nan, dtype=torch.float64)

@@ -72,8 +72,18 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
             est = _read_json(d / "estimates.json") if (d / "DONE").exists() else None
             if est:
                 orders.append({"run": Path(rd).name, "stage": d.name, **est})
+    def done_json(pattern, name):
+        out = []
+        for rd in run_dirs:
+            for d in sorted(Path(rd).glob(pattern)):
+                data = _read_json(d / name) if (d / "DONE").exists() else None
+                if data:
+                    out.append({"run": Path(rd).name, "stage": d.name, **data})
+        return out
+
     return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
-                    "order_estimates": orders, "memorization": [], "curriculum": []})
+                    "order_estimates": orders, "memorization": done_json("memorize-*", "memorization.json"),
+                    "curriculum": done_json("curriculum-*", "curriculum.json")})
 
 
 def _finite(obj):
@@ -191,8 +201,48 @@ function drawOrders(){
     chart(box,series,'true perplexity','estimated perplexity',true);});
 }
 drawOrders();
-empty('memorization','No memorization analysis stage is part of these runs yet.');
-empty('curriculum','No curriculum design stage is part of these runs yet.');
+function heat(box, title, m, rows, cols, lo, hi, diverging){
+  const C=34, L=40, T=30; const svg=el('svg',{width:L+C*cols.length+10,height:T+C*rows.length+30,role:'img'},box);
+  el('text',{x:L,y:14},svg,title);
+  const color=v=>{if(v==null)return '#eee'; let t=(v-lo)/((hi-lo)||1); t=Math.max(0,Math.min(1,t));
+    return diverging?`rgb(${Math.round(255*Math.min(1,2*t))},${Math.round(255*(1-Math.abs(2*t-1)))},${Math.round(255*Math.min(1,2-2*t))})`
+                    :`hsl(${Math.round(260-220*t)},70%,${Math.round(30+40*t)}%)`;};
+  rows.forEach((i,a)=>{el('text',{x:L-6,y:T+C*a+C/2+4,'text-anchor':'end'},svg,String(i));
+    cols.forEach((j,b)=>{const v=m[i][j]; const r=el('rect',{x:L+C*b,y:T+C*a,width:C-2,height:C-2,fill:color(v),'data-i':i,'data-j':j},svg);
+      el('title',{},r,'batch '+i+' at position '+j+': '+(v==null?'–':v.toPrecision(5)));});});
+  cols.forEach((j,b)=>el('text',{x:L+C*b+C/2,y:T+C*rows.length+14,'text-anchor':'middle'},svg,String(j)));
+}
+function drawMemorization(){
+  const box=document.getElementById('memorization');
+  if(!D.memorization.length){empty('memorization','No memorize stage (record -> memorize) is part of these runs.');return;}
+  D.memorization.forEach(M=>{
+    const f=v=>v==null?'–':Number(v).toPrecision(3);
+    h('h3',{},box,M.run+' / '+M.stage+' — loss on batch i (rows) at the end with batch i moved to position j (columns), T='+M.T);
+    if(M.true) h('p',{},box,M.estimator+': MAE '+f(M.mae)+' against '+f(M.mae_no_change)+' for "no change"; Spearman '+f(M.spearman)+' over '+M.cells.length+' cells.');
+    const rows=[...new Set(M.cells.map(c=>c[0]))].sort((a,b)=>a-b), cols=[...new Set(M.cells.map(c=>c[1]))].sort((a,b)=>a-b);
+    const vals=M.cells.flatMap(c=>[M.estimated[c[0]][c[1]]].concat(M.true?[M.true[c[0]][c[1]]]:[])).filter(v=>v!=null);
+    const lo=Math.min(...vals), hi=Math.max(...vals); const wrap=h('div',{class:'heatmaps'},box);
+    heat(wrap,'estimated ('+M.estimator+')',M.estimated,rows,cols,lo,hi,false);
+    if(M.true){heat(wrap,'true (retrained)',M.true,rows,cols,lo,hi,false);
+      const diff=M.estimated.map((r,i)=>r.map((v,j)=>v==null||M.true[i][j]==null?null:v-M.true[i][j]));
+      const a=Math.max(1e-12,...M.cells.map(c=>Math.abs(diff[c[0]][c[1]]||0))); heat(wrap,'estimated − true',diff,rows,cols,-a,a,true);}
+  });
+}
+function drawCurriculum(){
+  const box=document.getElementById('curriculum');
+  if(!D.curriculum.length){empty('curriculum','No curriculum stage (record -> curriculum) is part of these runs.');return;}
+  D.curriculum.forEach(C=>{
+    const f=v=>v==null?'–':Number(v).toPrecision(5);
+    h('h3',{},box,C.run+' / '+C.stage+' — candidates ranked by '+C.estimator+'; '+C.verified+' retrained');
+    h('p',{},box,'Recommended (best verified): '+C.best+', validation loss '+f(C.best_true_loss)+' against '+f(C.reference_true_loss)+' for the reference order (gain '+f(C.gain_vs_reference)+' nats).');
+    const t=h('table',{class:'curriculum'},box); const hr=h('tr',{},t);
+    ['rank by estimate','candidate','estimated loss','true loss (retrained)'].forEach(x=>h('th',{},hr,x));
+    [...C.candidates].sort((a,b)=>a.rank_by_estimate-b.rank_by_estimate).forEach(r=>{
+      const tr=h('tr',{class:r.name===C.best?'best':''},t); h('td',{class:'num'},tr,String(r.rank_by_estimate));
+      h('td',{},tr,r.name); h('td',{class:'num'},tr,f(r.estimated_loss)); h('td',{class:'num'},tr,f(r.true_loss));});
+  });
+}
+drawMemorization(); drawCurriculum();
 document.body.setAttribute('data-render-ms',String(Math.round(performance.now())));
 document.body.setAttribute('data-ready','1');
 """

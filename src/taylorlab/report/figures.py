@@ -64,3 +64,34 @@ def order_scatter(estimates: Dict, path: Path) -> Optional[Path]:
     lo, hi = min(true), max(true)
     ax.plot([lo, hi], [lo, hi], color="#bbb", linewidth=1)
     return _save(plt, fig, ax, "true perplexity (retrained)", "estimated perplexity", path)
+
+
+def memorization_heatmaps(mem: Dict, path: Path) -> Path:
+    """M[i, j] (loss on batch i at the end, batch i moved to position j): estimated, true and their
+    difference side by side; only the computed cells are drawn."""
+    import numpy as np
+
+    plt = _plt()
+    panels = [("estimated (" + mem["estimator"] + ")", mem["estimated"])]
+    if mem.get("true") is not None:
+        panels.append(("true (retrained)", mem["true"]))
+        est = np.array(mem["estimated"], dtype=float)
+        tru = np.array(mem["true"], dtype=float)
+        panels.append(("estimated − true", (est - tru).tolist()))
+    rows = sorted({i for i, _ in mem["cells"]})
+    cols = sorted({j for _, j in mem["cells"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(rows) + 2.2), squeeze=False)
+    for ax, (title, m) in zip(axes[0], panels):
+        a = np.array([[np.nan if m[i][j] is None else m[i][j] for j in cols] for i in rows], dtype=float)
+        im = ax.imshow(a, aspect="auto", cmap="RdBu_r" if "−" in title else "viridis")
+        ax.set_xticks(range(len(cols)), [str(j) for j in cols])
+        ax.set_yticks(range(len(rows)), [str(i) for i in rows])
+        ax.set_xlabel("position j the batch is moved to")
+        ax.set_ylabel("batch i")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle("loss on batch i at the end of training", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

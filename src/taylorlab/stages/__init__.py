@@ -14,6 +14,10 @@ CALIBRATE = StageSpec("calibrate", "taylorlab.stages.calibrate:run", "calibratio
 PRUNE = StageSpec("prune", "taylorlab.stages.prune:run", "magnitude / Wanda / SparseGPT / GBLM")
 RECORD = StageSpec("record", "taylorlab.stages.record:run", "the reference run, every step kept, for order estimates")
 ESTIMATE = StageSpec("estimate", "taylorlab.stages.estimate:run", "order estimators against real retraining")
+MEMORIZE = StageSpec("memorize", "taylorlab.stages.memorize:run",
+                     "memorization by position: M[i, j] estimated and retrained, heatmaps")
+CURRICULUM = StageSpec("curriculum", "taylorlab.stages.curriculum:run",
+                       "curricula ranked by an estimator, the best verified by retraining")
 REPORT = StageSpec("report", "taylorlab.stages.report:run", "tables and a page of this pipeline's results")
 
 # the model under study: the trained model when train is part of the run, else the base model
@@ -30,11 +34,13 @@ GRAPH = Graph(
         Node("evaluate_pruned", EVALUATE, parents={"data": ("data",), "model": ("prune",)}, config="evaluate"),
         Node("record", RECORD, parents={"data": ("data",), "model": ("base_model",)}),
         Node("estimate", ESTIMATE, parents={"record": ("record",)}),
+        Node("memorize", MEMORIZE, parents={"record": ("record",)}),
+        Node("curriculum", CURRICULUM, parents={"record": ("record",)}),
         Node(
             "report", REPORT,
             parents={"dense": ("evaluate_dense",), "pruned": ("evaluate_pruned",), "train": ("train",),
-                     "orders": ("estimate",)},
-            optional_parents=("dense", "pruned", "train", "orders"),
+                     "orders": ("estimate",), "memorization": ("memorize",), "curriculum": ("curriculum",)},
+            optional_parents=("dense", "pruned", "train", "orders", "memorization", "curriculum"),
         ),
     ]
 )

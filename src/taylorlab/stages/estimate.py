@@ -11,13 +11,12 @@ from __future__ import annotations
 import random
 
 import torch
-from safetensors.torch import load_file
-
-from taylorlab.io import atomic_write_json, read_json
-from taylorlab.models import load_model_artifact, resolve_device
-from taylorlab.order import AdamHP, FlatModel, Trajectory, estimate, fidelity_table, retrain, validate_orders
+from taylorlab.io import atomic_write_json
+from taylorlab.models import resolve_device
+from taylorlab.order import estimate, fidelity_table, retrain, validate_orders
 from taylorlab.order.estimators import additive_search, heuristic_orders, timed
 from taylorlab.order.functional import ppl
+from taylorlab.stages.common import load_record, record_paths
 
 
 def queries(c, T: int, batch_losses):
@@ -34,19 +33,6 @@ def queries(c, T: int, batch_losses):
         named[f"explicit-{i}"] = list(o)
     validate_orders(list(named.values()), T)
     return named
-
-
-def load_record(paths: dict, device):
-    """The recorded run from its artifacts: (flat model, trajectory, batches, validation, meta)."""
-    meta = read_json(paths["meta"])
-    tensors = {k: v.to(device) for k, v in load_file(str(paths["trajectory"])).items()}
-    model, _ = load_model_artifact(paths["model"])
-    model = model.to(device=device, dtype=tensors["theta.0"].dtype)
-    flat = FlatModel(model)
-    hp = AdamHP(betas=tuple(meta["betas"]), eps=meta["eps"], weight_decay=meta["weight_decay"], grad_clip=meta["grad_clip"])
-    batches, val = tensors.pop("batches"), tensors.pop("validation")
-    traj = Trajectory.from_tensors(tensors, meta["order"], meta["lrs"], hp, meta.get("checkpoint_every", 1), flat, batches)
-    return flat, traj, batches, val, meta
 
 
 def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None) -> torch.Tensor:
@@ -75,7 +61,7 @@ def run(ctx):
     c = ctx.cfg
     device = resolve_device(c.device)
     cuda = device.type == "cuda"
-    paths = {k: str(ctx.artifact("record", k)) for k in ("meta", "trajectory", "model")}
+    paths = record_paths(ctx)
     flat, traj, batches, val, meta = load_record(paths, device)
     hp = traj.hp
     ref_loss = meta["reference_validation_loss"]

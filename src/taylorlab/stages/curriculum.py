@@ -1,0 +1,32 @@
+"""curriculum: design a training order — candidate curricula (named heuristics, random orders and,
+optionally, the additive surrogate's optimum) ranked by an estimator, the best few and the
+reference retrained for real; the recommended order is the best verified one (``order.json``)."""
+
+from __future__ import annotations
+
+from taylorlab.io import atomic_write_json
+from taylorlab.models import resolve_device
+from taylorlab.order.curriculum import candidate_orders, design_curriculum
+from taylorlab.stages.common import load_record, record_paths
+
+
+def run(ctx):
+    c = ctx.cfg
+    device = resolve_device(c.device)
+    flat, traj, batches, val, meta = load_record(record_paths(ctx), device)
+    cands = candidate_orders(flat, traj, batches, c.num_random, c.seed, tuple(c.heuristics))
+    opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
+    res = design_curriculum(flat, traj, batches, val, meta["reference_validation_loss"], cands, estimator=c.estimator,
+                            verify_top=c.verify_top, additive_proposal=c.additive_proposal,
+                            retrain_batched=device.type == "cuda", **opts)
+    atomic_write_json(ctx.dir / "curriculum.json", res)
+    atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
+                                               "true_validation_loss": res["best_true_loss"]})
+    ctx.tracker.summary({"curriculum/best_true_loss": res["best_true_loss"],
+                         "curriculum/reference_true_loss": res["reference_true_loss"],
+                         "curriculum/gain_vs_reference": res["gain_vs_reference"]})
+    ctx.tracker.table("curriculum/candidates", ["name", "estimated_loss", "rank_by_estimate", "true_loss"],
+                      [[r["name"], r["estimated_loss"], r["rank_by_estimate"], r["true_loss"]] for r in res["candidates"]])
+    ctx.log.info("curriculum: %d candidates ranked by %s; best verified %s, loss %.4f (reference %.4f)",
+                 len(res["candidates"]), c.estimator, res["best"], res["best_true_loss"], res["reference_true_loss"])
+    return {"curriculum": "curriculum.json", "order": "order.json"}

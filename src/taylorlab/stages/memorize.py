@@ -1,0 +1,47 @@
+"""memorize: memorization by position — M[i, j], the loss on training batch i at the end of training
+when batch i is moved to position j (the others keep their order), by an estimator and by real
+retraining, with the error between them and against "no change"; a heatmap beside the truth."""
+
+from __future__ import annotations
+
+import math
+
+from taylorlab.errors import ConfigError
+from taylorlab.io import atomic_path, atomic_write_json
+from taylorlab.models import resolve_device
+from taylorlab.order.curriculum import memorization_cells
+from taylorlab.order.memorization import memorization_matrix
+from taylorlab.report import figures
+from taylorlab.stages.common import load_record, record_paths
+
+
+def _rows(m):
+    return [[None if math.isnan(x) else x for x in row] for row in m.tolist()]
+
+
+def run(ctx):
+    c = ctx.cfg
+    flat, traj, batches, _, _ = load_record(record_paths(ctx), resolve_device(c.device))
+    bad = [i for i in c.batches if not 0 <= i < traj.T]
+    if bad:
+        raise ConfigError(f"memorize.batches has ids {bad} outside the recorded run's 0..{traj.T - 1}.")
+    cells = memorization_cells(traj.T, list(c.batches), c.num_batches, c.num_positions)
+    ctx.log.info("memorization: %d cells (batch, position) by %s%s", len(cells), c.estimator,
+                 " and by retraining" if c.with_retraining else "")
+    opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
+    res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
+                              **opts)
+    out = {"T": traj.T, "estimator": c.estimator, "cells": res["cells"], "estimate_wall_s": res["estimate_wall_s"],
+           "estimated": _rows(res["estimated"]), "no_change": _rows(res["no_change"])}
+    if "true" in res:
+        out.update(true=_rows(res["true"]), mae=res["mae"], mae_no_change=res["mae_no_change"], spearman=res["spearman"])
+        ctx.tracker.summary({f"memorize/{k}": res[k] for k in ("mae", "mae_no_change", "spearman")})
+        ctx.log.info("memorization: %s MAE %.4g (no change %.4g), Spearman %.3f", c.estimator, res["mae"],
+                     res["mae_no_change"], res["spearman"])
+    atomic_write_json(ctx.dir / "memorization.json", out)
+    artifacts = {"memorization": "memorization.json"}
+    with atomic_path(ctx.dir / "memorization.png") as tmp:
+        figures.memorization_heatmaps(out, tmp)
+    artifacts["figure"] = "memorization.png"
+    ctx.tracker.image("memorize/heatmaps", ctx.dir / "memorization.png")
+    return artifacts
