@@ -19,3 +19,16 @@ def run_cli(args, out_dir, env=None, check=False, timeout=900):
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def random_orders(k, T, seed=1):
+    """k seeded random permutations of range(T) (order-effect queries)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(k):
+        o = list(range(T))
+        rng.shuffle(o)
+        out.append(o)
+    return out

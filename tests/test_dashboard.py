@@ -60,7 +60,8 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
         assert f'<tr data-estimator="{est}">' in dom.stdout
     (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
     heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
-    assert len(heat_cells) == 3 * len(mem["cells"])  # estimated, true, difference
+    assert len(heat_cells) == 2 * 3 * len(mem["cells"])  # memorization, generalization x estimated, true, difference
+    assert 'data-kind="generalization"' in dom.stdout
     assert {(int(i), int(j)) for i, j in heat_cells} == {tuple(c) for c in mem["cells"]}
     (cur,) = [json.loads(p.read_text()) for p in (out / "dash").glob("curriculum-*/curriculum.json")]
     assert dom.stdout.count('<table class="curriculum">') == 1

@@ -41,6 +41,9 @@ def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     mem = json.loads((mem_dir / "memorization.json").read_text())
     assert len(mem["cells"]) == 6 and mem["mae"] >= 0 and mem["mae_no_change"] > 0
     assert all(mem["true"][i][j] > 0 and mem["estimated"][i][j] > 0 for i, j in mem["cells"])
+    gen = mem["generalization"]
+    assert all(gen["true"][i][j] > 0 and gen["estimated"][i][j] > 0 for i, j in mem["cells"])
+    assert gen["mae_no_change"] > 0 and gen["mae"] >= 0
     assert (mem_dir / "memorization.png").stat().st_size > 1000
     cur = json.loads(stage_dirs(tmp_path, "e2e", "curriculum")[0].joinpath("curriculum.json").read_text())
     verified = {r["name"]: r["true_loss"] for r in cur["candidates"] if r["true_loss"] is not None}
@@ -69,20 +72,23 @@ def test_sweep_shares_one_calibrate_stage(tmp_path):
         assert m in report.stdout
 
 
+def wait_for_checkpoint(proc, run_dir: Path, timeout: float = 300) -> None:
+    """Until the train stage of ``run_dir`` has written a checkpoint (while ``proc`` still runs)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(run_dir.glob("train-*/checkpoints/step-*/meta.json")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared before the run ended")
+
+
 def test_sigkill_mid_training_then_rerun_gives_identical_weights(tmp_path):
     args = FAST + ["stages=[train]", "launcher=inline", "train.max_batches=60", "train.checkpoint_every=5"]
     run_cli(args + ["run=straight"], tmp_path, check=True)
     env = {**os.environ, "CI": "1"}
     proc = subprocess.Popen([sys.executable, str(ENTRY), f"out_dir={tmp_path}", "run=killed", *args], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    ckpts = []
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = list((tmp_path / "killed").glob("train-*/checkpoints/step-*/meta.json"))
-        if ckpts:
-            break
-        time.sleep(0.05)
-    assert ckpts, "no checkpoint appeared before the run ended"
+    wait_for_checkpoint(proc, tmp_path / "killed")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (train_dir,) = stage_dirs(tmp_path, "killed", "train")
@@ -96,6 +102,43 @@ def test_sigkill_mid_training_then_rerun_gives_identical_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _processes_mentioning(text: str):
+    """PIDs of live processes whose command line contains ``text`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_sigterm_to_a_local_driver_stops_its_stage_processes_and_the_rerun_resumes(tmp_path):
+    args = FAST + ["stages=[train]", "launcher=local", "train.max_batches=400", "train.checkpoint_every=5", "run=term"]
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.Popen([sys.executable, str(ENTRY), f"out_dir={tmp_path}", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, tmp_path / "term")
+    assert _processes_mentioning(str(tmp_path / "term")), "the stage does not run in its own process"
+    proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command again" in lines[0]
+    end = time.time() + 30
+    while _processes_mentioning(str(tmp_path / "term")) and time.time() < end:
+        time.sleep(0.2)
+    assert not _processes_mentioning(str(tmp_path / "term")), "stage processes outlived their driver"
+    (train_dir,) = stage_dirs(tmp_path, "term", "train")
+    assert not (train_dir / "DONE").exists()
+    again = run_cli(args, tmp_path, check=True)
+    assert "ran 1 stage(s) train" in again.stdout
+    assert "resumed from step-" in (train_dir / "stage.log").read_text()
 
 
 def test_missing_model_path_fails_with_one_line_and_runs_no_dependent(tmp_path):

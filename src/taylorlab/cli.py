@@ -96,6 +96,9 @@ def run_pipeline(cfg) -> Optional[str]:
         plan = execute(GRAPH, cfg)
     except TaylorlabError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: the running stages were stopped; run the same command again to resume "
+             "(finished stages are skipped, interrupted ones continue from their checkpoints).", code=130)
     ran = [s.node for s in plan.stages.values() if s.action == "run"]
     skipped = [s.node for s in plan.stages.values() if s.action == "skip"]
     if not cfg.dry_run:

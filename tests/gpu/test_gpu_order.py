@@ -1,10 +1,9 @@
 """Order estimators on a GPU (vmapped paths) against the CPU's one-at-a-time paths: skipped without
 CUDA (CI has none); run on the lent H200."""
 
-import random
-
 import pytest
 import torch
+from helpers import random_orders
 
 from taylorlab.order import AdamHP, FlatModel, estimate, record, retrain
 
@@ -27,13 +26,7 @@ def _setup(device):
 
 
 def _orders(k):
-    rng = random.Random(1)
-    out = []
-    for _ in range(k):
-        o = list(range(T))
-        rng.shuffle(o)
-        out.append(o)
-    return out
+    return random_orders(k, T)
 
 
 def _close_runs(a, b, theta0=None):

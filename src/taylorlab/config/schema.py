@@ -199,6 +199,9 @@ class CurriculumConfig:
     seed: int = 2
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
     additive_proposal: bool = False  # add the additive surrogate's optimum (T^2 gradients) as a candidate
+    genetic_generations: int = 3  # the paper's genetic search with the estimator as fitness; 0 = off
+    genetic_population: int = 12
+    genetic_keep: int = 2  # its best orders added to the candidates
     verify_top: int = 3  # candidates retrained (besides the reference order)
     curvature: str = "hvp"
     device: str = "cpu"
@@ -343,8 +346,11 @@ def validate(cfg: Any) -> None:
     _positive("memorize.num_batches", mz.num_batches)
     _positive("memorize.num_positions", mz.num_positions)
     _positive("curriculum.verify_top", cu.verify_top)
-    if cu.num_random < 0:
-        raise ConfigError(f"curriculum.num_random={cu.num_random} must be 0 or more.")
+    for key in ("num_random", "genetic_generations", "genetic_keep"):
+        if cu[key] < 0:
+            raise ConfigError(f"curriculum.{key}={cu[key]} must be 0 or more.")
+    if cu.genetic_generations and cu.genetic_population < 4:
+        raise ConfigError(f"curriculum.genetic_population={cu.genetic_population}: the genetic search needs at least 4.")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
     if p.method == "gblm" and not c.gradients:

@@ -39,6 +39,51 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
     finished: set = {n for n, s in plan.stages.items() if s.action == "skip"}
     failed: Dict[str, str] = {}
     blocked: set = set()
+    restore = _raise_on_sigterm()
+    try:
+        _local_loop(graph, plan, cfg, submitit, lc, pending, running, finished, failed, blocked)
+    except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the stage processes too, never leave them running
+        _cancel_local(running)
+        raise
+    finally:
+        restore()
+    if failed:
+        first = next(iter(failed.values()))
+        extra = f"; not run because of it: {', '.join(sorted(blocked))}" if blocked else ""
+        raise StageFailed(first + extra)
+
+
+def _raise_on_sigterm() -> Callable[[], None]:
+    """SIGTERM (kill, a batch system, a closing terminal) raises KeyboardInterrupt in the driver, so
+    its clean-up runs; returns the function that restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def _cancel_local(running: Dict[str, tuple], wait_s: float = 20.0) -> None:
+    """SIGINT to every running stage's submitit process (which passes it to the stage and then
+    kills it); wait for them to end. The stages resume from their checkpoints on the next run."""
+    for name, (job, _) in running.items():
+        log.error("interrupted: stopping %s (local job %s)", name, job.job_id)
+        try:
+            job.cancel(check=False)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not all(job.done() for job, _ in running.values()):
+        time.sleep(0.2)
+
+
+def _local_loop(graph, plan, cfg, submitit, lc, pending, running, finished, failed, blocked) -> None:
     while pending or running:
         # start what is ready, within the budget
         for ps in list(pending):
@@ -72,10 +117,6 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
                 cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else str(exc).strip().splitlines()[-1]
                 failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
                 log.error(failed[name])
-    if failed:
-        first = next(iter(failed.values()))
-        extra = f"; not run because of it: {', '.join(sorted(blocked))}" if blocked else ""
-        raise StageFailed(first + extra)
 
 
 def slurm_parameters(ps: PlannedStage, cfg: DictConfig) -> Dict:

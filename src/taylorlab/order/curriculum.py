@@ -1,8 +1,10 @@
 """Curriculum design: candidate orders scored by an estimator, the best few retrained for real.
 
 Candidates are the named curricula (reverse, easy-to-hard, hard-to-easy by each batch's loss at the
-end of the reference run), ``num_random`` random orders and, with ``additive_proposal``, the order
-that minimises the additive surrogate (an exact linear assignment). The ``estimator`` ranks them all;
+end of the reference run), ``num_random`` random orders, with ``additive_proposal`` the order that
+minimises the additive surrogate (an exact linear assignment) and, with ``genetic``, the best orders
+of the paper's genetic search (order crossover, swap/insert mutation, elite) whose fitness is the
+estimator. The ``estimator`` ranks them all;
 the ``verify_top`` best by estimate and the reference order are then retrained, so the recommended
 curriculum is the best *verified* one and the estimate's ranking can be checked against the truth.
 """
@@ -34,7 +36,8 @@ def candidate_orders(flat, traj: Trajectory, batches, num_random: int, seed: int
 
 def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.Tensor, reference_loss: float,
                       candidates: Dict[str, List[int]], estimator: str = "fut-carry", verify_top: int = 3,
-                      additive_proposal: bool = False, retrain_batched: bool = False, **options) -> Dict:
+                      additive_proposal: bool = False, retrain_batched: bool = False,
+                      genetic: Optional[Dict] = None, **options) -> Dict:
     """Rank ``candidates`` by ``estimator``'s validation loss; retrain the ``verify_top`` best and the
     reference order; return every candidate's estimate, the verified ones' true loss and the best
     verified order (ties and all: never an unverified claim)."""
@@ -43,6 +46,19 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     if additive_proposal:
         S, proposal_s = timed(lambda: additive_scores(flat, traj, batches, val))
         cands["additive-optimum"] = best_order(S)
+    search_s, search_scored = 0.0, 0
+    if genetic:  # the estimator as fitness; the best few orders it finds join the candidates
+        def score(orders):
+            o = estimate(estimator, flat, traj, batches, orders, val=val, reference_loss=reference_loss, **options)
+            return o["loss"] if o["params"] is None else [flat.eval_loss(p, val) for p in o["params"]]
+
+        g = dict(genetic)
+        keep = int(g.pop("keep", 3))
+        found, search_s = timed(lambda: genetic_search(score, list(cands.values()), traj.T, **g))
+        search_scored = len(found)
+        known = {tuple(o) for o in cands.values()}
+        for k, (_, o) in enumerate([f for f in found if tuple(f[1]) not in known][:keep]):
+            cands[f"genetic-{k}"] = o
     names = list(cands)
     out = estimate(estimator, flat, traj, batches, [cands[n] for n in names], val=val, reference_loss=reference_loss,
                    **options)
@@ -59,7 +75,67 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     return {"estimator": estimator, "candidates": rows, "best": best, "best_order": cands[best],
             "best_true_loss": true[best], "reference_true_loss": true["reference"],
             "gain_vs_reference": true["reference"] - true[best], "estimate_wall_s": out["wall_s"],
-            "proposal_wall_s": proposal_s, "retrain_wall_s": retrain_s, "verified": len(verify_names)}
+            "proposal_wall_s": proposal_s, "genetic_search_wall_s": search_s, "genetic_orders_scored": search_scored,
+            "retrain_wall_s": retrain_s, "verified": len(verify_names)}
+
+
+def order_crossover(a: List[int], b: List[int], rng: random.Random) -> List[int]:
+    """OX1: a slice of parent ``a`` kept in place, the other positions filled with the remaining
+    batches in parent ``b``'s order."""
+    T = len(a)
+    i, j = sorted(rng.sample(range(T + 1), 2))
+    kept = set(a[i:j])
+    rest = iter(x for x in b if x not in kept)
+    return [a[k] if i <= k < j else next(rest) for k in range(T)]
+
+
+def mutate(order: List[int], rng: random.Random) -> List[int]:
+    """A swap of two batches or a move (insertion) of one, half the time each."""
+    o = list(order)
+    i, j = rng.sample(range(len(o)), 2)
+    if rng.random() < 0.5:
+        o[i], o[j] = o[j], o[i]
+    else:
+        o.insert(j, o.pop(i))
+    return o
+
+
+def genetic_search(score, seeds: List[List[int]], T: int, population: int = 16, generations: int = 4,
+                   elite: int = 2, mutation: float = 0.5, seed: int = 0):
+    """The paper's genetic algorithm over orders: ``score(orders) -> losses`` (an estimator sweep,
+    lower is better), order crossover, swap/insert mutation, tournament selection, ``elite`` kept.
+    Starts from ``seeds`` topped up with random orders. Returns [(loss, order)] of every order
+    scored, best first (each order once)."""
+    rng = random.Random(seed)
+    pop = [list(o) for o in seeds][:population]
+    while len(pop) < population:
+        pop.append(rng.sample(range(T), T))
+    seen: Dict[tuple, float] = {}
+
+    def evaluate(orders):
+        new = [o for o in {tuple(o): o for o in orders if tuple(o) not in seen}.values()]
+        if new:
+            for o, loss in zip(new, score(new)):
+                seen[tuple(o)] = float(loss) if loss == loss else float("inf")
+        return [seen[tuple(o)] for o in orders]
+
+    fit = evaluate(pop)
+    for _ in range(generations):
+        ranked = [pop[i] for i in sorted(range(len(pop)), key=lambda i: fit[i])]
+        children = ranked[:elite]
+
+        def pick():
+            a, b = rng.sample(range(len(pop)), 2)
+            return pop[a] if fit[a] <= fit[b] else pop[b]
+
+        while len(children) < population:
+            child = order_crossover(pick(), pick(), rng)
+            if rng.random() < mutation:
+                child = mutate(child, rng)
+            children.append(child)
+        pop = children
+        fit = evaluate(pop)
+    return sorted(((v, list(k)) for k, v in seen.items()), key=lambda x: x[0])
 
 
 def memorization_cells(T: int, batch_ids: Optional[List[int]], num_batches: int, num_positions: int):

@@ -1,6 +1,7 @@
 """Memorization by position: M[i, j] = loss on training batch i at the end of training when batch i
 is placed at position j (the other batches keep their relative order, shifted), by an estimator and
-by real retraining, with the numeric error between them (the paper reported none).
+by real retraining, with the numeric error between them (the paper reported none). With validation
+batches, generalization by position too: G[i, j] = held-out loss at the end for the same orders.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def moved_order(T: int, i: int, j: int) -> List[int]:
 
 
 def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Sequence[Tuple[int, int]],
-                        estimator: str = "fut-carry", with_retraining: bool = True, **options) -> Dict:
-    """Estimated (and retrained) M over ``cells`` [(i, j), ...]; NaN where a cell was not asked for."""
+                        estimator: str = "fut-carry", with_retraining: bool = True, val=None, **options) -> Dict:
+    """Estimated (and retrained) M over ``cells`` [(i, j), ...]; NaN where a cell was not asked for.
+    With ``val``, G (held-out loss) as well, under ``generalization``."""
     from scipy.stats import spearmanr
 
     T = traj.T
@@ -41,8 +43,24 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
     out = {"cells": list(map(list, cells)), "estimated": m_est, "no_change": m_none, "estimator": estimator,
            "estimate_wall_s": est["wall_s"]}
     if true is not None:
-        mask = ~torch.isnan(m_true)
-        out.update(true=m_true, mae=float((m_est - m_true)[mask].abs().mean()),
-                   mae_no_change=float((m_none - m_true)[mask].abs().mean()),
-                   spearman=float(spearmanr(m_est[mask].numpy(), m_true[mask].numpy()).statistic))
+        out.update(true=m_true, **_agreement(m_est, m_true, m_none, spearmanr))
+    if val is not None:
+        g_est, g_true, g_none = (torch.full(shape, math.nan, dtype=torch.float64) for _ in range(3))
+        ref_val = flat.eval_loss(traj.final, val)
+        for k, (i, j) in enumerate(cells):
+            g_est[i, j] = flat.eval_loss(est["params"][k], val)
+            g_none[i, j] = ref_val
+            if true is not None:
+                g_true[i, j] = flat.eval_loss(true[k], val)
+        gen = {"estimated": g_est, "no_change": g_none}
+        if true is not None:
+            gen.update(true=g_true, **_agreement(g_est, g_true, g_none, spearmanr))
+        out["generalization"] = gen
     return out
+
+
+def _agreement(est, true, none, spearmanr) -> Dict:
+    mask = ~torch.isnan(true)
+    rho = spearmanr(est[mask].numpy(), true[mask].numpy()).statistic if int(mask.sum()) > 1 else math.nan
+    return {"mae": float((est - true)[mask].abs().mean()), "mae_no_change": float((none - true)[mask].abs().mean()),
+            "spearman": float(rho)}

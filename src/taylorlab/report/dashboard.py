@@ -217,15 +217,19 @@ function drawMemorization(){
   if(!D.memorization.length){empty('memorization','No memorize stage (record -> memorize) is part of these runs.');return;}
   D.memorization.forEach(M=>{
     const f=v=>v==null?'–':Number(v).toPrecision(3);
-    h('h3',{},box,M.run+' / '+M.stage+' — loss on batch i (rows) at the end with batch i moved to position j (columns), T='+M.T);
-    if(M.true) h('p',{},box,M.estimator+': MAE '+f(M.mae)+' against '+f(M.mae_no_change)+' for "no change"; Spearman '+f(M.spearman)+' over '+M.cells.length+' cells.');
     const rows=[...new Set(M.cells.map(c=>c[0]))].sort((a,b)=>a-b), cols=[...new Set(M.cells.map(c=>c[1]))].sort((a,b)=>a-b);
-    const vals=M.cells.flatMap(c=>[M.estimated[c[0]][c[1]]].concat(M.true?[M.true[c[0]][c[1]]]:[])).filter(v=>v!=null);
-    const lo=Math.min(...vals), hi=Math.max(...vals); const wrap=h('div',{class:'heatmaps'},box);
-    heat(wrap,'estimated ('+M.estimator+')',M.estimated,rows,cols,lo,hi,false);
-    if(M.true){heat(wrap,'true (retrained)',M.true,rows,cols,lo,hi,false);
-      const diff=M.estimated.map((r,i)=>r.map((v,j)=>v==null||M.true[i][j]==null?null:v-M.true[i][j]));
-      const a=Math.max(1e-12,...M.cells.map(c=>Math.abs(diff[c[0]][c[1]]||0))); heat(wrap,'estimated − true',diff,rows,cols,-a,a,true);}
+    [['loss on batch i (rows) at the end with batch i moved to position j (columns)',M,'memorization'],
+     ['held-out loss at the end with batch i (rows) moved to position j (columns)',M.generalization,'generalization']].forEach(([what,G,kind])=>{
+      if(!G) return;
+      h('h3',{},box,M.run+' / '+M.stage+' — '+what+', T='+M.T);
+      if(G.true) h('p',{},box,M.estimator+': MAE '+f(G.mae)+' against '+f(G.mae_no_change)+' for "no change"; Spearman '+f(G.spearman)+' over '+M.cells.length+' cells.');
+      const vals=M.cells.flatMap(c=>[G.estimated[c[0]][c[1]]].concat(G.true?[G.true[c[0]][c[1]]]:[])).filter(v=>v!=null);
+      const lo=Math.min(...vals), hi=Math.max(...vals); const wrap=h('div',{class:'heatmaps','data-kind':kind},box);
+      heat(wrap,'estimated ('+M.estimator+')',G.estimated,rows,cols,lo,hi,false);
+      if(G.true){heat(wrap,'true (retrained)',G.true,rows,cols,lo,hi,false);
+        const diff=G.estimated.map((r,i)=>r.map((v,j)=>v==null||G.true[i][j]==null?null:v-G.true[i][j]));
+        const a=Math.max(1e-12,...M.cells.map(c=>Math.abs(diff[c[0]][c[1]]||0))); heat(wrap,'estimated − true',diff,rows,cols,-a,a,true);}
+    });
   });
 }
 function drawCurriculum(){

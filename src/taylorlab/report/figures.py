@@ -67,30 +67,39 @@ def order_scatter(estimates: Dict, path: Path) -> Optional[Path]:
 
 
 def memorization_heatmaps(mem: Dict, path: Path) -> Path:
-    """M[i, j] (loss on batch i at the end, batch i moved to position j): estimated, true and their
-    difference side by side; only the computed cells are drawn."""
+    """Rows of heatmaps over the computed (batch i, position j) cells: the loss on batch i at the end
+    (memorization) and, when present, the held-out loss (generalization) — estimated, true and their
+    difference side by side."""
     import numpy as np
 
     plt = _plt()
-    panels = [("estimated (" + mem["estimator"] + ")", mem["estimated"])]
-    if mem.get("true") is not None:
-        panels.append(("true (retrained)", mem["true"]))
-        est = np.array(mem["estimated"], dtype=float)
-        tru = np.array(mem["true"], dtype=float)
-        panels.append(("estimated − true", (est - tru).tolist()))
+    groups = [("loss on batch i", mem)]
+    if mem.get("generalization"):
+        groups.append(("held-out loss", mem["generalization"]))
     rows = sorted({i for i, _ in mem["cells"]})
     cols = sorted({j for _, j in mem["cells"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(rows) + 2.2), squeeze=False)
-    for ax, (title, m) in zip(axes[0], panels):
-        a = np.array([[np.nan if m[i][j] is None else m[i][j] for j in cols] for i in rows], dtype=float)
-        im = ax.imshow(a, aspect="auto", cmap="RdBu_r" if "−" in title else "viridis")
-        ax.set_xticks(range(len(cols)), [str(j) for j in cols])
-        ax.set_yticks(range(len(rows)), [str(i) for i in rows])
-        ax.set_xlabel("position j the batch is moved to")
-        ax.set_ylabel("batch i")
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("loss on batch i at the end of training", fontsize=10)
+    ncol = 3 if mem.get("true") is not None else 1
+    fig, axes = plt.subplots(len(groups), ncol, figsize=(4.2 * ncol, (0.5 * len(rows) + 2.0) * len(groups)),
+                             squeeze=False)
+
+    def grid(m):
+        return np.array([[np.nan if m[i][j] is None else m[i][j] for j in cols] for i in rows], dtype=float)
+
+    for r, (what, g) in enumerate(groups):
+        panels = [(f"{what}: estimated ({mem['estimator']})", grid(g["estimated"]))]
+        if g.get("true") is not None:
+            panels += [(f"{what}: true (retrained)", grid(g["true"])),
+                       ("estimated − true", grid(g["estimated"]) - grid(g["true"]))]
+        for ax, (title, a) in zip(axes[r], panels):
+            lim = np.nanmax(np.abs(a)) if "−" in title else None
+            im = ax.imshow(a, aspect="auto", cmap="RdBu_r" if lim is not None else "viridis",
+                           vmin=-lim if lim else None, vmax=lim)
+            ax.set_xticks(range(len(cols)), [str(j) for j in cols])
+            ax.set_yticks(range(len(rows)), [str(i) for i in rows])
+            ax.set_xlabel("position j batch i is moved to")
+            ax.set_ylabel("batch i")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,5 +1,6 @@
-"""curriculum: design a training order — candidate curricula (named heuristics, random orders and,
-optionally, the additive surrogate's optimum) ranked by an estimator, the best few and the
+"""curriculum: design a training order — candidate curricula (named heuristics, random orders, the
+best orders of a genetic search whose fitness is the estimator and, optionally, the additive
+surrogate's optimum) ranked by an estimator, the best few and the
 reference retrained for real; the recommended order is the best verified one (``order.json``)."""
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ def run(ctx):
     flat, traj, batches, val, meta = load_record(record_paths(ctx), device)
     cands = candidate_orders(flat, traj, batches, c.num_random, c.seed, tuple(c.heuristics))
     opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
+    genetic = ({"generations": c.genetic_generations, "population": c.genetic_population, "keep": c.genetic_keep,
+                "seed": c.seed} if c.genetic_generations else None)
     res = design_curriculum(flat, traj, batches, val, meta["reference_validation_loss"], cands, estimator=c.estimator,
                             verify_top=c.verify_top, additive_proposal=c.additive_proposal,
-                            retrain_batched=device.type == "cuda", **opts)
+                            retrain_batched=device.type == "cuda", genetic=genetic, **opts)
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
                                                "true_validation_loss": res["best_true_loss"]})

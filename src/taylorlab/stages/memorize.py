@@ -1,6 +1,7 @@
 """memorize: memorization by position — M[i, j], the loss on training batch i at the end of training
 when batch i is moved to position j (the others keep their order), by an estimator and by real
-retraining, with the error between them and against "no change"; a heatmap beside the truth."""
+retraining, with the error between them and against "no change"; the same for the held-out loss
+(generalization by position); heatmaps beside the truth."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _rows(m):
 
 def run(ctx):
     c = ctx.cfg
-    flat, traj, batches, _, _ = load_record(record_paths(ctx), resolve_device(c.device))
+    flat, traj, batches, val, _ = load_record(record_paths(ctx), resolve_device(c.device))
     bad = [i for i in c.batches if not 0 <= i < traj.T]
     if bad:
         raise ConfigError(f"memorize.batches has ids {bad} outside the recorded run's 0..{traj.T - 1}.")
@@ -30,7 +31,7 @@ def run(ctx):
                  " and by retraining" if c.with_retraining else "")
     opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
     res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
-                              **opts)
+                              val=val, **opts)
     out = {"T": traj.T, "estimator": c.estimator, "cells": res["cells"], "estimate_wall_s": res["estimate_wall_s"],
            "estimated": _rows(res["estimated"]), "no_change": _rows(res["no_change"])}
     if "true" in res:
@@ -38,6 +39,12 @@ def run(ctx):
         ctx.tracker.summary({f"memorize/{k}": res[k] for k in ("mae", "mae_no_change", "spearman")})
         ctx.log.info("memorization: %s MAE %.4g (no change %.4g), Spearman %.3f", c.estimator, res["mae"],
                      res["mae_no_change"], res["spearman"])
+    gen = res["generalization"]
+    out["generalization"] = {"estimated": _rows(gen["estimated"]), "no_change": _rows(gen["no_change"])}
+    if "true" in gen:
+        out["generalization"].update(true=_rows(gen["true"]), mae=gen["mae"], mae_no_change=gen["mae_no_change"],
+                                     spearman=gen["spearman"])
+        ctx.tracker.summary({f"memorize/generalization_{k}": gen[k] for k in ("mae", "mae_no_change", "spearman")})
     atomic_write_json(ctx.dir / "memorization.json", out)
     artifacts = {"memorization": "memorization.json"}
     with atomic_path(ctx.dir / "memorization.png") as tmp:
