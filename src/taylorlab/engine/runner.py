@@ -165,6 +165,7 @@ class StageJob:
     wandb: Dict[str, Any]
     progress: bool = True
     distributed: bool = False
+    threads: Optional[int] = None  # torch CPU threads: the stage's resources.cpus under local/slurm
 
     def __call__(self) -> Dict[str, Any]:
         return run_stage_job(self)
@@ -213,6 +214,10 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
     from taylorlab.training import distributed
 
     spec = StageSpec(job.stage, job.function, distributed=job.distributed)
+    if job.threads:  # stages running side by side must not each take every core (oversubscribed
+        import torch  # OpenMP threads made two 2-thread stages on 2 cores ~4x slower)
+
+        torch.set_num_threads(job.threads)
     info = distributed.detect()
     if not info.is_main:
         return _follow(job, spec, info)
@@ -302,6 +307,7 @@ def make_job(graph: Graph, plan: Plan, ps: PlannedStage, cfg: DictConfig) -> Sta
         run_name=str(cfg.run), run_dir=str(plan.run_dir),
         wandb=OmegaConf.to_container(cfg.wandb, resolve=True), progress=bool(cfg.progress),
         distributed=graph.nodes[ps.node].spec.distributed,
+        threads=None if cfg.launcher.name == "inline" else max(1, int(ps.resources.get("cpus", 1))),
     )
 
 
