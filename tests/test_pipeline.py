@@ -119,7 +119,7 @@ def _processes_mentioning(text: str):
 
 
 def test_sigterm_to_a_local_driver_stops_its_stage_processes_and_the_rerun_resumes(tmp_path):
-    args = FAST + ["stages=[train]", "launcher=local", "train.max_batches=400", "train.checkpoint_every=5", "run=term"]
+    args = FAST + ["stages=[train]", "launcher=local", "train.max_batches=3000", "train.checkpoint_every=5", "run=term"]
     env = {**os.environ, "CI": "1"}
     proc = subprocess.Popen([sys.executable, str(ENTRY), f"out_dir={tmp_path}", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -135,7 +135,7 @@ def test_sigterm_to_a_local_driver_stops_its_stage_processes_and_the_rerun_resum
         time.sleep(0.2)
     assert not _processes_mentioning(str(tmp_path / "term")), "stage processes outlived their driver"
     (train_dir,) = stage_dirs(tmp_path, "term", "train")
-    assert not (train_dir / "DONE").exists()
+    assert not (train_dir / "DONE").exists(), err + (train_dir / "stage.log").read_text()[-2000:]
     again = run_cli(args, tmp_path, check=True)
     assert "ran 1 stage(s) train" in again.stdout
     assert "resumed from step-" in (train_dir / "stage.log").read_text()

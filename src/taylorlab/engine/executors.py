@@ -70,17 +70,41 @@ def _raise_on_sigterm() -> Callable[[], None]:
 
 
 def _cancel_local(running: Dict[str, tuple], wait_s: float = 20.0) -> None:
-    """SIGINT to every running stage's submitit process (which passes it to the stage and then
-    kills it); wait for them to end. The stages resume from their checkpoints on the next run."""
+    """Stop every running stage: SIGINT to its submitit controller and to the stage process itself
+    (a shell that starts the driver in the background makes its children ignore SIGINT, so the
+    controller may not pass it on; the stage restores Python's handler), then SIGKILL for whatever
+    is left after ``wait_s``. The stages resume from their checkpoints on the next run."""
+    import signal
+
+    import psutil
+
+    procs = []
     for name, (job, _) in running.items():
         log.error("interrupted: stopping %s (local job %s)", name, job.job_id)
         try:
             job.cancel(check=False)
         except Exception:  # noqa: BLE001 - already gone
             pass
-    deadline = time.time() + wait_s
-    while time.time() < deadline and not all(job.done() for job, _ in running.values()):
-        time.sleep(0.2)
+        ctrl = getattr(job, "_process", None)
+        try:
+            parent = psutil.Process(ctrl.pid) if ctrl is not None else None
+            kids = parent.children(recursive=True) if parent is not None else []
+        except psutil.Error:
+            parent, kids = None, []
+        for p in kids:
+            try:
+                p.send_signal(signal.SIGINT)
+            except psutil.Error:
+                pass
+        procs += kids + ([parent] if parent is not None else [])
+    _, alive = psutil.wait_procs(procs, timeout=wait_s)
+    for p in alive:
+        log.error("process %d did not stop within %.0f s: killed", p.pid, wait_s)
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def _local_loop(graph, plan, cfg, submitit, lc, pending, running, finished, failed, blocked) -> None:

@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -214,6 +216,10 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
     from taylorlab.training import distributed
 
     spec = StageSpec(job.stage, job.function, distributed=job.distributed)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # started from a background shell job, SIGINT is inherited as ignored: restore Python's
+        # handler so that Ctrl-C / a cancelling driver stops the stage (FAILED written, lock released)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if job.threads:  # stages running side by side must not each take every core (oversubscribed
         import torch  # OpenMP threads made two 2-thread stages on 2 cores ~4x slower)
 
