@@ -173,9 +173,10 @@ def test_two_task_gloo_train_job_matches_one_process(slurm_cluster, tmp_path):
     import torch
 
     args = FAST + ["stages=[train]"]
-    # the same intra-op threads on both sides (each Slurm task runs with its resources.cpus=1 threads):
-    # a different thread count changes the order of float sums, which Adam then amplifies
-    run_cli(args + ["run=one", "launcher=inline"], tmp_path, env={"OMP_NUM_THREADS": "1"}, check=True)
+    # float64 on both sides: two half-batch gradients averaged equal one whole-batch gradient only
+    # up to rounding, which Adam amplifies in rare tokens' embedding rows (3.6e-5 in float32)
+    args += ["train.dtype=float64"]
+    run_cli(args + ["run=one", "launcher=inline"], tmp_path, check=True)
     run_cli(args + ["run=two", "launcher=slurm", "launcher.wait=true", "train.resources.tasks_per_node=2",
                     "train.resources.cpus=1"], tmp_path, check=True)
     train = stage_dir(tmp_path, "two", "train")
@@ -191,9 +192,4 @@ def test_two_task_gloo_train_job_matches_one_process(slurm_cluster, tmp_path):
     a = load_file(str(stage_dir(tmp_path, "one", "train") / "model" / "model.safetensors"))
     b = load_file(str(train / "model" / "model.safetensors"))
     for k in a:
-        # two half-batch gradients averaged vs one whole-batch gradient: equal in exact arithmetic; in
-        # float32 rare tokens' embedding rows (near-zero gradients that Adam normalises) move by up to
-        # 3.6e-5 (measured with the three-domain data), the tensors as a whole by ~1e-5 relative
-        rel = float((b[k] - a[k]).norm() / a[k].norm())
-        assert rel < 1e-4, (k, rel)
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4, msg=k)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

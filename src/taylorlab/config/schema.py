@@ -298,7 +298,8 @@ def validate(cfg: Any) -> None:
     _positive("train.max_batches", t.max_batches)
     for stage in ("train", "evaluate", "calibrate", "prune"):
         _choice(f"{stage}.device", cfg[stage].device, ("auto", "cpu", "cuda"))
-        _choice(f"{stage}.dtype", cfg[stage].dtype, ("float32", "bfloat16", "float16"))
+        # float64: exact comparisons (e.g. data-parallel against one process) and small studies
+        _choice(f"{stage}.dtype", cfg[stage].dtype, ("float32", "float64", "bfloat16", "float16"))
     _positive("evaluate.seq_len", cfg.evaluate.seq_len)
     _positive("evaluate.max_windows", cfg.evaluate.max_windows)
     c = cfg.calibrate
