@@ -23,12 +23,6 @@ def run_cli(args, out_dir, env=None, check=False, timeout=900):
 
 def random_orders(k, T, seed=1):
     """k seeded random permutations of range(T) (order-effect queries)."""
-    import random
+    from taylorlab.order.estimators import random_orders as orders
 
-    rng = random.Random(seed)
-    out = []
-    for _ in range(k):
-        o = list(range(T))
-        rng.shuffle(o)
-        out.append(o)
-    return out
+    return orders(T, k, seed)

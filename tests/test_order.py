@@ -1,7 +1,6 @@
 """Order-effect estimators on a tiny transformer against real retraining (properties, no magic
 numbers beyond the method notes' own claims)."""
 
-import math
 import random
 
 import helpers

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ sys.path.insert(0, str(HERE.parent))
 from common import record as record_json  # noqa: E402
 from taylorlab.models import build_llama  # noqa: E402
 from taylorlab.order import AdamHP, FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
-from taylorlab.order.estimators import additive_search, heuristic_orders, timed  # noqa: E402
+from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
+                                        random_orders, timed)  # noqa: E402
 from taylorlab.training import TrainSettings  # noqa: E402
 from taylorlab.training.trainer import lr_lambda  # noqa: E402
 
@@ -51,15 +51,9 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     hp = AdamHP(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, grad_clip=1.0)
     traj, rec_s = timed(lambda: record(flat, train, list(range(T)), lrs, hp, every=a.every))
     ref_loss = flat.eval_loss(traj.final, val)
-    rng = random.Random(1)
-    orders, names = [], []
-    for k in range(a.K):
-        o = list(range(T))
-        rng.shuffle(o)
-        orders.append(o)
-        names.append(f"random-{k}")
-    batch_loss = [float(flat.loss(traj.final, b).detach()) for b in train]
-    for n, o in heuristic_orders(batch_loss).items():
+    orders = random_orders(T, a.K, seed=1)
+    names = [f"random-{k}" for k in range(a.K)]
+    for n, o in heuristic_orders(final_batch_losses(flat, traj, train)).items():
         orders.append(o)
         names.append(n)
     true, retrain_s = timed(lambda: retrain(flat, traj.theta0, train, orders, lrs, hp, batched=True, chunk=a.retrain_chunk))
@@ -82,12 +76,9 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
             continue
         cost[label], peak[label] = out["wall_s"], out["peak_gib"]
+        est_loss[label] = estimated_losses(flat, out, val)
         if out["params"] is not None:
-            est_params[label] = out["params"]
-            est_loss[label] = [flat.eval_loss(p, val) for p in out["params"]]
-            del out["params"]
-        else:
-            est_loss[label] = out["loss"]
+            est_params[label] = out.pop("params")
         if label == "additive":
             search = additive_search(flat, traj, train, val, out["S"], ref_loss, n_orders=100_000, seed=2)
             rand = sorted(true_loss[: a.K])

@@ -2,7 +2,6 @@
 failures cancel dependents, impossible requests refused at submit time, scancel then resume."""
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 
 from taylorlab.engine.graph import Graph
-from taylorlab.engine.runner import Plan, PlannedStage, StageJob, failure_cause, make_job
+from taylorlab.engine.runner import Plan, PlannedStage, failure_cause, make_job
 from taylorlab.errors import ConfigError, StageFailed
 from taylorlab.io import atomic_write_json
 
@@ -41,7 +40,39 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
     blocked: set = set()
     restore = _raise_on_sigterm()
     try:
-        _local_loop(graph, plan, cfg, submitit, lc, pending, running, finished, failed, blocked)
+        while pending or running:
+            # start what is ready, within the budget
+            for ps in list(pending):
+                if _blocked_by(ps, set(failed) | blocked):
+                    pending.remove(ps)
+                    blocked.add(ps.node)
+                    log.error("not running %s: a stage it depends on failed", ps.node)
+                    continue
+                if not all(p in finished for p in ps.parents.values()):
+                    continue
+                cpus_used = sum(r[1].resources.get("cpus", 1) for r in running.values())
+                cpus = int(ps.resources.get("cpus", 1))
+                if running and (len(running) >= lc.max_parallel or cpus_used + cpus > lc.cpu_budget):
+                    continue
+                ex = submitit.LocalExecutor(folder=str(ps.dir / "submitit"))
+                ex.update_parameters(timeout_min=int(ps.resources.get("timeout_min", 60)), gpus_per_node=0)
+                job = ex.submit(make_job(graph, plan, ps, cfg))
+                log.info("started %s (local job %s) in %s", ps.node, job.job_id, ps.dir.name)
+                running[ps.node] = (job, ps)
+                pending.remove(ps)
+            time.sleep(lc.poll_interval_s if running else 0)
+            for name, (job, ps) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[name]
+                try:
+                    job.result()
+                    finished.add(name)
+                    log.info("finished %s", name)
+                except Exception as exc:  # noqa: BLE001 - the cause is in the stage's FAILED marker
+                    cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else str(exc).strip().splitlines()[-1]
+                    failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
+                    log.error(failed[name])
     except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the stage processes too, never leave them running
         _cancel_local(running)
         raise
@@ -105,42 +136,6 @@ def _cancel_local(running: Dict[str, tuple], wait_s: float = 20.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
-
-
-def _local_loop(graph, plan, cfg, submitit, lc, pending, running, finished, failed, blocked) -> None:
-    while pending or running:
-        # start what is ready, within the budget
-        for ps in list(pending):
-            if _blocked_by(ps, set(failed) | blocked):
-                pending.remove(ps)
-                blocked.add(ps.node)
-                log.error("not running %s: a stage it depends on failed", ps.node)
-                continue
-            if not all(p in finished for p in ps.parents.values()):
-                continue
-            cpus_used = sum(r[1].resources.get("cpus", 1) for r in running.values())
-            cpus = int(ps.resources.get("cpus", 1))
-            if running and (len(running) >= lc.max_parallel or cpus_used + cpus > lc.cpu_budget):
-                continue
-            ex = submitit.LocalExecutor(folder=str(ps.dir / "submitit"))
-            ex.update_parameters(timeout_min=int(ps.resources.get("timeout_min", 60)), gpus_per_node=0)
-            job = ex.submit(make_job(graph, plan, ps, cfg))
-            log.info("started %s (local job %s) in %s", ps.node, job.job_id, ps.dir.name)
-            running[ps.node] = (job, ps)
-            pending.remove(ps)
-        time.sleep(lc.poll_interval_s if running else 0)
-        for name, (job, ps) in list(running.items()):
-            if not job.done():
-                continue
-            del running[name]
-            try:
-                job.result()
-                finished.add(name)
-                log.info("finished %s", name)
-            except Exception as exc:  # noqa: BLE001 - the cause is in the stage's FAILED marker
-                cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else str(exc).strip().splitlines()[-1]
-                failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
-                log.error(failed[name])
 
 
 def slurm_parameters(ps: PlannedStage, cfg: DictConfig) -> Dict:

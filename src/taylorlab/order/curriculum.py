@@ -16,21 +16,16 @@ from typing import Dict, List, Optional
 
 import torch
 
-from taylorlab.order.estimators import additive_scores, best_order, estimate, heuristic_orders, timed
+from taylorlab.order.estimators import (additive_scores, best_order, estimate, estimated_losses, final_batch_losses,
+                                        heuristic_orders, random_orders, timed)
 from taylorlab.order.trajectory import Trajectory, retrain
 
 
 def candidate_orders(flat, traj: Trajectory, batches, num_random: int, seed: int,
                      heuristics=("reverse", "easy_to_hard", "hard_to_easy")) -> Dict[str, List[int]]:
-    T = traj.T
-    losses = [float(flat.loss(traj.final, b).detach()) for b in batches]
-    heur = heuristic_orders(losses)
-    out = {"reference": list(range(T)), **{h: heur[h] for h in heuristics}}
-    rng = random.Random(seed)
-    for k in range(num_random):
-        o = list(range(T))
-        rng.shuffle(o)
-        out[f"random-{k}"] = o
+    heur = heuristic_orders(final_batch_losses(flat, traj, batches))
+    out = {"reference": list(range(traj.T)), **{h: heur[h] for h in heuristics}}
+    out.update((f"random-{k}", o) for k, o in enumerate(random_orders(traj.T, num_random, seed)))
     return out
 
 
@@ -49,8 +44,8 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     search_s, search_scored = 0.0, 0
     if genetic:  # the estimator as fitness; the best few orders it finds join the candidates
         def score(orders):
-            o = estimate(estimator, flat, traj, batches, orders, val=val, reference_loss=reference_loss, **options)
-            return o["loss"] if o["params"] is None else [flat.eval_loss(p, val) for p in o["params"]]
+            return estimated_losses(flat, estimate(estimator, flat, traj, batches, orders, val=val,
+                                                   reference_loss=reference_loss, **options), val)
 
         g = dict(genetic)
         keep = int(g.pop("keep", 3))
@@ -62,7 +57,7 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     names = list(cands)
     out = estimate(estimator, flat, traj, batches, [cands[n] for n in names], val=val, reference_loss=reference_loss,
                    **options)
-    est = out["loss"] if out["params"] is None else [flat.eval_loss(p, val) for p in out["params"]]
+    est = estimated_losses(flat, out, val)
     ranked = sorted(range(len(names)), key=lambda i: (est[i] != est[i], est[i]))  # NaN last
     verify = [i for i in ranked if names[i] != "reference"][:verify_top]
     verify_names = ["reference"] + [names[i] for i in verify]

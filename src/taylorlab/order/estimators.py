@@ -51,6 +51,29 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def random_orders(T: int, n: int, seed: int) -> List[List[int]]:
+    """``n`` seeded random permutations of range(T) (the held-out queries)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        o = list(range(T))
+        rng.shuffle(o)
+        out.append(o)
+    return out
+
+
+def final_batch_losses(flat: FlatModel, traj: Trajectory, batches) -> List[float]:
+    """Each training batch's loss at the end of the reference run (easy / hard for the curricula)."""
+    return [float(flat.loss(traj.final, b).detach()) for b in batches]
+
+
+def estimated_losses(flat: FlatModel, out: dict, val) -> List[float]:
+    """Validation losses from an ``estimate`` result: given directly, or of its estimated parameters."""
+    return out["loss"] if out["params"] is None else [flat.eval_loss(p, val) for p in out["params"]]
+
+
 def heuristic_orders(batch_losses: List[float]) -> Dict[str, List[int]]:
     """The named curricula: reverse, and easy-to-hard / hard-to-easy by each batch's loss at the end
     of the reference run."""

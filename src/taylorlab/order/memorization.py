@@ -30,32 +30,29 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
     T = traj.T
     orders = [moved_order(T, i, j) for i, j in cells]
     est = estimate(estimator, flat, traj, batches, orders, **options)
-    shape = (T, T)
-    m_est = torch.full(shape, math.nan, dtype=torch.float64)
-    m_true = torch.full(shape, math.nan, dtype=torch.float64)
-    m_none = torch.full(shape, math.nan, dtype=torch.float64)
     true = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False) if with_retraining else None
+    none_loss = {i: float(flat.loss(traj.final, batches[i]).detach()) for i in {i for i, _ in cells}}
+    ref_val = flat.eval_loss(traj.final, val) if val is not None else None
+    M = {k: torch.full((T, T), math.nan, dtype=torch.float64) for k in ("est", "true", "none")}
+    G = {k: torch.full((T, T), math.nan, dtype=torch.float64) for k in ("est", "true", "none")}
     for k, (i, j) in enumerate(cells):
-        m_est[i, j] = float(flat.loss(est["params"][k], batches[i]).detach())
-        m_none[i, j] = float(flat.loss(traj.final, batches[i]).detach())
+        runs = {"est": est["params"][k], **({"true": true[k]} if true is not None else {})}
+        M["none"][i, j] = none_loss[i]
+        G["none"][i, j] = ref_val if val is not None else math.nan
+        for name, theta in runs.items():
+            M[name][i, j] = float(flat.loss(theta, batches[i]).detach())
+            if val is not None:
+                G[name][i, j] = flat.eval_loss(theta, val)
+
+    def result(R):
+        out = {"estimated": R["est"], "no_change": R["none"]}
         if true is not None:
-            m_true[i, j] = float(flat.loss(true[k], batches[i]).detach())
-    out = {"cells": list(map(list, cells)), "estimated": m_est, "no_change": m_none, "estimator": estimator,
-           "estimate_wall_s": est["wall_s"]}
-    if true is not None:
-        out.update(true=m_true, **_agreement(m_est, m_true, m_none, spearmanr))
+            out.update(true=R["true"], **_agreement(R["est"], R["true"], R["none"], spearmanr))
+        return out
+
+    out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est["wall_s"], **result(M)}
     if val is not None:
-        g_est, g_true, g_none = (torch.full(shape, math.nan, dtype=torch.float64) for _ in range(3))
-        ref_val = flat.eval_loss(traj.final, val)
-        for k, (i, j) in enumerate(cells):
-            g_est[i, j] = flat.eval_loss(est["params"][k], val)
-            g_none[i, j] = ref_val
-            if true is not None:
-                g_true[i, j] = flat.eval_loss(true[k], val)
-        gen = {"estimated": g_est, "no_change": g_none}
-        if true is not None:
-            gen.update(true=g_true, **_agreement(g_est, g_true, g_none, spearmanr))
-        out["generalization"] = gen
+        out["generalization"] = result(G)
     return out
 
 

@@ -49,6 +49,17 @@ def _cache_hits(run_dir: Path) -> Dict[str, int]:
     return hits
 
 
+def _done_json(run_dirs: List[Path], pattern: str, name: str) -> List[Dict[str, Any]]:
+    """The JSON result ``name`` of every finished stage directory matching ``pattern``, run by run."""
+    out = []
+    for rd in run_dirs:
+        for d in sorted(Path(rd).glob(pattern)):
+            data = _read_json(d / name) if (d / "DONE").exists() else None
+            if data:
+                out.append({"run": Path(rd).name, "stage": d.name, **data})
+    return out
+
+
 def collect(run_dirs: List[Path]) -> Dict[str, Any]:
     stages, curves = [], []
     for rd in run_dirs:
@@ -66,24 +77,10 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
             })
             if s["node"] == "train" and s["state"] == "done":
                 curves.append({"run": rd.name, "stage": d.name, "points": _curve(d)})
-    orders = []
-    for rd in run_dirs:
-        for d in sorted(Path(rd).glob("estimate-*")):
-            est = _read_json(d / "estimates.json") if (d / "DONE").exists() else None
-            if est:
-                orders.append({"run": Path(rd).name, "stage": d.name, **est})
-    def done_json(pattern, name):
-        out = []
-        for rd in run_dirs:
-            for d in sorted(Path(rd).glob(pattern)):
-                data = _read_json(d / name) if (d / "DONE").exists() else None
-                if data:
-                    out.append({"run": Path(rd).name, "stage": d.name, **data})
-        return out
-
     return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
-                    "order_estimates": orders, "memorization": done_json("memorize-*", "memorization.json"),
-                    "curriculum": done_json("curriculum-*", "curriculum.json")})
+                    "order_estimates": _done_json(run_dirs, "estimate-*", "estimates.json"),
+                    "memorization": _done_json(run_dirs, "memorize-*", "memorization.json"),
+                    "curriculum": _done_json(run_dirs, "curriculum-*", "curriculum.json")})
 
 
 def _finite(obj):

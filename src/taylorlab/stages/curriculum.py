@@ -16,12 +16,11 @@ def run(ctx):
     device = resolve_device(c.device)
     flat, traj, batches, val, meta = load_record(record_paths(ctx), device)
     cands = candidate_orders(flat, traj, batches, c.num_random, c.seed, tuple(c.heuristics))
-    opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
     genetic = ({"generations": c.genetic_generations, "population": c.genetic_population, "keep": c.genetic_keep,
                 "seed": c.seed} if c.genetic_generations else None)
     res = design_curriculum(flat, traj, batches, val, meta["reference_validation_loss"], cands, estimator=c.estimator,
                             verify_top=c.verify_top, additive_proposal=c.additive_proposal,
-                            retrain_batched=device.type == "cuda", genetic=genetic, **opts)
+                            retrain_batched=device.type == "cuda", genetic=genetic, curvature=c.curvature)
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
                                                "true_validation_loss": res["best_true_loss"]})

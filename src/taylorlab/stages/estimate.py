@@ -8,24 +8,18 @@ and compared with the random orders, so a claimed curriculum gain is checked, no
 
 from __future__ import annotations
 
-import random
-
 import torch
 from taylorlab.io import atomic_write_json
 from taylorlab.models import resolve_device
 from taylorlab.order import estimate, fidelity_table, retrain, validate_orders
-from taylorlab.order.estimators import additive_search, heuristic_orders, timed
+from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
+                                        random_orders, timed)
 from taylorlab.order.functional import ppl
 from taylorlab.stages.common import load_record, record_paths
 
 
 def queries(c, T: int, batch_losses):
-    rng = random.Random(c.seed)
-    named = {}
-    for k in range(c.num_orders):
-        o = list(range(T))
-        rng.shuffle(o)
-        named[f"random-{k}"] = o
+    named = {f"random-{k}": o for k, o in enumerate(random_orders(T, c.num_orders, c.seed))}
     heur = heuristic_orders(batch_losses)
     for h in c.heuristics:
         named[h] = heur[h]
@@ -66,7 +60,7 @@ def run(ctx):
     hp = traj.hp
     ref_loss = meta["reference_validation_loss"]
     # reference loss of each batch at the end of the reference run: easy / hard for the curricula
-    batch_losses = [float(flat.loss(traj.final, b).detach()) for b in batches]
+    batch_losses = final_batch_losses(flat, traj, batches)
     named = queries(c, traj.T, batch_losses)
     names, orders = list(named), list(named.values())
 
@@ -86,11 +80,9 @@ def run(ctx):
         out = estimate(name, flat, traj, batches, orders, val=val, reference_loss=ref_loss, curvature=c.curvature,
                        projection_dim=c.projection_dim)
         cost[name] = out["wall_s"]
+        est_loss[name] = estimated_losses(flat, out, val)
         if out["params"] is not None:
             est_params[name] = out["params"]
-            est_loss[name] = [flat.eval_loss(p, val) for p in out["params"]]
-        else:
-            est_loss[name] = out["loss"]
         if name == "additive":
             extra["additive"] = _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss)
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from taylorlab.errors import ConfigError
 from taylorlab.io import atomic_path, atomic_write_json
 from taylorlab.models import resolve_device
@@ -16,8 +18,13 @@ from taylorlab.report import figures
 from taylorlab.stages.common import load_record, record_paths
 
 
-def _rows(m):
-    return [[None if math.isnan(x) else x for x in row] for row in m.tolist()]
+def _plain(x):
+    """The result as JSON: matrices as rows with null where a cell was not computed."""
+    if isinstance(x, torch.Tensor):
+        return [[None if math.isnan(v) else v for v in row] for row in x.tolist()]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
 
 
 def run(ctx):
@@ -29,22 +36,15 @@ def run(ctx):
     cells = memorization_cells(traj.T, list(c.batches), c.num_batches, c.num_positions)
     ctx.log.info("memorization: %d cells (batch, position) by %s%s", len(cells), c.estimator,
                  " and by retraining" if c.with_retraining else "")
-    opts = {"curvature": c.curvature} if c.estimator == "fut-carry" else {}
     res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
-                              val=val, **opts)
-    out = {"T": traj.T, "estimator": c.estimator, "cells": res["cells"], "estimate_wall_s": res["estimate_wall_s"],
-           "estimated": _rows(res["estimated"]), "no_change": _rows(res["no_change"])}
+                              val=val, curvature=c.curvature)
+    out = {"T": traj.T, **_plain(res)}
     if "true" in res:
-        out.update(true=_rows(res["true"]), mae=res["mae"], mae_no_change=res["mae_no_change"], spearman=res["spearman"])
-        ctx.tracker.summary({f"memorize/{k}": res[k] for k in ("mae", "mae_no_change", "spearman")})
+        gen = res["generalization"]
+        ctx.tracker.summary({**{f"memorize/{k}": res[k] for k in ("mae", "mae_no_change", "spearman")},
+                             **{f"memorize/generalization_{k}": gen[k] for k in ("mae", "mae_no_change", "spearman")}})
         ctx.log.info("memorization: %s MAE %.4g (no change %.4g), Spearman %.3f", c.estimator, res["mae"],
                      res["mae_no_change"], res["spearman"])
-    gen = res["generalization"]
-    out["generalization"] = {"estimated": _rows(gen["estimated"]), "no_change": _rows(gen["no_change"])}
-    if "true" in gen:
-        out["generalization"].update(true=_rows(gen["true"]), mae=gen["mae"], mae_no_change=gen["mae_no_change"],
-                                     spearman=gen["spearman"])
-        ctx.tracker.summary({f"memorize/generalization_{k}": gen[k] for k in ("mae", "mae_no_change", "spearman")})
     atomic_write_json(ctx.dir / "memorization.json", out)
     artifacts = {"memorization": "memorization.json"}
     with atomic_path(ctx.dir / "memorization.png") as tmp:
