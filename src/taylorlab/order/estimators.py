@@ -190,7 +190,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
     if cuda:
         from torch.func import vmap
 
-        grad_hvp_many = vmap(lambda th, b, vec: torch.func.jvp(lambda x: torch.func.grad(flat.loss)(x, b), (th,), (vec,)),
+        grad_hvp_many = vmap(lambda th, b, vec: torch.func.jvp(lambda x: flat.grad(x, b), (th,), (vec,)),
                              in_dims=(None, 0, 0))
     prev_table, prev_theta = {}, None
     for t in range(traj.T):

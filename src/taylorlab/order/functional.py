@@ -44,6 +44,24 @@ def adam_step(theta, m, v, g, step: int, lr: float, hp: AdamHP):
     return theta, m, v
 
 
+@torch.no_grad()
+def adam_step_(theta, m, v, g, step: int, lr: float, hp: AdamHP) -> None:
+    """``adam_step`` in place, for retraining many copies at once ([K, d]): no [K, d] temporaries (the
+    functional step makes about ten; with K copies of a 30M model that is tens of GiB and most of a
+    step's memory traffic); ``g`` is overwritten. The same arithmetic up to rounding (not bitwise:
+    the fused ops round differently), not differentiable."""
+    if hp.grad_clip:
+        norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+        g.mul_(torch.clamp(hp.grad_clip / (norm + 1e-6), max=1.0))
+    b1, b2 = hp.betas
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = torch.div(v, 1 - b2 ** step, out=g).sqrt_().add_(hp.eps)
+    if hp.weight_decay:
+        theta.mul_(1 - lr * hp.weight_decay)
+    theta.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+
+
 class FlatModel:
     """``loss(theta, batch)`` of a Hugging Face causal LM at flat parameters ``theta``."""
 
@@ -78,18 +96,26 @@ class FlatModel:
         return self.model
 
     def loss(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        params = {**self.unflatten(theta), **self.buffers}
+        return self._loss(self.unflatten(theta), batch)
+
+    def _loss(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        params = {**parts, **self.buffers}
         logits = functional_call(self.model, params, (), {"input_ids": batch, "use_cache": False}).logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
         return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                  batch[:, 1:].reshape(-1))
 
     def grad(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return grad(self.loss)(theta, batch)
+        """The gradient at flat ``theta``, taken per parameter tensor and concatenated once: taken
+        through the flat vector, every parameter's slice would scatter into its own zero-filled
+        d-vector before they are summed (P full-size writes per gradient, K x P under vmap) — the same
+        values, several times the cost."""
+        g = grad(self._loss)(self.unflatten(theta), batch)
+        return torch.cat([g[n].reshape(-1) for n in self.names])
 
     def hvp(self, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """H(theta, batch) @ vec, exact (forward-over-reverse)."""
-        return jvp(lambda th: grad(self.loss)(th, batch), (theta,), (vec,))[1]
+        return jvp(lambda th: self.grad(th, batch), (theta,), (vec,))[1]
 
     @torch.no_grad()
     def eval_loss(self, theta: torch.Tensor, batches: torch.Tensor) -> float:

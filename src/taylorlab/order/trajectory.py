@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from taylorlab.errors import TaylorlabError
-from taylorlab.order.functional import AdamHP, FlatModel, adam_step
+from taylorlab.order.functional import AdamHP, FlatModel, adam_step, adam_step_
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -130,8 +130,10 @@ def record(flat: FlatModel, batches: torch.Tensor, order: List[int], lrs: List[f
 def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders: List[List[int]], lrs: List[float],
             hp: AdamHP, batched: bool = True, chunk: Optional[int] = None) -> torch.Tensor:
     """Ground truth: every order trained for real from theta0. ``batched`` trains the K parameter
-    copies together (torch.func.vmap over the gradient; ``chunk`` copies at a time to bound memory);
-    else one after another. Returns [K, d]."""
+    copies together (torch.func.vmap over the gradient, Adam's step in place; ``chunk`` copies at a
+    time to bound memory; equal to one at a time up to rounding); else one after another, with the
+    reference run's own functional step (the reference order gives the recorded run bit for bit).
+    Returns [K, d]."""
     K, T = len(orders), len(orders[0])
     if batched:
         from torch.func import vmap
@@ -145,8 +147,7 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
             m, v = torch.zeros_like(theta), torch.zeros_like(theta)
             idx = torch.tensor(part, device=batches.device)
             for t in range(T):
-                g = gfn(theta, batches[idx[:, t]])
-                theta, m, v = adam_step(theta, m, v, g, t + 1, lrs[t], hp)
+                adam_step_(theta, m, v, gfn(theta, batches[idx[:, t]]), t + 1, lrs[t], hp)
             outs.append(theta)
         return torch.cat(outs)
     out = []
