@@ -107,7 +107,9 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tf32", action="store_true", help="TF32 matmuls for both the batched and the one-at-a-time runs")
     a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
     tokens = torch.load(a.tokens)
     device = torch.device(a.device)
     res = {"config": vars(a), "models": []}
