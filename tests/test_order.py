@@ -35,7 +35,7 @@ def random_orders(k, seed=1):
 
 
 @pytest.mark.parametrize("name, opts", [("none", {}), ("fut", {}), ("fut2", {}), ("fut-carry", {}),
-                                        ("fut-carry", {"curvature": "secant"}), ("fut-carry", {"curvature": "none"}),
+                                        ("fut-carry", {"curvature": "hvp2"}), ("fut-carry", {"curvature": "secant"}), ("fut-carry", {"curvature": "none"}),
                                         ("additive", {})])
 def test_every_estimator_returns_the_reference_run_for_the_reference_order(name, opts):
     flat, batches, val, _, _, traj = setup(3e-3)
@@ -86,13 +86,14 @@ def test_batched_retraining_matches_one_at_a_time():
     assert torch.equal(ref[0], traj.final)  # the recorded run is a real run
 
 
-def errors(lr, k=8):
+def errors(lr, k=8, curvatures=("hvp",)):
     flat, batches, val, lrs, hp, traj = setup(lr)
     orders = random_orders(k)
     true = retrain(flat, traj.theta0, batches, orders, lrs, hp)
     out = {}
-    for name in ("none", "fut-carry"):
-        est = estimate(name, flat, traj, batches, orders)["params"]
+    runs = [("none", "none", "hvp")] + [("fut-carry" + ("" if c == "hvp" else "-" + c), "fut-carry", c) for c in curvatures]
+    for name, estimator, curvature in runs:
+        est = estimate(estimator, flat, traj, batches, orders, curvature=curvature)["params"]
         disp = torch.linalg.vector_norm(true - traj.theta0, dim=1)
         out[name] = float((torch.linalg.vector_norm(est - true, dim=1) / disp).mean())
         out[name + "_loss"] = [flat.eval_loss(p, val) for p in est]
@@ -112,6 +113,31 @@ def test_fut_carry_error_shrinks_faster_than_no_change_as_lr_goes_to_zero():
     big, small = errors(1e-2), errors(1e-3)
     assert small["fut-carry"] < big["fut-carry"]
     assert small["fut-carry"] / small["none"] < big["fut-carry"] / big["none"]
+
+
+def test_second_order_gradient_expansion_tracks_retraining_better_at_larger_learning_rates():
+    """hvp2 adds 1/2 D^3 L[delta, delta] to the linearised gradient: where deviations are large (lr 3e-3,
+    1e-2 on the test model) it must come closer to the retrained runs than the first-order expansion."""
+    for lr in (3e-3, 1e-2):
+        e = errors(lr, k=6, curvatures=("hvp", "hvp2"))
+        assert e["fut-carry-hvp2"] < e["fut-carry"] < e["none"], (lr, e)
+
+
+def test_expanded_gradient_matches_the_true_gradient_to_its_order():
+    """g(theta + s v) - expansion shrinks as s^2 (first order) and s^3 (second order)."""
+    from taylorlab.order.estimators import expanded_grad
+
+    flat, batches, _, _, _, traj = setup(3e-3)
+    theta, b = traj.theta(4), batches[3]
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=theta.dtype) * 1e-2
+    err = {k: [] for k in (False, True)}
+    for s in (1.0, 0.5):
+        true = flat.grad(theta + s * v, b)
+        for second in (False, True):
+            err[second].append(float(torch.linalg.vector_norm(expanded_grad(flat, theta, b, s * v, second) - true)))
+    assert 3.0 < err[False][0] / err[False][1] < 5.0  # ~4: error O(s^2)
+    assert 6.0 < err[True][0] / err[True][1] < 10.0  # ~8: error O(s^3)
+    assert err[True][0] < err[False][0]
 
 
 def test_secant_curvature_is_the_same_for_an_order_alone_or_among_others():

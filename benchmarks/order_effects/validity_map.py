@@ -66,8 +66,10 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     for name in estimators:
         opts = {}
         label = name
-        if name in ("fut-carry-nocurv", "fut-carry-secant"):
-            name, opts = "fut-carry", {"curvature": "none" if label.endswith("nocurv") else "secant"}
+        if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2"):
+            name, opts = "fut-carry", {"curvature": {"nocurv": "none", "secant": "secant", "hvp2": "hvp2"}[label[10:]]}
+        if label == "fut-carry-hvp2":
+            opts["chunk"] = a.hvp2_chunk
         if name == "additive":
             opts = {"chunk": a.additive_chunk}
         try:
@@ -138,6 +140,7 @@ def main():
     ap.add_argument("--K", type=int, default=32)
     ap.add_argument("--every", type=int, default=16, help="store the state every k steps; replay between")
     ap.add_argument("--retrain-chunk", type=int, default=32)
+    ap.add_argument("--hvp2-chunk", type=int, default=8, help="orders expanded together by fut-carry-hvp2 on a GPU")
     ap.add_argument("--additive-chunk", type=int, default=8, help="one-step effects computed together in additive")
     ap.add_argument("--cells", default="256:1e-3:0.1:none,fut-carry;64:1e-3:0:none,fut-carry,fut-carry-nocurv,additive,fut,fut2",
                     help="T:peak_lr:warmup_fraction:estimators;... run in this order")

@@ -169,7 +169,7 @@ class EstimateConfig:
     retrain_job_mem_gb: float = 8.0  # each fanned-out job: one task, one CPU (one GPU with device=cuda)
     retrain_job_timeout_min: int = 60
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
-    curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | secant (diagonal) | none
+    curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | hvp2 (+ the third-derivative term) | secant (diagonal) | none
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
     search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries
     device: str = "cpu"
@@ -326,7 +326,7 @@ def validate(cfg: Any) -> None:
     e = cfg.estimate
     for name in e.estimators:
         _choice("estimate.estimators", name, ("none", "fut", "fut2", "fut-carry", "additive"))
-    _choice("estimate.curvature", e.curvature, ("hvp", "secant", "none"))
+    _choice("estimate.curvature", e.curvature, ("hvp", "hvp2", "secant", "none"))
     _choice("estimate.retrain_launcher", e.retrain_launcher, ("local", "slurm"))
     _positive("estimate.retrain_jobs", e.retrain_jobs)
     if e.projection_dim < 0 or e.search_orders < 0:
@@ -337,7 +337,7 @@ def validate(cfg: Any) -> None:
     _choice("memorize.estimator", mz.estimator, ("none", "fut", "fut2", "fut-carry"))
     _choice("curriculum.estimator", cu.estimator, ("none", "fut", "fut2", "fut-carry", "additive"))
     for key, val in (("memorize.curvature", mz.curvature), ("curriculum.curvature", cu.curvature)):
-        _choice(key, val, ("hvp", "secant", "none"))
+        _choice(key, val, ("hvp", "hvp2", "secant", "none"))
     for name in cu.heuristics:
         _choice("curriculum.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
     out_of_range = [i for i in mz.batches if not 0 <= i < cfg.record.num_batches]

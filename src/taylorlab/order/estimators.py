@@ -15,8 +15,10 @@ state, delta_t = gamma_t - theta_t the deviation of the queried order's run.
   H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``), the
   paper's secant diagonal (``curvature="secant"``, cost independent of K once K >> T) or none
   (``curvature="none"``, the cheap variant), and Adam's m, v and step computed exactly from that
-  gradient along the new order (moments carried, never linearised). Streams over t, advancing all K
-  orders together (memory K x 3d).
+  gradient along the new order (moments carried, never linearised). ``curvature="hvp2"`` expands the
+  gradient to second order, adding ``1/2 D^3 L(theta_t, B_l)[delta, delta]`` (the third derivative of
+  the loss along the deviation, exact, from a forward-over-forward-over-reverse pass), for the larger
+  deviations of larger learning rates. Streams over t, advancing all K orders together (memory K x 3d).
 * ``additive`` — this project's search surrogate: ``f(order) - f(reference) ~ sum_t S[t, l_t]`` with
   ``S[t, l] = lambda_{t+1} . (x_{t+1}(l) - x_{t+1})``: the exact one-step effect of training on batch
   l instead of the reference batch at step t (exact Adam step from the reference state), carried to
@@ -176,10 +178,27 @@ def _secant(g_now: torch.Tensor, g_prev: torch.Tensor, dtheta: torch.Tensor) -> 
     return torch.where(ok, (g_now - g_prev) / torch.where(ok, dtheta, torch.ones_like(dtheta)), torch.zeros_like(g_now))
 
 
+def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor,
+                  second: bool = False) -> torch.Tensor:
+    """g(theta) + H(theta) vec (one forward-over-reverse pass), plus 1/2 D^3 L(theta)[vec, vec] with
+    ``second`` (forward over forward over reverse): the gradient at theta + vec to first or second order."""
+    from torch.func import jvp
+
+    def g_hvp(x):
+        return jvp(lambda y: flat.grad(y, batch), (x,), (vec,))
+
+    if not second:
+        g, h = g_hvp(theta)
+        return g + h
+    (g, h), (_, third) = jvp(g_hvp, (theta,), (vec,))
+    return g + h + 0.5 * third
+
+
 def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", chunk: int = 16,
                   **_) -> dict:
     """``curvature``: ``hvp`` (exact; on a GPU each order's gradient and Hessian-vector product come
-    from one vmapped forward-over-reverse pass), ``secant`` (the paper's diagonal from the gradients
+    from one vmapped forward-over-reverse pass), ``hvp2`` (the same plus the third-derivative term:
+    about twice the cost, better at larger deviations), ``secant`` (the paper's diagonal from the gradients
     of the step's batches at the current and previous reference states: 2 gradients per distinct
     batch of a step, previous states' gradients reused, so for K >> T the cost is about T gradients
     per step whatever K) or ``none``."""
@@ -190,7 +209,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
     if cuda:
         from torch.func import vmap
 
-        grad_hvp_many = vmap(lambda th, b, vec: torch.func.jvp(lambda x: flat.grad(x, b), (th,), (vec,)),
+        expanded_many = vmap(lambda th, b, vec: expanded_grad(flat, th, b, vec, curvature == "hvp2"),
                              in_dims=(None, 0, 0))
     prev_table, prev_theta = {}, None
     for t in range(traj.T):
@@ -198,12 +217,14 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
         ids = [o[t] for o in orders]
         uniq = sorted(set(ids))
         delta = gamma - theta
-        if curvature == "hvp" and cuda:  # gradient and H delta together, K orders in chunks
+        if curvature in ("hvp", "hvp2") and cuda:  # gradient and H delta (...) together, K orders in chunks
             g = torch.empty_like(gamma)
             for lo in range(0, K, chunk):
                 idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
-                gk, hk = grad_hvp_many(theta, batches[idx], delta[lo:lo + chunk])
-                g[lo:lo + chunk] = gk + hk
+                g[lo:lo + chunk] = expanded_many(theta, batches[idx], delta[lo:lo + chunk])
+        elif curvature == "hvp2":  # one order at a time; the reference's own gradient where it has not moved
+            g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], second=True) if torch.any(delta[k] != 0)
+                             else flat.grad(theta, batches[b]) for k, b in enumerate(ids)])
         else:
             table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
             g = torch.stack([table[b] for b in ids])
