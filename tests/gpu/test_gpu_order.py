@@ -38,8 +38,8 @@ def _close_runs(a, b, theta0=None):
     assert float(rel.max()) < 1e-4, rel
 
 
-@pytest.mark.parametrize("name, opts", [("fut-carry", {"curvature": "hvp"}), ("fut-carry", {"curvature": "hvp2"}), ("fut-carry", {"curvature": "secant"}),
-                                        ("fut", {}), ("additive", {})])
+@pytest.mark.parametrize("name, opts", [("fut-carry", {"curvature": "hvp"}), ("fut-carry", {"curvature": "hvp2"}),
+                                        ("fut-carry", {"curvature": "secant"}), ("fut", {}), ("additive", {})])
 def test_estimators_on_gpu_match_cpu(name, opts):
     orders = _orders(5)
     res = {}
