@@ -58,6 +58,9 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
     for est in ("none", "fut", "fut2", "fut-carry", "additive"):  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
+    (est,) = [json.loads(p.read_text()) for p in (out / "dash").glob("estimate-*/estimates.json")]
+    (sens,) = est["sensitivity"]  # debug=fast nudges the initial weights once
+    assert dom.stdout.count('<p class="sensitivity">') == 1 and f"nudged by {sens['relative_perturbation']:g}" in dom.stdout
     (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
     heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
     assert len(heat_cells) == 2 * 3 * len(mem["cells"])  # memorization, generalization x estimated, true, difference

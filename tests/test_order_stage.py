@@ -26,6 +26,24 @@ def test_retraining_fanned_out_over_local_jobs_matches_in_process(tmp_path):
     assert len([p for p in (d / "retrain_jobs").iterdir() if p.is_dir()]) >= 1
 
 
+def test_truth_sensitivity_is_reported_and_small_for_a_tiny_nudge(tmp_path):
+    """debug=fast retrains the random orders from initial weights nudged by 1e-6: at the test model's
+    learning rate the final weights move by about that much (not by the training displacement)."""
+    run_cli(ARGS + ["run=sens", "estimate.sensitivity=[1e-6,1e-2]"], tmp_path, check=True)
+    est, _ = _estimates(tmp_path, "sens")
+    tiny, big = est["sensitivity"]
+    assert tiny["relative_perturbation"] == 1e-6 and big["relative_perturbation"] == 1e-2
+    assert 0 < tiny["median_rel_param_difference"] < 1e-3 < big["median_rel_param_difference"]
+    assert tiny["mae_loss"] < big["mae_loss"]
+    assert -1 <= tiny["spearman_true_vs_perturbed"] <= 1
+
+
+def test_bad_sensitivity_is_a_one_line_error(tmp_path):
+    proc = run_cli(ARGS + ["run=bad", "estimate.sensitivity=[2.0]"], tmp_path)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "estimate.sensitivity" in err[0]
+
+
 def test_bad_retrain_launcher_is_a_one_line_error(tmp_path):
     proc = run_cli(ARGS + ["run=bad", "estimate.retrain_launcher=cloud"], tmp_path)
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 from common import record as record_json  # noqa: E402
 from taylorlab.models import build_llama  # noqa: E402
 from taylorlab.order import AdamHP, FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
+from taylorlab.order.fidelity import truth_sensitivity  # noqa: E402
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
                                         random_orders, timed)  # noqa: E402
 from taylorlab.training import TrainSettings  # noqa: E402
@@ -59,8 +60,8 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     true, retrain_s = timed(lambda: retrain(flat, traj.theta0, train, orders, lrs, hp, batched=True, chunk=a.retrain_chunk))
     _, one_s = timed(lambda: retrain(flat, traj.theta0, train, orders[:1], lrs, hp, batched=False))
     true_loss = [flat.eval_loss(p, val) for p in true]
-    sensitivity = [perturbed_truth(flat, traj, train, val, orders[: a.K], true[: a.K], true_loss[: a.K], lrs, hp, eps, a)
-                   for eps in a.perturb]
+    sensitivity = [truth_sensitivity(flat, traj, train, val, orders[: a.K], true[: a.K], true_loss[: a.K], eps,
+                                     batched=True, chunk=a.retrain_chunk) for eps in a.perturb]
     first_loss = flat.eval_loss(traj.theta0, val)
     est_loss, est_params, cost, peak, extra = {}, {}, {}, {}, {}
     for name in estimators:
@@ -106,26 +107,6 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
             "retrain_batched_s": retrain_s, "retrain_batched_orders_per_s": len(orders) / retrain_s,
             "retrain_one_at_a_time_s": one_s, "retrain_one_at_a_time_orders_per_s": 1 / one_s,
             "fidelity": table, "heuristics": heur, "sensitivity_to_initial_weights": sensitivity, **extra}
-
-
-def perturbed_truth(flat, traj, train, val, orders, true, true_loss, lrs, hp, eps: float, a) -> dict:
-    """How reproducible the truth itself is: the same K orders retrained from theta_0 (1 + eps z), z
-    seeded Gaussian. If a relative nudge far below any estimator's error already reshuffles the
-    orders' ranking, the order -> loss map is not a smooth function of the trajectory at this
-    setting, and no Taylor expansion around one run can rank them."""
-    gen = torch.Generator(device=traj.theta0.device).manual_seed(123)
-    z = torch.randn(traj.theta0.shape, generator=gen, device=traj.theta0.device, dtype=traj.theta0.dtype)
-    theta0 = traj.theta0 * (1 + eps * z)
-    moved = retrain(flat, theta0, train, orders, lrs, hp, batched=True, chunk=a.retrain_chunk)
-    loss = [flat.eval_loss(p, val) for p in moved]
-    from scipy.stats import spearmanr
-
-    rel = torch.linalg.vector_norm(moved - true, dim=1) / torch.linalg.vector_norm(true - traj.theta0, dim=1)
-    spread = max(true_loss) - min(true_loss)
-    mae = sum(abs(x - y) for x, y in zip(loss, true_loss)) / len(loss)
-    return {"relative_perturbation": eps, "spearman_true_vs_perturbed": float(spearmanr(loss, true_loss)[0]),
-            "mae_loss": mae, "mae_over_spread": mae / spread if spread else None,
-            "median_rel_param_difference": float(rel.median())}
 
 
 def main():

@@ -172,6 +172,7 @@ class EstimateConfig:
     curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | hvp2 (+ the third-derivative term) | secant (diagonal) | none
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
     search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries
+    sensitivity: List[float] = field(default_factory=list)  # relative nudges of theta_0: the truth retrained from each
     device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 
@@ -329,6 +330,9 @@ def validate(cfg: Any) -> None:
     _choice("estimate.curvature", e.curvature, ("hvp", "hvp2", "secant", "none"))
     _choice("estimate.retrain_launcher", e.retrain_launcher, ("local", "slurm"))
     _positive("estimate.retrain_jobs", e.retrain_jobs)
+    bad = [x for x in e.sensitivity if not 0 < x < 1]
+    if bad:
+        raise ConfigError(f"estimate.sensitivity holds relative nudges of the initial weights, each in (0, 1); got {bad}.")
     if e.projection_dim < 0 or e.search_orders < 0:
         raise ConfigError("estimate.projection_dim and estimate.search_orders must be 0 or more.")
     for name in e.heuristics:

@@ -33,3 +33,29 @@ def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], tru
     for r in rows:
         r["mae_ratio_to_none"] = r["mae_ppl"] / base if base else None
     return rows
+
+
+def truth_sensitivity(flat, traj, batches, val, orders, true_params: torch.Tensor, true_loss: List[float], eps: float,
+                      batched: bool = False, chunk=None, seed: int = 123) -> dict:
+    """How reproducible the ground truth itself is: the same orders retrained from
+    ``theta_0 * (1 + eps * z)`` (z seeded Gaussian) against the unperturbed retraining. Where a nudge
+    far below any estimator's error already reshuffles the orders' ranking, the order -> loss map is
+    not a smooth function of the run and no expansion around one run can rank the orders: the
+    Spearman here bounds what an estimator can reach. ``median_rel_param_difference`` is the change
+    of the final weights as a fraction of the training displacement."""
+    from scipy.stats import spearmanr
+
+    from taylorlab.order.trajectory import retrain
+
+    gen = torch.Generator(device=traj.theta0.device).manual_seed(seed)
+    z = torch.randn(traj.theta0.shape, generator=gen, device=traj.theta0.device, dtype=traj.theta0.dtype)
+    moved = retrain(flat, traj.theta0 * (1 + eps * z), batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk)
+    loss = [flat.eval_loss(p, val) for p in moved]
+    rel = torch.linalg.vector_norm(moved - true_params, dim=1) / torch.linalg.vector_norm(true_params - traj.theta0, dim=1)
+    spread = max(true_loss) - min(true_loss)
+    mae = sum(abs(x - y) for x, y in zip(loss, true_loss)) / len(loss)
+    constant = len(set(round(x, 12) for x in true_loss)) == 1
+    return {"relative_perturbation": eps,
+            "spearman_true_vs_perturbed": float("nan") if constant else float(spearmanr(loss, true_loss).statistic),
+            "mae_loss": mae, "mae_over_spread": mae / spread if spread else None,
+            "median_rel_param_difference": float(rel.median())}

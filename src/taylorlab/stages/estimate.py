@@ -1,6 +1,9 @@
 """estimate: the final validation loss of K held-out random orders plus heuristic curricula, by
 each configured estimator and by real retraining (the ground truth), and the fidelity table.
 
+With ``sensitivity`` (relative nudges of the initial weights) the random orders are retrained from
+each nudged start too: how well the truth ranks against itself bounds what any estimator can reach.
+
 ``additive`` also scores ``search_orders`` random orders (timed: its O(T) query) and proposes the
 order that minimises its surrogate (an exact linear assignment); that order is retrained for real
 and compared with the random orders, so a claimed curriculum gain is checked, not assumed.
@@ -12,6 +15,7 @@ import torch
 from taylorlab.io import atomic_write_json
 from taylorlab.models import resolve_device
 from taylorlab.order import estimate, fidelity_table, retrain, validate_orders
+from taylorlab.order.fidelity import truth_sensitivity
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
                                         random_orders, timed)
 from taylorlab.order.functional import ppl
@@ -92,6 +96,13 @@ def run(ctx):
     for row in table:
         ctx.tracker.summary({f"orders/{row['estimator']}/{k}": v for k, v in row.items()
                              if k != "estimator" and v is not None})
+    sensitivity = []
+    for eps in c.sensitivity:
+        ctx.log.info("the truth from initial weights nudged by %g", eps)
+        sensitivity.append(truth_sensitivity(flat, traj, batches, val, [orders[i] for i in rand], true_params[rand],
+                                             [true_loss[i] for i in rand], eps, batched=batched, chunk=c.retrain_chunk))
+        ctx.tracker.summary({f"orders/sensitivity/{eps:g}/{k}": v for k, v in sensitivity[-1].items()
+                             if k != "relative_perturbation" and v is not None})
     ctx.tracker.table("orders/fidelity", list(table[0].keys()), [list(r.values()) for r in table])
     per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
@@ -100,7 +111,8 @@ def run(ctx):
              "one_retraining_s": one_at_a_time, "retrain_jobs": max(1, c.retrain_jobs),
              "retrain_wall_s": retrain_wall}
     atomic_write_json(ctx.dir / "estimates.json", {"orders": per_order, "fidelity": table, "speed": speed,
-                                                   "reference_validation_loss": ref_loss, **extra})
+                                                   "sensitivity": sensitivity, "reference_validation_loss": ref_loss,
+                                                   **extra})
     ctx.tracker.artifact(ctx.dir.name, "order-estimates", {"estimates.json": ctx.dir / "estimates.json"},
                          uses=[p.name for p in ctx.parents.values()], metadata=speed)
     ctx.log.info("fidelity over %d random orders: %s", len(rand),
