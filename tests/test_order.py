@@ -297,3 +297,22 @@ def test_genetic_search_improves_on_its_seeds_under_a_known_fitness():
     assert len({tuple(o) for _, o in found}) == len(found) == sum(calls)  # every order scored once
     assert [v for v, _ in found] == sorted(v for v, _ in found)
     assert found[0][0] < min(score(seeds))
+
+
+def test_genetic_search_with_retraining_as_fitness_returns_verified_orders():
+    """genetic_fitness="retrain": the search's orders carry their real retrained loss (equal to a fresh
+    retraining of the same order), are not retrained again, and the recommendation is the best true loss."""
+    from taylorlab.order.curriculum import candidate_orders, design_curriculum
+
+    flat, batches, val, lrs, hp, traj = setup(1e-3)
+    ref = flat.eval_loss(traj.final, val)
+    cands = candidate_orders(flat, traj, batches, num_random=2, seed=3)
+    res = design_curriculum(flat, traj, batches, val, ref, cands, verify_top=1, genetic_fitness="retrain",
+                            genetic={"generations": 2, "population": 6, "keep": 2, "seed": 0})
+    found = [r for r in res["candidates"] if r["name"].startswith("genetic-")]
+    assert len(found) == 2 and res["genetic_fitness"] == "retrain"
+    fresh = retrain(flat, traj.theta0, batches, [r["order"] for r in found], lrs, hp, batched=False)
+    for r, p in zip(found, fresh):
+        assert r["true_loss"] == flat.eval_loss(p, val)
+    assert res["verified"] == 1 + 1 + len(found)  # reference + verify_top + the search's own
+    assert res["best_true_loss"] == min(r["true_loss"] for r in res["candidates"] if r["true_loss"] is not None)

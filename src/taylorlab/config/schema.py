@@ -203,6 +203,7 @@ class CurriculumConfig:
     genetic_generations: int = 3  # the paper's genetic search with the estimator as fitness; 0 = off
     genetic_population: int = 12
     genetic_keep: int = 2  # its best orders added to the candidates
+    genetic_fitness: str = "estimator"  # estimator | retrain (the truth as fitness: batched real retraining)
     verify_top: int = 3  # candidates retrained (besides the reference order)
     curvature: str = "hvp"
     device: str = "cpu"
@@ -342,6 +343,7 @@ def validate(cfg: Any) -> None:
     _choice("curriculum.estimator", cu.estimator, ("none", "fut", "fut2", "fut-carry", "additive"))
     for key, val in (("memorize.curvature", mz.curvature), ("curriculum.curvature", cu.curvature)):
         _choice(key, val, ("hvp", "hvp2", "secant", "none"))
+    _choice("curriculum.genetic_fitness", cu.genetic_fitness, ("estimator", "retrain"))
     for name in cu.heuristics:
         _choice("curriculum.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
     out_of_range = [i for i in mz.batches if not 0 <= i < cfg.record.num_batches]

@@ -20,7 +20,8 @@ def run(ctx):
                 "seed": c.seed} if c.genetic_generations else None)
     res = design_curriculum(flat, traj, batches, val, meta["reference_validation_loss"], cands, estimator=c.estimator,
                             verify_top=c.verify_top, additive_proposal=c.additive_proposal,
-                            retrain_batched=device.type == "cuda", genetic=genetic, curvature=c.curvature)
+                            retrain_batched=device.type == "cuda", genetic=genetic,
+                            genetic_fitness=c.genetic_fitness, curvature=c.curvature)
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
                                                "true_validation_loss": res["best_true_loss"]})
