@@ -198,7 +198,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
                   **_) -> dict:
     """``curvature``: ``hvp`` (exact; on a GPU each order's gradient and Hessian-vector product come
     from one vmapped forward-over-reverse pass), ``hvp2`` (the same plus the third-derivative term:
-    about twice the cost, better at larger deviations), ``secant`` (the paper's diagonal from the gradients
+    1.4-2x the cost on the CPU, closer at larger deviations), ``secant`` (the paper's diagonal from the gradients
     of the step's batches at the current and previous reference states: 2 gradients per distinct
     batch of a step, previous states' gradients reused, so for K >> T the cost is about T gradients
     per step whatever K) or ``none``."""
