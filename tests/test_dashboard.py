@@ -60,7 +60,9 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
         assert f'<tr data-estimator="{est}">' in dom.stdout
     (est,) = [json.loads(p.read_text()) for p in (out / "dash").glob("estimate-*/estimates.json")]
     (sens,) = est["sensitivity"]  # debug=fast nudges the initial weights once
-    assert dom.stdout.count('<p class="sensitivity">') == 1 and f"nudged by {sens['relative_perturbation']:g}" in dom.stdout
+    mantissa, exponent = f"{sens['relative_perturbation']:.12e}".split("e")  # as JavaScript's toExponential()
+    shown = mantissa.rstrip("0").rstrip(".") + f"e{int(exponent)}"
+    assert dom.stdout.count('<p class="sensitivity">') == 1 and f"nudged by {shown} (relative)" in dom.stdout
     (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
     heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
     assert len(heat_cells) == 2 * 3 * len(mem["cells"])  # memorization, generalization x estimated, true, difference
