@@ -103,6 +103,10 @@ def run(ctx):
                                              [true_loss[i] for i in rand], eps, batched=batched, chunk=c.retrain_chunk))
         ctx.tracker.summary({f"orders/sensitivity/{eps:g}/{k}": v for k, v in sensitivity[-1].items()
                              if k != "relative_perturbation" and v is not None})
+        rho = sensitivity[-1]["spearman_true_vs_perturbed"]
+        if rho == rho and rho < 0.9:
+            ctx.log.warning("the truth itself re-ranks the orders under a %g nudge of the initial weights (Spearman "
+                            "%.2f): no estimator built from one run can rank them at these settings; retrain.", eps, rho)
     ctx.tracker.table("orders/fidelity", list(table[0].keys()), [list(r.values()) for r in table])
     per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
