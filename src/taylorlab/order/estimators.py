@@ -17,8 +17,8 @@ state, delta_t = gamma_t - theta_t the deviation of the queried order's run.
   (``curvature="none"``, the cheap variant), and Adam's m, v and step computed exactly from that
   gradient along the new order (moments carried, never linearised). ``curvature="hvp2"`` expands the
   gradient to second order, adding ``1/2 D^3 L(theta_t, B_l)[delta, delta]`` (the third derivative of
-  the loss along the deviation, exact, from a forward-over-forward-over-reverse pass), for the larger
-  deviations of larger learning rates. Streams over t, advancing all K orders together (memory K x 3d).
+  the loss along the deviation, exact, from a forward-over-forward-over-reverse pass): lower parameter
+  error at larger deviations, not always a better ranking (benchmarks/order_effects). Streams over t, advancing all K orders together (memory K x 3d).
 * ``additive`` — this project's search surrogate: ``f(order) - f(reference) ~ sum_t S[t, l_t]`` with
   ``S[t, l] = lambda_{t+1} . (x_{t+1}(l) - x_{t+1})``: the exact one-step effect of training on batch
   l instead of the reference batch at step t (exact Adam step from the reference state), carried to
@@ -198,7 +198,8 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
                   **_) -> dict:
     """``curvature``: ``hvp`` (exact; on a GPU each order's gradient and Hessian-vector product come
     from one vmapped forward-over-reverse pass), ``hvp2`` (the same plus the third-derivative term:
-    1.4-2x the cost on the CPU, closer at larger deviations), ``secant`` (the paper's diagonal from the gradients
+    1.4-2x the cost on the CPU; lower parameter error, but not always a better loss ranking — worse at
+    T = 32 on the CPU benchmark model — so not the default), ``secant`` (the paper's diagonal from the gradients
     of the step's batches at the current and previous reference states: 2 gradients per distinct
     batch of a step, previous states' gradients reused, so for K >> T the cost is about T gradients
     per step whatever K) or ``none``."""
