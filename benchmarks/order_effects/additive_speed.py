@@ -19,21 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from taylorlab.models import build_llama  # noqa: E402
-from taylorlab.order import AdamHP, FlatModel, record, retrain  # noqa: E402
+from setup_order import DTYPES, HP, conf_llama, schedule  # noqa: E402
+from taylorlab.order import FlatModel, record, retrain  # noqa: E402
 from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed  # noqa: E402
-from taylorlab.training import TrainSettings  # noqa: E402
-from taylorlab.training.trainer import lr_lambda  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def main():
@@ -60,19 +53,12 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     command = "python benchmarks/order_effects/additive_speed.py " + " ".join(sys.argv[1:])
     tokens = torch.load(a.tokens)
-    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{a.model}.yaml").read_text())
     B, L, T = a.batch, a.seq_len, a.T
     train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     val = tokens["validation"].long()[: a.val_batches * B * L].view(a.val_batches, B, L).to(device)
-    model = build_llama(tokens["vocab"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-                        num_key_value_heads=cfg["num_key_value_heads"], max_position_embeddings=L,
-                        seed=0).to(device=device, dtype=DTYPES[a.dtype])
-    flat = FlatModel(model)
-    w = int(round(a.warmup * T))
-    sched = lr_lambda(TrainSettings(lr=a.lr, warmup_steps=w, schedule="cosine" if w else "constant", min_lr_ratio=0.1), T)
-    lrs = [a.lr * sched(t) for t in range(T)]
-    hp = AdamHP(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+    flat = FlatModel(conf_llama(a.model, tokens["vocab"], L, device, DTYPES[a.dtype]))
+    lrs, w = schedule(a.lr, a.warmup, T)
+    hp = HP
     res = {"config": vars(a), "model": a.model, "parameters": flat.dim, "T": T, "batch_tokens": B * L,
            "warmup_steps": w}
 

@@ -18,23 +18,14 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from taylorlab.models import build_llama  # noqa: E402
-from taylorlab.order import AdamHP, FlatModel, retrain  # noqa: E402
+from setup_order import HP, conf_llama  # noqa: E402
+from taylorlab.order import FlatModel, retrain  # noqa: E402
 from taylorlab.order.estimators import timed  # noqa: E402
-
-
-def build(cfg, vocab, L, device):
-    return build_llama(vocab, hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                       num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-                       num_key_value_heads=cfg["num_key_value_heads"], max_position_embeddings=L, seed=0).to(device)
 
 
 def plain_loop(model, batches, orders, lrs, hp) -> torch.Tensor:
@@ -60,14 +51,13 @@ def plain_loop(model, batches, orders, lrs, hp) -> torch.Tensor:
 
 
 def one_model(name: str, tokens, a, device) -> dict:
-    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
     B, L, T, K = a.batch, a.seq_len, a.T, a.K
-    flat = FlatModel(build(cfg, tokens["vocab"], L, device))
-    plain = build(cfg, tokens["vocab"], L, device).train()  # same seed: the same initial weights
+    flat = FlatModel(conf_llama(name, tokens["vocab"], L, device))
+    plain = conf_llama(name, tokens["vocab"], L, device).train()  # same seed: the same initial weights
     batches = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     rng = random.Random(0)
     orders = [rng.sample(range(T), T) for _ in range(K)]
-    lrs, hp = [a.lr] * T, AdamHP(betas=(0.9, 0.95), grad_clip=1.0)
+    lrs, hp = [a.lr] * T, HP
     theta0 = flat.flat().to(device)
     retrain(flat, theta0, batches, [o[:2] for o in orders], lrs, hp, batched=True)  # warm-up (kernels, workspaces)
     retrain(flat, theta0, batches, [orders[0][:2]], lrs, hp, batched=False)

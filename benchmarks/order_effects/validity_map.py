@@ -27,15 +27,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
 from taylorlab.models import build_llama  # noqa: E402
-from taylorlab.order import AdamHP, FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
+from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
 from taylorlab.order.fidelity import truth_sensitivity  # noqa: E402
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
                                         random_orders, timed)  # noqa: E402
-from taylorlab.training import TrainSettings  # noqa: E402
-from taylorlab.training.trainer import lr_lambda  # noqa: E402
-
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from setup_order import DTYPES, HP, schedule  # noqa: E402
 
 
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
@@ -46,10 +42,8 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
                         num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64,
                         num_key_value_heads=a.hidden // 64, max_position_embeddings=L, seed=0).to(device=device, dtype=DTYPES[a.dtype])
     flat = FlatModel(model)
-    w = int(round(warmup * T))
-    sched = lr_lambda(TrainSettings(lr=lr, warmup_steps=w, schedule="cosine" if w else "constant", min_lr_ratio=0.1), T)
-    lrs = [lr * sched(t) for t in range(T)]
-    hp = AdamHP(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+    lrs, w = schedule(lr, warmup, T)
+    hp = HP
     traj, rec_s = timed(lambda: record(flat, train, list(range(T)), lrs, hp, every=a.every))
     ref_loss = flat.eval_loss(traj.final, val)
     orders = random_orders(T, a.K, seed=1)

@@ -223,17 +223,20 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
             for lo in range(0, K, chunk):
                 idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
                 g[lo:lo + chunk] = expanded_many(theta, batches[idx], delta[lo:lo + chunk])
-        elif curvature == "hvp2":  # one order at a time; the reference's own gradient where it has not moved
-            g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], second=True) if torch.any(delta[k] != 0)
-                             else flat.grad(theta, batches[b]) for k, b in enumerate(ids)])
-        else:
+        elif curvature in ("hvp", "hvp2"):  # CPU, one order at a time: g and H delta (...) from one pass
+            unmoved: Dict[int, torch.Tensor] = {}  # orders that have not left the reference yet: its gradient
+
+            def table_grad(b):
+                if b not in unmoved:
+                    unmoved[b] = flat.grad(theta, batches[b])
+                return unmoved[b]
+
+            g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], curvature == "hvp2")
+                             if torch.any(delta[k] != 0) else table_grad(b) for k, b in enumerate(ids)])
+        else:  # secant / none: each distinct batch's gradient once per step
             table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
             g = torch.stack([table[b] for b in ids])
-            if curvature == "hvp":
-                for k, b in enumerate(ids):
-                    if torch.any(delta[k] != 0):
-                        g[k] += flat.hvp(theta, batches[b], delta[k])
-            elif curvature == "secant" and t > 0:
+            if curvature == "secant" and t > 0:
                 missing = [b for b in uniq if b not in prev_table]
                 if missing:
                     prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))

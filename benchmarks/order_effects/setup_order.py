@@ -1,0 +1,41 @@
+"""What the order-effect benchmarks share: dtypes, Adam's settings, the warmup + cosine schedule and
+a Llama built from a conf/model/*.yaml (imported by the scripts beside it; torch, transformers, pyyaml)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from taylorlab.models import build_llama  # noqa: E402
+from taylorlab.order import AdamHP  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+HP = AdamHP(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+
+
+def schedule(lr: float, warmup: float, T: int) -> Tuple[List[float], int]:
+    """Per-step learning rates: linear warmup over ``warmup`` x T steps, then cosine to 10% (constant
+    when there is no warmup), as the training stage schedules them; and the warmup steps."""
+    from taylorlab.training import TrainSettings
+    from taylorlab.training.trainer import lr_lambda
+
+    w = int(round(warmup * T))
+    sched = lr_lambda(TrainSettings(lr=lr, warmup_steps=w, schedule="cosine" if w else "constant", min_lr_ratio=0.1), T)
+    return [lr * sched(t) for t in range(T)], w
+
+
+def conf_llama(name: str, vocab: int, seq_len: int, device, dtype=torch.float32):
+    """A seeded from-scratch Llama with the shape of conf/model/<name>.yaml."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    return build_llama(vocab, hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+                       num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+                       num_key_value_heads=cfg["num_key_value_heads"], max_position_embeddings=seq_len,
+                       seed=0).to(device=device, dtype=dtype)
