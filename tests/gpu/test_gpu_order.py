@@ -65,3 +65,13 @@ def test_batched_retraining_on_gpu_matches_one_at_a_time_on_cpu():
     flat, batches, _, traj = _setup(torch.device("cpu"))
     cpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False)
     _close_runs(gpu, cpu, traj.theta0)
+
+
+def test_compiled_batched_retraining_on_gpu_matches_one_at_a_time_on_cpu():
+    orders = _orders(4)
+    flat, batches, _, traj = _setup(torch.device("cuda"))
+    gpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=True, compile=True).cpu()
+    assert flat._compiled_vgrad is not None  # the compiled path was the one taken
+    flat, batches, _, traj = _setup(torch.device("cpu"))
+    cpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False)
+    _close_runs(gpu, cpu, traj.theta0)

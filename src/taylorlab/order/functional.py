@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, vmap
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,15 @@ class FlatModel:
         values, several times the cost."""
         g = grad(self._loss)(self.unflatten(theta), batch)
         return torch.cat([g[n].reshape(-1) for n in self.names])
+
+    def batched_grad(self, compile: bool = False):
+        """``vmap(grad)``: [K, d] parameters and [K, ...] batches -> [K, d] gradients; with ``compile``
+        through torch.compile, built once per FlatModel and kept."""
+        if not compile:
+            return vmap(self.grad)
+        if getattr(self, "_compiled_vgrad", None) is None:
+            self._compiled_vgrad = torch.compile(vmap(self.grad))
+        return self._compiled_vgrad
 
     def hvp(self, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """H(theta, batch) @ vec, exact (forward-over-reverse)."""

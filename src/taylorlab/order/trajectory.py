@@ -128,17 +128,17 @@ def record(flat: FlatModel, batches: torch.Tensor, order: List[int], lrs: List[f
 
 
 def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders: List[List[int]], lrs: List[float],
-            hp: AdamHP, batched: bool = True, chunk: Optional[int] = None) -> torch.Tensor:
+            hp: AdamHP, batched: bool = True, chunk: Optional[int] = None, compile: bool = False) -> torch.Tensor:
     """Ground truth: every order trained for real from theta0. ``batched`` trains the K parameter
     copies together (torch.func.vmap over the gradient, Adam's step in place; ``chunk`` copies at a
     time to bound memory; equal to one at a time up to rounding); else one after another, with the
     reference run's own functional step (the reference order gives the recorded run bit for bit).
-    Returns [K, d]."""
+    ``compile`` runs the batched gradient through torch.compile (fuses the model's elementwise work;
+    compiled once per FlatModel and shape, which costs tens of seconds: worth it on a GPU for many
+    steps, not for a short CPU run). Returns [K, d]."""
     K, T = len(orders), len(orders[0])
     if batched:
-        from torch.func import vmap
-
-        gfn = vmap(flat.grad)
+        gfn = flat.batched_grad(compile)
         outs = []
         step = chunk or K
         for lo in range(0, K, step):
