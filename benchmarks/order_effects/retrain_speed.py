@@ -114,6 +114,7 @@ def main():
     device = torch.device(a.device)
     res = {"config": vars(a), "models": []}
     for name in a.models.split(","):
+        torch._dynamo.reset()  # a second model's compilation in one process failed in dynamo's guards (torch 2.11)
         r = one_model(name, tokens, a, device)
         print(r, flush=True)
         res["models"].append(r)
