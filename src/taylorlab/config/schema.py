@@ -169,6 +169,7 @@ class EstimateConfig:
     retrain_job_mem_gb: float = 8.0  # each fanned-out job: one task, one CPU (one GPU with device=cuda)
     retrain_job_timeout_min: int = 60
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
+    retrain_compile: bool = False  # batched retraining through torch.compile (GPU: faster, a one-off compilation)
     curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | hvp2 (+ the third-derivative term) | secant (diagonal) | none
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
     search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries

@@ -36,7 +36,7 @@ def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], tru
 
 
 def truth_sensitivity(flat, traj, batches, val, orders, true_params: torch.Tensor, true_loss: List[float], eps: float,
-                      batched: bool = False, chunk=None, seed: int = 123) -> dict:
+                      batched: bool = False, chunk=None, seed: int = 123, compile: bool = False) -> dict:
     """How reproducible the ground truth itself is: the same orders retrained from
     ``theta_0 * (1 + eps * z)`` (z seeded Gaussian) against the unperturbed retraining. Where a nudge
     far below any estimator's error already reshuffles the orders' ranking, the order -> loss map is
@@ -49,7 +49,8 @@ def truth_sensitivity(flat, traj, batches, val, orders, true_params: torch.Tenso
 
     gen = torch.Generator(device=traj.theta0.device).manual_seed(seed)
     z = torch.randn(traj.theta0.shape, generator=gen, device=traj.theta0.device, dtype=traj.theta0.dtype)
-    moved = retrain(flat, traj.theta0 * (1 + eps * z), batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk)
+    moved = retrain(flat, traj.theta0 * (1 + eps * z), batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk,
+                    compile=compile)
     loss = [flat.eval_loss(p, val) for p in moved]
     rel = torch.linalg.vector_norm(moved - true_params, dim=1) / torch.linalg.vector_norm(true_params - traj.theta0, dim=1)
     spread = max(true_loss) - min(true_loss)

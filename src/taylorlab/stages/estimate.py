@@ -33,10 +33,11 @@ def queries(c, T: int, batch_losses):
     return named
 
 
-def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None) -> torch.Tensor:
+def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None, compile: bool = False) -> torch.Tensor:
     """One fanned-out retraining job (a submitit array task): loads the record itself, returns [k, d]."""
     flat, traj, batches, _, _ = load_record(paths, resolve_device(device))
-    return retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk).cpu()
+    return retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk,
+                   compile=compile).cpu()
 
 
 def _retrain_fanned_out(ctx, c, paths, orders, batched, device) -> torch.Tensor:
@@ -49,7 +50,8 @@ def _retrain_fanned_out(ctx, c, paths, orders, batched, device) -> torch.Tensor:
     ex = submitit.AutoExecutor(folder=str(ctx.dir / "retrain_jobs" / "%j"), cluster=c.retrain_launcher)
     ex.update_parameters(timeout_min=int(c.retrain_job_timeout_min), cpus_per_task=1, mem_gb=float(c.retrain_job_mem_gb),
                          gpus_per_node=1 if torch.device(device).type == "cuda" else 0, name=f"{ctx.node}-retrain")
-    jobs = ex.map_array(retrain_job, [paths] * n, parts, [batched] * n, [str(device)] * n, [c.retrain_chunk] * n)
+    jobs = ex.map_array(retrain_job, [paths] * n, parts, [batched] * n, [str(device)] * n, [c.retrain_chunk] * n,
+                        [c.retrain_compile] * n)
     ctx.log.info("retraining %d orders in %d %s jobs: %s", len(orders), n, c.retrain_launcher,
                  ", ".join(j.job_id for j in jobs))
     return torch.cat([j.result() for j in jobs]).to(device)
@@ -73,7 +75,8 @@ def run(ctx):
         true_params, retrain_wall = timed(lambda: _retrain_fanned_out(ctx, c, paths, orders, batched, device))
     else:
         true_params, retrain_wall = timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
-                                                          batched=batched, chunk=c.retrain_chunk))
+                                                          batched=batched, chunk=c.retrain_chunk,
+                                                          compile=c.retrain_compile))
     _, two = timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False))
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
@@ -100,7 +103,8 @@ def run(ctx):
     for eps in c.sensitivity:
         ctx.log.info("the truth from initial weights nudged by %g", eps)
         sensitivity.append(truth_sensitivity(flat, traj, batches, val, [orders[i] for i in rand], true_params[rand],
-                                             [true_loss[i] for i in rand], eps, batched=batched, chunk=c.retrain_chunk))
+                                             [true_loss[i] for i in rand], eps, batched=batched, chunk=c.retrain_chunk,
+                                             compile=c.retrain_compile))
         ctx.tracker.summary({f"orders/sensitivity/{eps:g}/{k}": v for k, v in sensitivity[-1].items()
                              if k != "relative_perturbation" and v is not None})
         rho = sensitivity[-1]["spearman_true_vs_perturbed"]
