@@ -63,6 +63,8 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     mantissa, exponent = f"{sens['relative_perturbation']:.12e}".split("e")  # as JavaScript's toExponential()
     shown = mantissa.rstrip("0").rstrip(".") + f"e{int(exponent)}"
     assert dom.stdout.count('<p class="sensitivity">') == 1 and f"nudged by {shown} (relative)" in dom.stdout
+    (lin,) = est["linearisation"].values()  # fut-carry's own check, one line under the table
+    assert dom.stdout.count('<p class="linearisation"') == 1 and f"median of {len(lin['checks'])} checks" in dom.stdout
     (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
     heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
     assert len(heat_cells) == 2 * 3 * len(mem["cells"])  # memorization, generalization x estimated, true, difference

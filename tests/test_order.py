@@ -140,6 +140,29 @@ def test_expanded_gradient_matches_the_true_gradient_to_its_order():
     assert err[True][0] < err[False][0]
 
 
+def test_linearisation_self_check_grows_with_the_learning_rate_and_warns_where_ranking_fails():
+    """fut-carry's check needs no retraining: the share of the gradient's change its linearisation
+    misses. It must be small where the estimate ranks orders, large where it does not, and exactly 1
+    without curvature (the no-curvature gradient ignores the change by construction)."""
+    from scipy.stats import spearmanr
+
+    med, rho = {}, {}
+    for lr in (1e-3, 1e-2):
+        flat, batches, val, lrs, hp, traj = setup(lr)
+        orders = random_orders(8)
+        out = estimate("fut-carry", flat, traj, batches, orders)
+        lin = out["linearisation"]
+        assert len(lin["checks"]) == 8 and all(0 < c["step"] < T for c in lin["checks"])
+        med[lr] = lin["median_residual"]
+        true = retrain(flat, traj.theta0, batches, orders, lrs, hp)
+        rho[lr] = spearmanr([flat.eval_loss(p, val) for p in out["params"]],
+                            [flat.eval_loss(p, val) for p in true]).statistic
+        none = estimate("fut-carry", flat, traj, batches, orders, curvature="none")["linearisation"]
+        assert none["median_residual"] == pytest.approx(1.0, abs=1e-9)
+    assert med[1e-3] < 0.5 < med[1e-2]  # the stage's warning threshold separates them
+    assert rho[1e-3] > 0.9 > rho[1e-2]  # ... as the ranking itself does
+
+
 def test_secant_curvature_is_the_same_for_an_order_alone_or_among_others():
     """The secant variant reuses the previous step's gradients across orders; what it estimates for
     one order must not depend on which other orders share the sweep."""
