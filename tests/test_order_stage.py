@@ -2,8 +2,11 @@
 retraining in the stage's own process."""
 
 import json
+import math
 from pathlib import Path
 
+import pytest
+import torch
 from helpers import run_cli
 
 ARGS = ["debug=fast", "launcher=inline", "stages=[estimate]", "estimate.estimators=[none,fut-carry]",
@@ -55,3 +58,30 @@ def test_memorize_batch_out_of_range_is_a_one_line_error(tmp_path):
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and len(err) == 1 and "memorize.batches" in err[0] and "99" in err[0]
     assert not list(Path(tmp_path).glob("mem/record-*"))  # refused before anything ran
+
+
+def test_estimated_and_retrained_weights_are_saved_on_request_and_reload(tmp_path):
+    """estimate.save_params=true: every query's final weights, retrained and estimated, in one
+    safetensors file; order k's retrained weights put into the recorded model give its recorded loss."""
+    from safetensors import safe_open
+
+    from taylorlab.stages.common import load_record
+
+    run_cli(ARGS + ["run=par", "estimate.save_params=true"], tmp_path, check=True)
+    est, d = _estimates(tmp_path, "par")
+    names = [o["order_name"] for o in est["orders"]]
+    with safe_open(str(d / "params.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert set(tensors) == {"true", "none", "fut-carry"} and json.loads(meta["queries"]) == names
+    (rec,) = list((Path(tmp_path) / "par").glob("record-*"))
+    flat, traj, _, val, _ = load_record({"meta": rec / "trajectory.json", "trajectory": rec / "trajectory.safetensors",
+                                         "model": rec / "model"}, "cpu")
+    assert tensors["true"].shape == (len(names), flat.dim)
+    assert sum(math.prod(shape) for _, shape in json.loads(meta["layout"])) == flat.dim
+    assert all(torch.equal(row, traj.final.cpu()) for row in tensors["none"])  # "no change" is the reference run
+    for k in (0, len(names) - 1):
+        assert flat.eval_loss(tensors["true"][k], val) == pytest.approx(est["orders"][k]["true_loss"], rel=1e-12)
+        assert est["orders"][k]["fut-carry_ppl"] == pytest.approx(math.exp(est["orders"][k]["fut-carry_loss"]))
+    row = est["fidelity"][0]
+    assert row["s_per_query"] == pytest.approx(row["wall_s"] / len(names)) and "peak_gib" in row

@@ -174,6 +174,7 @@ class EstimateConfig:
     projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
     search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries
     sensitivity: List[float] = field(default_factory=list)  # relative nudges of theta_0: the truth retrained from each
+    save_params: bool = False  # also write params.safetensors: every query's estimated (and retrained) final weights
     device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 

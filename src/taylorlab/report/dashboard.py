@@ -185,10 +185,10 @@ function drawOrders(){
   D.order_estimates.forEach(E=>{
     h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
     const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
-    ['estimator','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','wall s','× one retraining'].forEach(x=>h('th',{},hr,x));
+    ['estimator','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','wall s','s / query','peak GiB','× one retraining'].forEach(x=>h('th',{},hr,x));
     const f=v=>v==null?'–':Number(v).toPrecision(3);
     E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); h('td',{},tr,r.estimator);
-      [r.spearman,r.pearson,r.mae_ppl,r.mae_ratio_to_none,r.rel_param_error,r.wall_s,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+      [r.spearman,r.pearson,r.mae_ppl,r.mae_ratio_to_none,r.rel_param_error,r.wall_s,r.s_per_query,r.peak_gib,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
     h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
     (E.sensitivity||[]).forEach(x=>h('p',{class:'sensitivity'},box,'The truth against itself: the random orders retrained from initial weights nudged by '+Number(x.relative_perturbation).toExponential()+' (relative) rank with Spearman '+f(x.spearman_true_vs_perturbed)+' against the unnudged truth; their final weights moved by '+f(x.median_rel_param_difference)+' of the training displacement (median). No estimator built from one run ranks better than this.'));
     Object.entries(E.linearisation||{}).forEach(([k,x])=>h('p',{class:'linearisation','data-estimator':k},box,k+' checked itself (no retraining): along the estimated runs its linearised gradient misses '+f(x.median_residual)+' of the change of the exact gradient (median of '+x.checks.length+' checks; 0 is exact, 1 no better than ignoring curvature; above 0.5 do not trust its ranking).'));

@@ -8,7 +8,7 @@ from __future__ import annotations
 from taylorlab.io import atomic_write_json
 from taylorlab.models import resolve_device
 from taylorlab.order.curriculum import candidate_orders, design_curriculum
-from taylorlab.stages.common import load_record, record_paths
+from taylorlab.stages.common import check_linearisation, load_record, record_paths
 
 
 def run(ctx):
@@ -22,6 +22,8 @@ def run(ctx):
                             verify_top=c.verify_top, additive_proposal=c.additive_proposal,
                             retrain_batched=device.type == "cuda", genetic=genetic,
                             genetic_fitness=c.genetic_fitness, curvature=c.curvature)
+    if res.get("linearisation"):
+        check_linearisation(ctx, c.estimator, res["linearisation"])
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
                                                "true_validation_loss": res["best_true_loss"]})

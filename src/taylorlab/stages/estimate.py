@@ -12,14 +12,14 @@ and compared with the random orders, so a claimed curriculum gain is checked, no
 from __future__ import annotations
 
 import torch
-from taylorlab.io import atomic_write_json
+from taylorlab.io import atomic_path, atomic_write_json
 from taylorlab.models import resolve_device
 from taylorlab.order import estimate, fidelity_table, retrain, validate_orders
 from taylorlab.order.fidelity import truth_sensitivity
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
                                         random_orders, timed)
 from taylorlab.order.functional import ppl
-from taylorlab.stages.common import load_record, record_paths
+from taylorlab.stages.common import check_linearisation, load_record, record_paths
 
 
 def queries(c, T: int, batch_losses):
@@ -81,12 +81,13 @@ def run(ctx):
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
 
-    est_params, est_loss, cost, extra = {}, {}, {}, {}
+    est_params, est_loss, cost, peak, extra = {}, {}, {}, {}, {}
     for name in c.estimators:
         ctx.log.info("estimator %s on %d orders", name, len(orders))
         out = estimate(name, flat, traj, batches, orders, val=val, reference_loss=ref_loss, curvature=c.curvature,
                        projection_dim=c.projection_dim)
         cost[name] = out["wall_s"]
+        peak[name] = out["peak_gib"]
         est_loss[name] = estimated_losses(flat, out, val)
         if out["params"] is not None:
             est_params[name] = out["params"]
@@ -94,11 +95,14 @@ def run(ctx):
             extra["additive"] = _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss)
         if out.get("linearisation"):
             extra.setdefault("linearisation", {})[name] = out["linearisation"]
-            _check_linearisation(ctx, name, out["linearisation"])
+            check_linearisation(ctx, name, out["linearisation"])
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]
     table = fidelity_table([true_loss[i] for i in rand], {k: [v[i] for i in rand] for k, v in est_loss.items()},
                            true_params[rand], {k: v[rand] for k, v in est_params.items()}, traj.theta0,
                            cost, one_at_a_time)
+    for row in table:  # what a query costs: all queries were answered together (K random + the named ones)
+        row["s_per_query"] = row["wall_s"] / len(orders) if row["wall_s"] is not None else None
+        row["peak_gib"] = peak.get(row["estimator"])
     for row in table:
         ctx.tracker.summary({f"orders/{row['estimator']}/{k}": v for k, v in row.items()
                              if k != "estimator" and v is not None})
@@ -116,7 +120,8 @@ def run(ctx):
                             "%.2f): no estimator built from one run can rank them at these settings; retrain.", eps, rho)
     ctx.tracker.table("orders/fidelity", list(table[0].keys()), [list(r.values()) for r in table])
     per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
-                  **{f"{k}_loss": est_loss[k][i] for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
+                  **{f"{k}_loss": est_loss[k][i] for k in est_loss},
+                  **{f"{k}_ppl": ppl(est_loss[k][i]) for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
     speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if batched else None,
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": traj.T,
              "one_retraining_s": one_at_a_time, "retrain_jobs": max(1, c.retrain_jobs),
@@ -124,28 +129,30 @@ def run(ctx):
     atomic_write_json(ctx.dir / "estimates.json", {"orders": per_order, "fidelity": table, "speed": speed,
                                                    "sensitivity": sensitivity, "reference_validation_loss": ref_loss,
                                                    **extra})
-    ctx.tracker.artifact(ctx.dir.name, "order-estimates", {"estimates.json": ctx.dir / "estimates.json"},
+    files = {"estimates.json": ctx.dir / "estimates.json"}
+    if c.save_params:
+        files["params.safetensors"] = _save_params(ctx.dir / "params.safetensors", flat, names, true_params, est_params)
+    ctx.tracker.artifact(ctx.dir.name, "order-estimates", files,
                          uses=[p.name for p in ctx.parents.values()], metadata=speed)
     ctx.log.info("fidelity over %d random orders: %s", len(rand),
                  "; ".join(f"{r['estimator']} spearman {r['spearman']:.3f}" for r in table))
-    return {"estimates": "estimates.json"}
+    return {"estimates": "estimates.json", **({"params": "params.safetensors"} if c.save_params else {})}
 
 
-LINEARISATION_WARN = 0.5  # the CPU test model: median 0.14 / 0.39 at Spearman 1.0 / 0.98, 0.88 / 1.05 at 0.52 / -0.12
+def _save_params(path, flat, names, true_params, est_params):
+    """Every query's final weights as flat [K, d] tensors — ``true`` (retrained) and one per estimator
+    that produces parameters — with the query names and the flat layout in the metadata, written
+    atomically. ``FlatModel(model).load(tensor[k])`` puts order k's weights into a model."""
+    import json
 
+    from safetensors.torch import save_file
 
-def _check_linearisation(ctx, name: str, lin: dict) -> None:
-    """The estimator's own check, no retraining needed: to W&B, and a warning when the linearised
-    gradient misses most of the gradient's change along the estimated trajectories."""
-    med = lin.get("median_residual")
-    if med is None:
-        return
-    ctx.tracker.summary({f"orders/{name}/linearisation_residual": med})
-    if med > LINEARISATION_WARN:
-        ctx.log.warning("%s: the linearised gradient misses %.0f%% of the gradient's change along the estimated "
-                        "runs (median of %d checks): the expansion is out of its range here; do not trust its "
-                        "ranking without retraining (lower the learning rate or retrain).", name, 100 * med,
-                        len(lin["checks"]))
+    tensors = {"true": true_params.detach().cpu().contiguous(),
+               **{k: v.detach().cpu().contiguous() for k, v in est_params.items()}}
+    meta = {"queries": json.dumps(names), "layout": json.dumps([[n, list(s)] for n, s in zip(flat.names, flat.shapes)])}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
 
 
 def _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss) -> dict:
