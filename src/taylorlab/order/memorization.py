@@ -50,7 +50,8 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
             out.update(true=R["true"], **_agreement(R["est"], R["true"], R["none"], spearmanr))
         return out
 
-    out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est["wall_s"], **result(M)}
+    out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est["wall_s"], **result(M),
+           "linearisation": est.get("linearisation")}
     if val is not None:
         out["generalization"] = result(G)
     return out

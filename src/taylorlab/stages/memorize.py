@@ -15,7 +15,7 @@ from taylorlab.models import resolve_device
 from taylorlab.order.curriculum import memorization_cells
 from taylorlab.order.memorization import memorization_matrix
 from taylorlab.report import figures
-from taylorlab.stages.common import load_record, record_paths
+from taylorlab.stages.common import check_linearisation, load_record, record_paths
 
 
 def _plain(x):
@@ -38,6 +38,8 @@ def run(ctx):
                  " and by retraining" if c.with_retraining else "")
     res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
                               val=val, curvature=c.curvature)
+    if res.get("linearisation"):
+        check_linearisation(ctx, c.estimator, res["linearisation"])
     out = {"T": traj.T, **_plain(res)}
     if "true" in res:
         gen = res["generalization"]
