@@ -34,6 +34,7 @@ Every estimator returns the reference run exactly for the reference order.
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -270,7 +271,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
                        for k in moved]
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
     res = [c["residual"] for c in checks if c["residual"] == c["residual"]]
-    median = float(torch.tensor(res).median()) if res else None
+    median = statistics.median(res) if res else None
     return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median}}
 
 

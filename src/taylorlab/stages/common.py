@@ -60,6 +60,6 @@ def check_linearisation(ctx, name: str, lin: dict) -> None:
     ctx.tracker.summary({f"orders/{name}/linearisation_residual": med})
     if med > LINEARISATION_WARN:
         ctx.log.warning("%s: the linearised gradient misses %.0f%% of the gradient's change along the estimated "
-                        "runs (median of %d checks): the expansion is out of its range here; do not trust its "
-                        "ranking without retraining (lower the learning rate or retrain).", name, 100 * med,
-                        len(lin["checks"]))
+                        "runs (median of %d checks; above %.0f%% its ranking of random orders failed on the test "
+                        "models): check its answers against retraining before trusting them.", name, 100 * med,
+                        len(lin["checks"]), 100 * LINEARISATION_WARN)

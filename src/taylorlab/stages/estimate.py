@@ -71,6 +71,9 @@ def run(ctx):
     names, orders = list(named), list(named.values())
 
     batched = cuda if c.retrain_batched is None else bool(c.retrain_batched)
+    if c.retrain_compile and not batched:
+        ctx.log.warning("estimate.retrain_compile compiles batched retraining only (a GPU, or "
+                        "estimate.retrain_batched=true); retraining one order at a time here, not compiled.")
     if c.retrain_jobs > 1:
         true_params, retrain_wall = timed(lambda: _retrain_fanned_out(ctx, c, paths, orders, batched, device))
     else:
@@ -103,7 +106,6 @@ def run(ctx):
     for row in table:  # what a query costs: all queries were answered together (K random + the named ones)
         row["s_per_query"] = row["wall_s"] / len(orders) if row["wall_s"] is not None else None
         row["peak_gib"] = peak.get(row["estimator"])
-    for row in table:
         ctx.tracker.summary({f"orders/{row['estimator']}/{k}": v for k, v in row.items()
                              if k != "estimator" and v is not None})
     sensitivity = []
