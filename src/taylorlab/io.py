@@ -56,6 +56,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
+    """A safetensors file of ``tensors`` (moved to the CPU, made contiguous), renamed into place when complete."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
 def read_json(path: str | Path) -> Any:
     from taylorlab.errors import ArtifactError
 

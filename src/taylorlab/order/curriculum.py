@@ -80,7 +80,7 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
             "gain_vs_reference": true["reference"] - true[best], "estimate_wall_s": out["wall_s"],
             "proposal_wall_s": proposal_s, "genetic_search_wall_s": search_s, "genetic_orders_scored": search_scored,
             "genetic_fitness": genetic_fitness if genetic else None, "retrain_wall_s": retrain_s, "verified": len(true),
-            "linearisation": out.get("linearisation")}
+            "linearisation": out["linearisation"]}
 
 
 def order_crossover(a: List[int], b: List[int], rng: random.Random) -> List[int]:

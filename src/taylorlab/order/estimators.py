@@ -238,21 +238,18 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
         ids = [o[t] for o in orders]
         uniq = sorted(set(ids))
         delta = gamma - theta
+        moved = ((delta != 0).any(dim=1).tolist()  # one sync: only where the CPU path or a check needs it
+                 if t in check_at or (not cuda and curvature in ("hvp", "hvp2")) else None)
         if curvature in ("hvp", "hvp2") and cuda:  # gradient and H delta (...) together, K orders in chunks
             g = torch.empty_like(gamma)
             for lo in range(0, K, chunk):
                 idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
                 g[lo:lo + chunk] = expanded_many(theta, batches[idx], delta[lo:lo + chunk])
         elif curvature in ("hvp", "hvp2"):  # CPU, one order at a time: g and H delta (...) from one pass
-            unmoved: Dict[int, torch.Tensor] = {}  # orders that have not left the reference yet: its gradient
-
-            def table_grad(b):
-                if b not in unmoved:
-                    unmoved[b] = flat.grad(theta, batches[b])
-                return unmoved[b]
-
+            # orders that have not left the reference yet: the reference gradient, once per batch
+            unmoved = {b: flat.grad(theta, batches[b]) for k, b in enumerate(ids) if not moved[k]}
             g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], curvature == "hvp2")
-                             if torch.any(delta[k] != 0) else table_grad(b) for k, b in enumerate(ids)])
+                             if moved[k] else unmoved[b] for k, b in enumerate(ids)])
         else:  # secant / none: each distinct batch's gradient once per step
             table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
             g = torch.stack([table[b] for b in ids])
@@ -266,9 +263,8 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
             if curvature == "secant":
                 prev_table, prev_theta = table, theta
         if t in check_at:
-            moved = [k for k in range(K) if torch.any(delta[k] != 0)][:check_orders]
             checks += [{"step": t, "order": k, "residual": linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k])}
-                       for k in moved]
+                       for k in [k for k in range(K) if moved[k]][:check_orders]]
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
     res = [c["residual"] for c in checks if c["residual"] == c["residual"]]
     median = statistics.median(res) if res else None
@@ -390,4 +386,5 @@ def estimate(name: str, flat: FlatModel, traj: Trajectory, batches: torch.Tensor
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     out.setdefault("params", None)
     out.setdefault("loss", None)
+    out.setdefault("linearisation", None)  # fut-carry's self-check
     return out

@@ -7,6 +7,7 @@ from typing import Dict, List
 import torch
 
 from taylorlab.order.functional import ppl
+from taylorlab.order.trajectory import retrain
 
 
 def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], true_params: torch.Tensor,
@@ -44,8 +45,6 @@ def truth_sensitivity(flat, traj, batches, val, orders, true_params: torch.Tenso
     Spearman here bounds what an estimator can reach. ``median_rel_param_difference`` is the change
     of the final weights as a fraction of the training displacement."""
     from scipy.stats import spearmanr
-
-    from taylorlab.order.trajectory import retrain
 
     gen = torch.Generator(device=traj.theta0.device).manual_seed(seed)
     z = torch.randn(traj.theta0.shape, generator=gen, device=traj.theta0.device, dtype=traj.theta0.dtype)

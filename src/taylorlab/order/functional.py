@@ -78,6 +78,7 @@ class FlatModel:
         self.numels = [p.numel() for _, p in named]
         self.buffers: Dict[str, torch.Tensor] = dict(model.named_buffers())
         self.dim = sum(self.numels)
+        self._compiled_vgrad = None  # batched_grad(compile=True), built on first use
 
     def flat(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).clone()
@@ -118,7 +119,7 @@ class FlatModel:
         through torch.compile, built once per FlatModel and kept."""
         if not compile:
             return vmap(self.grad)
-        if getattr(self, "_compiled_vgrad", None) is None:
+        if self._compiled_vgrad is None:
             self._compiled_vgrad = torch.compile(vmap(self.grad))
         return self._compiled_vgrad
 

@@ -51,7 +51,7 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
         return out
 
     out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est["wall_s"], **result(M),
-           "linearisation": est.get("linearisation")}
+           "linearisation": est["linearisation"]}
     if val is not None:
         out["generalization"] = result(G)
     return out

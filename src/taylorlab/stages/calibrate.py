@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 
 import torch
-from safetensors.torch import save_file
 
 from taylorlab.data.tokens import sample_windows
-from taylorlab.io import atomic_path
+from taylorlab.io import atomic_save_tensors
 from taylorlab.models import context_length, load_model_artifact, resolve_device
 from taylorlab.pruning import per_sequence_gradient_stats
 from taylorlab.stages.common import split_tokens
@@ -23,8 +22,7 @@ def run(ctx):
     seq_len = context_length(model, c.seq_len)
     windows = sample_windows(split_tokens(ctx, "calibration", tok), c.num_samples, seq_len, c.seed)
     meta = {"num_samples": str(c.num_samples), "seq_len": str(seq_len), "seed": str(c.seed), "split": "calibration"}
-    with atomic_path(ctx.dir / "windows.safetensors") as tmp:
-        save_file({"windows": windows.contiguous()}, str(tmp), metadata=meta)
+    atomic_save_tensors(ctx.dir / "windows.safetensors", {"windows": windows}, metadata=meta)
     artifacts = {"windows": "windows.safetensors"}
     if c.gradients:
         t0 = time.time()
@@ -33,9 +31,7 @@ def run(ctx):
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.time() - t0
-        with atomic_path(ctx.dir / "gradients.safetensors") as tmp:
-            save_file({k: v.cpu().contiguous() for k, v in stats.items()}, str(tmp),
-                      metadata={**meta, "norm": c.grad_norm})
+        atomic_save_tensors(ctx.dir / "gradients.safetensors", stats, metadata={**meta, "norm": c.grad_norm})
         ctx.tracker.summary({"calibrate/gradient_wall_s": wall, "calibrate/layers": len(stats)})
         artifacts["gradients"] = "gradients.safetensors"
     ctx.log.info("calibration: %d windows of %d tokens%s", c.num_samples, seq_len,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -51,10 +52,11 @@ def load_record(paths: dict, device):
 LINEARISATION_WARN = 0.5  # the CPU test model: median 0.14 / 0.39 at Spearman 1.0 / 0.98, 0.88 / 1.05 at 0.52 / -0.12
 
 
-def check_linearisation(ctx, name: str, lin: dict) -> None:
-    """The estimator's own check, no retraining needed: to W&B, and a warning when the linearised
-    gradient misses most of the gradient's change along the estimated trajectories."""
-    med = lin.get("median_residual")
+def check_linearisation(ctx, name: str, lin: Optional[dict]) -> None:
+    """The estimator's own check, no retraining needed (``None`` for estimators without one): to W&B,
+    and a warning when the linearised gradient misses most of the gradient's change along the
+    estimated trajectories."""
+    med = (lin or {}).get("median_residual")
     if med is None:
         return
     ctx.tracker.summary({f"orders/{name}/linearisation_residual": med})

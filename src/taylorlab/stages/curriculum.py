@@ -22,8 +22,7 @@ def run(ctx):
                             verify_top=c.verify_top, additive_proposal=c.additive_proposal,
                             retrain_batched=device.type == "cuda", genetic=genetic,
                             genetic_fitness=c.genetic_fitness, curvature=c.curvature)
-    if res.get("linearisation"):
-        check_linearisation(ctx, c.estimator, res["linearisation"])
+    check_linearisation(ctx, c.estimator, res["linearisation"])
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
                                                "true_validation_loss": res["best_true_loss"]})

@@ -12,7 +12,7 @@ and compared with the random orders, so a claimed curriculum gain is checked, no
 from __future__ import annotations
 
 import torch
-from taylorlab.io import atomic_path, atomic_write_json
+from taylorlab.io import atomic_save_tensors, atomic_write_json
 from taylorlab.models import resolve_device
 from taylorlab.order import estimate, fidelity_table, retrain, validate_orders
 from taylorlab.order.fidelity import truth_sensitivity
@@ -96,9 +96,9 @@ def run(ctx):
             est_params[name] = out["params"]
         if name == "additive":
             extra["additive"] = _search(ctx, c, flat, traj, batches, val, out, true_loss, names, ref_loss)
-        if out.get("linearisation"):
+        check_linearisation(ctx, name, out["linearisation"])
+        if out["linearisation"]:
             extra.setdefault("linearisation", {})[name] = out["linearisation"]
-            check_linearisation(ctx, name, out["linearisation"])
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]
     table = fidelity_table([true_loss[i] for i in rand], {k: [v[i] for i in rand] for k, v in est_loss.items()},
                            true_params[rand], {k: v[rand] for k, v in est_params.items()}, traj.theta0,
@@ -147,13 +147,8 @@ def _save_params(path, flat, names, true_params, est_params):
     atomically. ``FlatModel(model).load(tensor[k])`` puts order k's weights into a model."""
     import json
 
-    from safetensors.torch import save_file
-
-    tensors = {"true": true_params.detach().cpu().contiguous(),
-               **{k: v.detach().cpu().contiguous() for k, v in est_params.items()}}
     meta = {"queries": json.dumps(names), "layout": json.dumps([[n, list(s)] for n, s in zip(flat.names, flat.shapes)])}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    atomic_save_tensors(path, {"true": true_params, **est_params}, metadata=meta)
     return path
 
 

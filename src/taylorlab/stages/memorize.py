@@ -38,8 +38,7 @@ def run(ctx):
                  " and by retraining" if c.with_retraining else "")
     res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
                               val=val, curvature=c.curvature)
-    if res.get("linearisation"):
-        check_linearisation(ctx, c.estimator, res["linearisation"])
+    check_linearisation(ctx, c.estimator, res["linearisation"])
     out = {"T": traj.T, **_plain(res)}
     if "true" in res:
         gen = res["generalization"]

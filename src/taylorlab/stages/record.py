@@ -6,9 +6,8 @@ batch t at step t), the learning rates and Adam's settings."""
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save_file
 
-from taylorlab.io import atomic_path, atomic_write_json
+from taylorlab.io import atomic_save_tensors, atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.order import AdamHP, FlatModel, record
 from taylorlab.stages.common import save_model, split_tokens
@@ -31,9 +30,7 @@ def run(ctx):
     flat = FlatModel(model)
     traj = record(flat, batches, list(range(T)), lrs, hp, every=c.checkpoint_every, progress=ctx.progress)
     ref_val = flat.eval_loss(traj.final, val)
-    with atomic_path(ctx.dir / "trajectory.safetensors") as tmp:
-        save_file({**{k: v.cpu() for k, v in traj.tensors().items()}, "batches": batches.cpu().contiguous(),
-                   "validation": val.cpu().contiguous()}, str(tmp))
+    atomic_save_tensors(ctx.dir / "trajectory.safetensors", {**traj.tensors(), "batches": batches, "validation": val})
     atomic_write_json(ctx.dir / "trajectory.json", {"order": traj.order, "lrs": lrs, "betas": list(hp.betas),
                                                     "eps": hp.eps, "weight_decay": hp.weight_decay,
                                                     "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
