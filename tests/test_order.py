@@ -86,6 +86,23 @@ def test_batched_retraining_matches_one_at_a_time():
     assert torch.equal(ref[0], traj.final)  # the recorded run is a real run
 
 
+def test_retraining_from_the_shared_prefix_is_the_full_retraining():
+    from taylorlab.order import shared_prefix
+    from taylorlab.order.memorization import moved_order
+
+    flat, batches, _, lrs, hp, full = setup(3e-3)
+    flat.load(full.theta0)
+    traj = record(flat, batches, list(range(T)), lrs, hp, every=3)  # the prefix's end is replayed
+    orders = [moved_order(T, 6, 4), moved_order(T, 1, 7), list(range(T)), random_orders(1)[0], moved_order(T, 5, 2)]
+    assert [shared_prefix(o, traj.order) for o in orders[:3]] == [4, 1, T]
+    whole = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=False)
+    alone = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=False, reference=traj)
+    assert torch.equal(alone, whole)  # bitwise, in query order
+    together = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=True, chunk=2, reference=traj)
+    assert torch.allclose(together, whole, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(whole[0], whole[1])  # the orders differ, so order-keeping is tested
+
+
 def errors(lr, k=8, curvatures=("hvp",)):
     flat, batches, val, lrs, hp, traj = setup(lr)
     orders = random_orders(k)

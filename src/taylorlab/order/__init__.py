@@ -9,6 +9,6 @@ retraining as ground truth (``retrain``) and the fidelity table (``fidelity``). 
 """
 
 from taylorlab.order.functional import AdamHP, FlatModel, adam_step  # noqa: F401
-from taylorlab.order.trajectory import Trajectory, record, retrain, validate_orders  # noqa: F401
+from taylorlab.order.trajectory import Trajectory, record, retrain, shared_prefix, validate_orders  # noqa: F401
 from taylorlab.order.estimators import ESTIMATORS, estimate  # noqa: F401
 from taylorlab.order.fidelity import fidelity_table  # noqa: F401

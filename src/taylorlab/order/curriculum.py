@@ -47,7 +47,8 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     if genetic:  # the estimator (or retraining) as fitness; the best few orders it finds join the candidates
         def score(orders):
             if genetic_fitness == "retrain":
-                trained = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=retrain_batched)
+                trained = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=retrain_batched,
+                                  reference=traj)
                 return [flat.eval_loss(p, val) for p in trained]
             return estimated_losses(flat, estimate(estimator, flat, traj, batches, orders, val=val,
                                                    reference_loss=reference_loss, **options), val)
@@ -69,7 +70,7 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     verify = [i for i in ranked if names[i] != "reference" and names[i] not in already_true][:verify_top]
     verify_names = ["reference"] + [names[i] for i in verify]
     params, retrain_s = timed(lambda: retrain(flat, traj.theta0, batches, [cands[n] for n in verify_names], traj.lrs,
-                                              traj.hp, batched=retrain_batched))
+                                              traj.hp, batched=retrain_batched, reference=traj))
     true = {n: flat.eval_loss(p, val) for n, p in zip(verify_names, params)}
     true.update(already_true)  # retrained by the search itself
     rows = [{"name": n, "order": cands[n], "estimated_loss": est[i], "rank_by_estimate": ranked.index(i) + 1,

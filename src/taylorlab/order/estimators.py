@@ -356,7 +356,7 @@ def additive_search(flat: FlatModel, traj: Trajectory, batches, val, S: torch.Te
         many = torch.argsort(torch.rand(n_orders, traj.T, generator=gen), dim=1).to(S.device)
         _, score_s = timed(lambda: score_orders(S, many, reference_loss))
     best = best_order(S)
-    true = retrain(flat, traj.theta0, batches, [best], traj.lrs, traj.hp, batched=False)[0]
+    true = retrain(flat, traj.theta0, batches, [best], traj.lrs, traj.hp, batched=False, reference=traj)[0]
     return {"search_orders": n_orders, "search_score_s": score_s, "best_order": best,
             "best_order_predicted_loss": float(score_orders(S, [best], reference_loss)[0]),
             "best_order_true_loss": flat.eval_loss(true, val)}

@@ -30,7 +30,8 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
     T = traj.T
     orders = [moved_order(T, i, j) for i, j in cells]
     est = estimate(estimator, flat, traj, batches, orders, **options)
-    true = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False) if with_retraining else None
+    true = (retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False, reference=traj)
+            if with_retraining else None)
     none_loss = {i: float(flat.loss(traj.final, batches[i]).detach()) for i in {i for i, _ in cells}}
     ref_val = flat.eval_loss(traj.final, val) if val is not None else None
     M = {k: torch.full((T, T), math.nan, dtype=torch.float64) for k in ("est", "true", "none")}

@@ -127,34 +127,55 @@ def record(flat: FlatModel, batches: torch.Tensor, order: List[int], lrs: List[f
     return traj
 
 
+def shared_prefix(order: Sequence[int], reference: Sequence[int]) -> int:
+    """How many first steps ``order`` shares with ``reference`` (T when they are the same order)."""
+    for t, (a, b) in enumerate(zip(order, reference)):
+        if a != b:
+            return t
+    return len(order)
+
+
 def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders: List[List[int]], lrs: List[float],
-            hp: AdamHP, batched: bool = True, chunk: Optional[int] = None, compile: bool = False) -> torch.Tensor:
+            hp: AdamHP, batched: bool = True, chunk: Optional[int] = None, compile: bool = False,
+            reference: Optional[Trajectory] = None) -> torch.Tensor:
     """Ground truth: every order trained for real from theta0. ``batched`` trains the K parameter
     copies together (torch.func.vmap over the gradient, Adam's step in place; ``chunk`` copies at a
     time to bound memory; equal to one at a time up to rounding); else one after another, with the
     reference run's own functional step (the reference order gives the recorded run bit for bit).
     ``compile`` runs the batched gradient through torch.compile (fuses the model's elementwise work;
     compiled once per FlatModel and shape, which costs tens of seconds: worth it on a GPU for many
-    steps, not for a short CPU run). Returns [K, d]."""
+    steps, not for a short CPU run).
+
+    ``reference`` (the recorded run from the same theta0 with the same schedule) skips the steps an
+    order shares with the reference order at its start: it starts from the reference's state after
+    them (one at a time: bitwise what the full retraining gives; batched: a chunk starts where its
+    orders all still agree, so orders are chunked by that prefix). A memorization order (batch i moved
+    to position j) shares min(i, j) steps; a random order almost none. Returns [K, d] in query order."""
     K, T = len(orders), len(orders[0])
+    starts = [shared_prefix(o, reference.order) for o in orders] if reference is not None else [0] * K
+    by_start = sorted(range(K), key=lambda k: starts[k])  # grouped so that replays and chunks share prefixes
+    out: List[Optional[torch.Tensor]] = [None] * K
+
+    def start_state(s: int) -> State:
+        return reference.state(s) if s else (theta0, torch.zeros_like(theta0), torch.zeros_like(theta0))
+
     if batched:
         gfn = flat.batched_grad(compile)
-        outs = []
         step = chunk or K
         for lo in range(0, K, step):
-            part = orders[lo:lo + step]
-            theta = theta0.expand(len(part), -1).clone()
-            m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-            idx = torch.tensor(part, device=batches.device)
-            for t in range(T):
+            ks = by_start[lo:lo + step]
+            s = starts[ks[0]]
+            theta, m, v = (x.expand(len(ks), -1).clone() for x in start_state(s))
+            idx = torch.tensor([orders[k] for k in ks], device=batches.device)
+            for t in range(s, T):
                 adam_step_(theta, m, v, gfn(theta, batches[idx[:, t]]), t + 1, lrs[t], hp)
-            outs.append(theta)
-        return torch.cat(outs)
-    out = []
-    for o in orders:
-        theta = theta0.clone()
-        m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-        for t in range(T):
+            for i, k in enumerate(ks):
+                out[k] = theta[i]
+        return torch.stack(out)
+    for k in by_start:
+        theta, m, v = start_state(starts[k])
+        o = orders[k]
+        for t in range(starts[k], T):
             theta, m, v = adam_step(theta, m, v, flat.grad(theta, batches[o[t]]), t + 1, lrs[t], hp)
-        out.append(theta)
+        out[k] = theta
     return torch.stack(out)

@@ -37,7 +37,7 @@ def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None, com
     """One fanned-out retraining job (a submitit array task): loads the record itself, returns [k, d]."""
     flat, traj, batches, _, _ = load_record(paths, resolve_device(device))
     return retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk,
-                   compile=compile).cpu()
+                   compile=compile, reference=traj).cpu()
 
 
 def _retrain_fanned_out(ctx, c, paths, orders, batched, device) -> torch.Tensor:
@@ -79,7 +79,7 @@ def run(ctx):
     else:
         true_params, retrain_wall = timed(lambda: retrain(flat, traj.theta0, batches, orders, traj.lrs, hp,
                                                           batched=batched, chunk=c.retrain_chunk,
-                                                          compile=c.retrain_compile))
+                                                          compile=c.retrain_compile, reference=traj))
     _, two = timed(lambda: retrain(flat, traj.theta0, batches, orders[:2], traj.lrs, hp, batched=False))
     one_at_a_time = two / 2
     true_loss = [flat.eval_loss(p, val) for p in true_params]
