@@ -63,8 +63,8 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
         label = name
         if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2"):
             name, opts = "fut-carry", {"curvature": {"nocurv": "none", "secant": "secant", "hvp2": "hvp2"}[label[10:]]}
-        if label == "fut-carry-hvp2":
-            opts["chunk"] = a.hvp2_chunk
+        if name == "fut-carry":
+            opts["chunk"] = a.hvp2_chunk if label == "fut-carry-hvp2" else a.carry_chunk
         if name == "additive":
             opts = {"chunk": a.additive_chunk}
         try:
@@ -118,6 +118,8 @@ def main():
     ap.add_argument("--K", type=int, default=32)
     ap.add_argument("--every", type=int, default=16, help="store the state every k steps; replay between")
     ap.add_argument("--retrain-chunk", type=int, default=32)
+    ap.add_argument("--carry-chunk", type=int, default=16, help="orders expanded together by fut-carry on a GPU "
+                    "(lower it for larger batches)")
     ap.add_argument("--hvp2-chunk", type=int, default=8, help="orders expanded together by fut-carry-hvp2 on a GPU")
     ap.add_argument("--additive-chunk", type=int, default=8, help="one-step effects computed together in additive")
     ap.add_argument("--cells", default="256:1e-3:0.1:none,fut-carry;64:1e-3:0:none,fut-carry,fut-carry-nocurv,additive,fut,fut2",
