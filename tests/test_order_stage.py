@@ -85,3 +85,28 @@ def test_estimated_and_retrained_weights_are_saved_on_request_and_reload(tmp_pat
         assert est["orders"][k]["fut-carry_ppl"] == pytest.approx(math.exp(est["orders"][k]["fut-carry_loss"]))
     row = est["fidelity"][0]
     assert row["s_per_query"] == pytest.approx(row["wall_s"] / len(names)) and "peak_gib" in row
+
+
+def test_linearisation_warning_fires_above_the_threshold_and_for_uncalibrated_curvatures(caplog):
+    """The stages' warning: above 0.5 for any curvature; below it only where the threshold was not
+    calibrated (hvp2 under-warned on the 20M model)."""
+    import logging
+    from types import SimpleNamespace
+
+    from taylorlab.stages.common import check_linearisation
+
+    summaries = []
+    ctx = SimpleNamespace(tracker=SimpleNamespace(summary=summaries.append), log=logging.getLogger("tl-test"))
+    checks = [{"step": 1, "order": 0, "residual": 0.3}] * 4
+    warned = {}
+    for med, curvature in [(0.3, "hvp"), (0.7, "hvp"), (0.3, "hvp2"), (0.7, "hvp2")]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tl-test"):
+            check_linearisation(ctx, "fut-carry", {"checks": checks, "median_residual": med, "curvature": curvature})
+        warned[med, curvature] = [r.getMessage() for r in caplog.records]
+    assert warned[0.3, "hvp"] == []
+    assert all(len(warned[k]) == 1 for k in [(0.7, "hvp"), (0.3, "hvp2"), (0.7, "hvp2")])
+    assert "calibrated for curvature=hvp, not hvp2" in warned[0.3, "hvp2"][0]
+    assert summaries[-1] == {"orders/fut-carry/linearisation_residual": 0.7}
+    check_linearisation(ctx, "none", None)  # estimators without a check: nothing to say
+    assert len(summaries) == 4

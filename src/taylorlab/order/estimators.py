@@ -268,7 +268,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
     res = [c["residual"] for c in checks if c["residual"] == c["residual"]]
     median = statistics.median(res) if res else None
-    return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median}}
+    return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median, "curvature": curvature}}
 
 
 # ----------------------------------------------------------------------------- additive
