@@ -50,7 +50,7 @@ def load_record(paths: dict, device):
 
 
 # Set on the CPU test model (median 0.14 / 0.39 at Spearman 1.0 / 0.98, 0.88 / 1.05 at 0.52 / -0.12) and
-# held on a 1.13M Llama (CPU) and the 20.45M Llama (H200: 0.14 / 0.37 at 0.99 / 0.96, 0.47 at 0.87, 0.61-1.49
+# held on a 1.13M Llama (CPU) and the 20.45M Llama (H200: 0.14-0.37 at 0.96-0.99, 0.47 at 0.87, 0.61-1.49
 # at -0.05-0.67) -- for curvature=hvp. With hvp2 the residual is that of the second-order expansion: 0.48 on the
 # 20M model where the ranking failed (0.55), so below the threshold it proves nothing there.
 LINEARISATION_WARN = 0.5
