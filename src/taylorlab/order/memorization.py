@@ -22,15 +22,18 @@ def moved_order(T: int, i: int, j: int) -> List[int]:
 
 
 def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Sequence[Tuple[int, int]],
-                        estimator: str = "fut-carry", with_retraining: bool = True, val=None, **options) -> Dict:
+                        estimator: str = "fut-carry", with_retraining: bool = True, val=None,
+                        retrain_batched: bool = False, **options) -> Dict:
     """Estimated (and retrained) M over ``cells`` [(i, j), ...]; NaN where a cell was not asked for.
-    With ``val``, G (held-out loss) as well, under ``generalization``."""
+    With ``val``, G (held-out loss) as well, under ``generalization``. The truth starts each moved order
+    from the recorded state after the min(i, j) steps it shares with the reference; ``retrain_batched``
+    trains the cells' orders together (vmap; on a GPU)."""
     from scipy.stats import spearmanr
 
     T = traj.T
     orders = [moved_order(T, i, j) for i, j in cells]
     est = estimate(estimator, flat, traj, batches, orders, **options)
-    true = (retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False, reference=traj)
+    true = (retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=retrain_batched, reference=traj)
             if with_retraining else None)
     none_loss = {i: float(flat.loss(traj.final, batches[i]).detach()) for i in {i for i, _ in cells}}
     ref_val = flat.eval_loss(traj.final, val) if val is not None else None

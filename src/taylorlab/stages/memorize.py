@@ -29,7 +29,8 @@ def _plain(x):
 
 def run(ctx):
     c = ctx.cfg
-    flat, traj, batches, val, _ = load_record(record_paths(ctx), resolve_device(c.device))
+    device = resolve_device(c.device)
+    flat, traj, batches, val, _ = load_record(record_paths(ctx), device)
     bad = [i for i in c.batches if not 0 <= i < traj.T]
     if bad:
         raise ConfigError(f"memorize.batches has ids {bad} outside the recorded run's 0..{traj.T - 1}.")
@@ -37,7 +38,7 @@ def run(ctx):
     ctx.log.info("memorization: %d cells (batch, position) by %s%s", len(cells), c.estimator,
                  " and by retraining" if c.with_retraining else "")
     res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
-                              val=val, curvature=c.curvature)
+                              val=val, curvature=c.curvature, retrain_batched=device.type == "cuda")
     check_linearisation(ctx, c.estimator, res["linearisation"])
     out = {"T": traj.T, **_plain(res)}
     if "true" in res:
