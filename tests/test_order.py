@@ -174,8 +174,13 @@ def test_linearisation_self_check_grows_with_the_learning_rate_and_warns_where_r
         true = retrain(flat, traj.theta0, batches, orders, lrs, hp)
         rho[lr] = spearmanr([flat.eval_loss(p, val) for p in out["params"]],
                             [flat.eval_loss(p, val) for p in true]).statistic
+        assert lin["median_first_order"] == lin["median_residual"]  # hvp is the first-order expansion
         none = estimate("fut-carry", flat, traj, batches, orders, curvature="none")["linearisation"]
         assert none["median_residual"] == pytest.approx(1.0, abs=1e-9)
+        # every curvature also reports the first-order residual at its own estimated states: a property
+        # of the regime, close to hvp's whatever the estimator
+        for other in (none, estimate("fut-carry", flat, traj, batches, orders, curvature="hvp2")["linearisation"]):
+            assert other["median_first_order"] == pytest.approx(med[lr], abs=0.1)
     assert med[1e-3] < 0.5 < med[1e-2]  # the stage's warning threshold separates them
     assert rho[1e-3] > 0.9 > rho[1e-2]  # ... as the ranking itself does
 

@@ -87,9 +87,9 @@ def test_estimated_and_retrained_weights_are_saved_on_request_and_reload(tmp_pat
     assert row["s_per_query"] == pytest.approx(row["wall_s"] / len(names)) and "peak_gib" in row
 
 
-def test_linearisation_warning_fires_above_the_threshold_and_for_uncalibrated_curvatures(caplog):
-    """The stages' warning: above 0.5 for any curvature; below it only where the threshold was not
-    calibrated (hvp2 under-warned on the 20M model)."""
+def test_linearisation_warning_fires_where_the_estimator_or_the_first_order_expansion_misses(caplog):
+    """The stages' warning: above 0.5 for the estimator's own residual or for the exact first-order
+    expansion's (the calibrated one; hvp2's own residual under-warned on the 20M model)."""
     import logging
     from types import SimpleNamespace
 
@@ -97,16 +97,20 @@ def test_linearisation_warning_fires_above_the_threshold_and_for_uncalibrated_cu
 
     summaries = []
     ctx = SimpleNamespace(tracker=SimpleNamespace(summary=summaries.append), log=logging.getLogger("tl-test"))
-    checks = [{"step": 1, "order": 0, "residual": 0.3}] * 4
+    checks = [{"step": 1, "order": 0, "residual": 0.3, "first_order": 0.3}] * 4
+    cases = {"in range": (0.3, 0.3, "hvp"), "hvp out": (0.7, 0.7, "hvp"), "hvp2 in": (0.3, 0.3, "hvp2"),
+             "hvp2 first-order out": (0.3, 0.7, "hvp2"), "none": (1.0, 0.3, "none")}
     warned = {}
-    for med, curvature in [(0.3, "hvp"), (0.7, "hvp"), (0.3, "hvp2"), (0.7, "hvp2")]:
+    for key, (own, first, curvature) in cases.items():
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="tl-test"):
-            check_linearisation(ctx, "fut-carry", {"checks": checks, "median_residual": med, "curvature": curvature})
-        warned[med, curvature] = [r.getMessage() for r in caplog.records]
-    assert warned[0.3, "hvp"] == []
-    assert all(len(warned[k]) == 1 for k in [(0.7, "hvp"), (0.3, "hvp2"), (0.7, "hvp2")])
-    assert "calibrated for curvature=hvp, not hvp2" in warned[0.3, "hvp2"][0]
-    assert summaries[-1] == {"orders/fut-carry/linearisation_residual": 0.7}
+            check_linearisation(ctx, "fut-carry", {"checks": checks, "median_residual": own,
+                                                   "median_first_order": first, "curvature": curvature})
+        warned[key] = [r.getMessage() for r in caplog.records]
+    assert warned["in range"] == [] and warned["hvp2 in"] == []
+    assert all(len(warned[k]) == 1 for k in ("hvp out", "hvp2 first-order out", "none"))
+    assert "the exact first-order expansion misses 70%" in warned["hvp2 first-order out"][0]
+    assert "its gradient misses 100%" in warned["none"][0]
+    assert summaries[-1] == {"orders/fut-carry/linearisation_residual": 1.0, "orders/fut-carry/first_order_residual": 0.3}
     check_linearisation(ctx, "none", None)  # estimators without a check: nothing to say
-    assert len(summaries) == 4
+    assert len(summaries) == len(cases)

@@ -76,7 +76,7 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
             continue
         cost[label], peak[label] = out["wall_s"], out["peak_gib"]
         if out.get("linearisation"):  # fut-carry's own check, to calibrate its warning against the truth
-            lin[label] = out["linearisation"]["median_residual"]
+            lin[label] = out["linearisation"]
         est_loss[label] = estimated_losses(flat, out, val)
         if out["params"] is not None:
             est_params[label] = out.pop("params")
@@ -94,7 +94,8 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     for r in table:
         r["peak_gib"] = peak.get(r["estimator"])
         r["s_per_order"] = cost[r["estimator"]] / len(orders)
-        r["linearisation_median_residual"] = lin.get(r["estimator"])
+        r["linearisation_median_residual"] = lin.get(r["estimator"], {}).get("median_residual")
+        r["linearisation_median_first_order"] = lin.get(r["estimator"], {}).get("median_first_order")
     heur = {n: {"true_loss": true_loss[i], **{k: v[i] for k, v in est_loss.items()}}
             for i, n in enumerate(names) if not n.startswith("random-")}
     spread = max(true_loss[: a.K]) - min(true_loss[: a.K])

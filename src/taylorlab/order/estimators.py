@@ -196,13 +196,22 @@ def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec
 
 
 def linearisation_residual(flat: FlatModel, theta: torch.Tensor, gamma: torch.Tensor, batch: torch.Tensor,
-                           g_est: torch.Tensor) -> float:
+                           g_est: torch.Tensor, first_order: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """How much of the change of a batch's gradient between the reference state ``theta`` and an
     estimated state ``gamma`` the estimate ``g_est`` misses: ||g(gamma) - g_est|| / ||g(gamma) - g(theta)||
-    (0: exact; 1: no better than ignoring the change, as the ``none`` curvature does)."""
+    (0: exact; 1: no better than ignoring the change, as the ``none`` curvature does) -- ``residual``;
+    and the same for the exact first-order expansion g(theta) + H (gamma - theta) -- ``first_order``:
+    ``g_est`` itself where it is that (``hvp``), else computed here (one more HVP), so that every
+    curvature reports the quantity the warning threshold was calibrated on."""
     g_true, g_ref = flat.grad(gamma, batch), flat.grad(theta, batch)
     den = torch.linalg.vector_norm(g_true - g_ref)
-    return float(torch.linalg.vector_norm(g_true - g_est) / den) if den > 0 else float("nan")
+    if first_order is None:
+        first_order = expanded_grad(flat, theta, batch, gamma - theta)
+
+    def miss(g):
+        return float(torch.linalg.vector_norm(g_true - g) / den) if den > 0 else float("nan")
+
+    return {"residual": miss(g_est), "first_order": miss(first_order)}
 
 
 def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature: str = "hvp", chunk: int = 16,
@@ -218,8 +227,10 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
     A self-check that needs no retraining: at ``check_steps`` steps spread over the run, for the first
     ``check_orders`` orders that have left the reference, the exact gradient at the estimated state is
     computed and compared with the linearised one (``linearisation_residual``; 2 gradients per check,
-    inside the timed cost). Returned as ``linearisation`` (per check and the median): a median near 1
-    says the expansion is out of its range and the ranking should not be trusted."""
+    plus one HVP for curvatures other than ``hvp``, inside the timed cost). Returned as
+    ``linearisation``: per check and the medians of the estimator's own residual and of the exact
+    first-order expansion's (``median_first_order``, what the stages' warning was calibrated on); a
+    median near 1 says the expansion is out of its range and the ranking should not be trusted."""
     K = len(orders)
     T = traj.T
     check_at = sorted({min(T - 1, max(1, round((j + 1) * T / (check_steps + 1)))) for j in range(check_steps)})
@@ -263,12 +274,17 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
             if curvature == "secant":
                 prev_table, prev_theta = table, theta
         if t in check_at:
-            checks += [{"step": t, "order": k, "residual": linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k])}
+            checks += [{"step": t, "order": k,
+                        **linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k],
+                                                 g[k] if curvature == "hvp" else None)}
                        for k in [k for k in range(K) if moved[k]][:check_orders]]
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
-    res = [c["residual"] for c in checks if c["residual"] == c["residual"]]
-    median = statistics.median(res) if res else None
-    return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median, "curvature": curvature}}
+    def median(key):
+        res = [c[key] for c in checks if c[key] == c[key]]
+        return statistics.median(res) if res else None
+
+    return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median("residual"),
+                                               "median_first_order": median("first_order"), "curvature": curvature}}
 
 
 # ----------------------------------------------------------------------------- additive
