@@ -34,6 +34,7 @@ Every estimator returns the reference run exactly for the reference order.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
@@ -279,12 +280,14 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
                                                  g[k] if curvature == "hvp" else None)}
                        for k in [k for k in range(K) if moved[k]][:check_orders]]
         gamma, m, v = adam_step(gamma, m, v, g, t + 1, traj.lrs[t], traj.hp)
-    def median(key):
-        res = [c[key] for c in checks if c[key] == c[key]]
-        return statistics.median(res) if res else None
+    return {"params": gamma, "linearisation": {"checks": checks, "curvature": curvature,
+                                               "median_residual": _finite_median(c["residual"] for c in checks),
+                                               "median_first_order": _finite_median(c["first_order"] for c in checks)}}
 
-    return {"params": gamma, "linearisation": {"checks": checks, "median_residual": median("residual"),
-                                               "median_first_order": median("first_order"), "curvature": curvature}}
+
+def _finite_median(values) -> Optional[float]:
+    finite = [x for x in values if not math.isnan(x)]
+    return statistics.median(finite) if finite else None
 
 
 # ----------------------------------------------------------------------------- additive

@@ -64,7 +64,8 @@ def check_linearisation(ctx, name: str, lin: Optional[dict]) -> None:
     med = (lin or {}).get("median_residual")
     if med is None:
         return
-    first = lin.get("median_first_order", med)
+    first = lin.get("median_first_order")
+    first = med if first is None else first  # estimates written before the first-order residual existed
     ctx.tracker.summary({f"orders/{name}/linearisation_residual": med, f"orders/{name}/first_order_residual": first})
     worst = max(med, first)
     if worst > LINEARISATION_WARN:
