@@ -98,8 +98,11 @@ def test_retraining_from_the_shared_prefix_is_the_full_retraining():
     whole = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=False)
     alone = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=False, reference=traj)
     assert torch.equal(alone, whole)  # bitwise, in query order
-    together = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=True, chunk=2, reference=traj)
-    assert torch.allclose(together, whole, rtol=1e-9, atol=1e-12)
+    for chunk in (2, None):  # copies join the vmapped step when their prefix ends
+        together = retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=True, chunk=chunk, reference=traj)
+        assert torch.allclose(together, whole, rtol=1e-9, atol=1e-12), chunk
+    only_ref = retrain(flat, traj.theta0, batches, [list(range(T))] * 2, lrs, hp, batched=True, reference=traj)
+    assert torch.equal(only_ref, traj.final.expand(2, -1))  # nothing to train
     assert not torch.allclose(whole[0], whole[1])  # the orders differ, so order-keeping is tested
 
 

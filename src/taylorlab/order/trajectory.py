@@ -9,6 +9,7 @@ backward walk over t replays each segment once (memory ``every`` x 3d).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -148,9 +149,10 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
 
     ``reference`` (the recorded run from the same theta0 with the same schedule) skips the steps an
     order shares with the reference order at its start: it starts from the reference's state after
-    them (one at a time: bitwise what the full retraining gives; batched: a chunk starts where its
-    orders all still agree, so orders are chunked by that prefix). A memorization order (batch i moved
-    to position j) shares min(i, j) steps; a random order almost none. Returns [K, d] in query order."""
+    them (one at a time: bitwise what the full retraining gives; batched: a copy joins the vmapped
+    step when its prefix ends, so each trains only its own steps; with ``compile`` each new number of
+    copies compiles once more). A memorization order (batch i moved to position j) shares min(i, j)
+    steps; a random order almost none. Returns [K, d] in query order."""
     K, T = len(orders), len(orders[0])
     starts = [shared_prefix(o, reference.order) for o in orders] if reference is not None else [0] * K
     by_start = sorted(range(K), key=lambda k: starts[k])  # grouped so that replays and chunks share prefixes
@@ -163,12 +165,20 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
         gfn = flat.batched_grad(compile)
         step = chunk or K
         for lo in range(0, K, step):
-            ks = by_start[lo:lo + step]
-            s = starts[ks[0]]
-            theta, m, v = (x.expand(len(ks), -1).clone() for x in start_state(s))
+            ks = by_start[lo:lo + step]  # ascending shared prefix: the copies training at step t come first
+            first = [starts[k] for k in ks]
+            theta, m, v = (x.expand(len(ks), -1).clone() for x in start_state(first[0]))
             idx = torch.tensor([orders[k] for k in ks], device=batches.device)
-            for t in range(s, T):
-                adam_step_(theta, m, v, gfn(theta, batches[idx[:, t]]), t + 1, lrs[t], hp)
+            n = 0
+            for t in range(first[0], T):
+                joined = bisect.bisect_right(first, t)
+                if joined > n and t > first[0]:  # copies whose prefix ends here leave the reference run
+                    for x, y in zip((theta, m, v), reference.state(t)):
+                        x[n:joined] = y
+                n = joined
+                adam_step_(theta[:n], m[:n], v[:n], gfn(theta[:n], batches[idx[:n, t]]), t + 1, lrs[t], hp)
+            if n < len(ks):  # copies of the reference order itself: never left it
+                theta[n:] = reference.final
             for i, k in enumerate(ks):
                 out[k] = theta[i]
         return torch.stack(out)
