@@ -67,6 +67,17 @@ def test_batched_retraining_on_gpu_matches_one_at_a_time_on_cpu():
     _close_runs(gpu, cpu, traj.theta0)
 
 
+def test_batched_retraining_from_the_shared_prefix_on_gpu_matches_cpu():
+    from taylorlab.order.memorization import moved_order
+
+    orders = [moved_order(T, 6, 3), moved_order(T, 1, 6), list(range(T)), moved_order(T, 4, 2)] + _orders(2)
+    flat, batches, _, traj = _setup(torch.device("cuda"))
+    gpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=True, reference=traj).cpu()
+    flat, batches, _, traj = _setup(torch.device("cpu"))
+    cpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False)
+    _close_runs(gpu, cpu, traj.theta0)
+
+
 def test_compiled_batched_retraining_on_gpu_matches_one_at_a_time_on_cpu():
     orders = _orders(4)
     flat, batches, _, traj = _setup(torch.device("cuda"))
