@@ -13,7 +13,6 @@ Needs only torch, transformers, pyyaml and scipy.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,19 +23,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from setup_order import DTYPES, HP, conf_llama, schedule  # noqa: E402
+from setup_order import DTYPES, HP, conf_llama, parser, schedule  # noqa: E402
 from taylorlab.order import FlatModel, record, retrain  # noqa: E402
 from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", required=True)
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--model", default="small", help="a conf/model/*.yaml built from scratch")
     ap.add_argument("--T", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--val-batches", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warmup + cosine to 10%%)")
     ap.add_argument("--warmup", type=float, default=0.1, help="warmup steps as a fraction of T")

@@ -10,7 +10,6 @@ Needs only torch, transformers and pyyaml.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from setup_order import DTYPES, HP, conf_llama, schedule  # noqa: E402
+from setup_order import DTYPES, HP, conf_llama, parser, schedule  # noqa: E402
 from taylorlab.order import FlatModel, record, retrain, shared_prefix  # noqa: E402
 from taylorlab.order.curriculum import memorization_cells  # noqa: E402
 from taylorlab.order.estimators import timed  # noqa: E402
@@ -28,13 +27,9 @@ from taylorlab.order.memorization import moved_order  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", required=True)
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--model", default="tiny", help="conf/model/<name>.yaml")
     ap.add_argument("--T", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--num-batches", type=int, default=4)
     ap.add_argument("--num-positions", type=int, default=4)
     ap.add_argument("--every", type=int, default=8, help="the record's stored states (the rest replayed)")

@@ -9,7 +9,6 @@ Needs only torch, transformers and pyyaml.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -21,19 +20,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from setup_order import HP, conf_llama  # noqa: E402
+from setup_order import HP, conf_llama, parser  # noqa: E402
 from taylorlab.order import FlatModel, retrain  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", required=True)
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--model", default="small")
     ap.add_argument("--K", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--attn", default="eager,sdpa")
     ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()

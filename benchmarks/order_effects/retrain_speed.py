@@ -13,7 +13,6 @@ Needs only torch, transformers and pyyaml.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import record as record_json  # noqa: E402
-from setup_order import HP, conf_llama  # noqa: E402
+from setup_order import HP, conf_llama, parser  # noqa: E402
 from taylorlab.order import FlatModel, retrain  # noqa: E402
 from taylorlab.order.estimators import timed  # noqa: E402
 
@@ -92,16 +91,12 @@ def one_model(name: str, tokens, a, device) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", required=True)
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--models", default="tiny,small")
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--K", type=int, default=32, help="orders trained together")
     ap.add_argument("--chunk", type=int, default=None, help="copies trained together (default: all K)")
     ap.add_argument("--one-at-a-time", type=int, default=4, help="orders timed one after another")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", action="store_true",

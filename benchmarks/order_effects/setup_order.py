@@ -1,8 +1,10 @@
-"""What the order-effect benchmarks share: dtypes, Adam's settings, the warmup + cosine schedule and
-a Llama built from a conf/model/*.yaml (imported by the scripts beside it; torch, transformers, pyyaml)."""
+"""What the order-effect benchmarks share: dtypes, Adam's settings, the warmup + cosine schedule, the
+arguments every script takes and a Llama built from a conf/model/*.yaml (imported by the scripts
+beside it; torch, transformers, pyyaml)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -39,3 +41,13 @@ def conf_llama(name: str, vocab: int, seq_len: int, device, dtype=torch.float32)
                        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
                        num_key_value_heads=cfg["num_key_value_heads"], max_position_embeddings=seq_len,
                        seed=0).to(device=device, dtype=dtype)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every order benchmark takes: the token file, the result JSON and the batch shape."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", required=True, help="the token streams from make_tokens.py")
+    ap.add_argument("--out", required=True, help="the result JSON (command, commit, machine, versions)")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per batch")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    return ap

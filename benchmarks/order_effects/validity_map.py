@@ -13,7 +13,6 @@ keeps what it finished. Needs only torch and transformers (and scipy).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,7 +30,7 @@ from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain
 from taylorlab.order.fidelity import truth_sensitivity  # noqa: E402
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
                                         random_orders, timed)  # noqa: E402
-from setup_order import DTYPES, HP, schedule  # noqa: E402
+from setup_order import DTYPES, HP, parser, schedule  # noqa: E402
 
 
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
@@ -108,13 +107,9 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", required=True)
-    ap.add_argument("--out", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--val-batches", type=int, default=16)
     ap.add_argument("--K", type=int, default=32)
     ap.add_argument("--every", type=int, default=16, help="store the state every k steps; replay between")
