@@ -103,6 +103,10 @@ def test_retraining_from_the_shared_prefix_is_the_full_retraining():
         assert torch.allclose(together, whole, rtol=1e-9, atol=1e-12), chunk
     only_ref = retrain(flat, traj.theta0, batches, [list(range(T))] * 2, lrs, hp, batched=True, reference=traj)
     assert torch.equal(only_ref, traj.final.expand(2, -1))  # nothing to train
+    with pytest.raises(TaylorlabError, match="reference run's own initial weights"):  # another run's prefix
+        retrain(flat, traj.theta0 * 1.01, batches, orders, lrs, hp, batched=False, reference=traj)
+    with pytest.raises(TaylorlabError, match="learning rates"):
+        retrain(flat, traj.theta0, batches, orders, [2 * x for x in lrs], hp, batched=False, reference=traj)
     assert not torch.allclose(whole[0], whole[1])  # the orders differ, so order-keeping is tested
 
 

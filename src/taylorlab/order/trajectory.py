@@ -154,6 +154,10 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
     copies compiles once more). A memorization order (batch i moved to position j) shares min(i, j)
     steps; a random order almost none. Returns [K, d] in query order."""
     K, T = len(orders), len(orders[0])
+    if reference is not None and (list(lrs) != list(reference.lrs) or hp != reference.hp
+                                  or not torch.equal(theta0, reference.theta0)):
+        raise TaylorlabError("retrain(reference=...) needs the reference run's own initial weights, learning rates "
+                             "and Adam settings: its states are the shared prefix of every order.")
     starts = [shared_prefix(o, reference.order) for o in orders] if reference is not None else [0] * K
     by_start = sorted(range(K), key=lambda k: starts[k])  # grouped so that replays and chunks share prefixes
     out: List[Optional[torch.Tensor]] = [None] * K
