@@ -19,13 +19,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import record as record_json  # noqa: E402
-from setup_order import DTYPES, HP, conf_llama, parser, schedule  # noqa: E402
-from taylorlab.order import FlatModel, record, retrain  # noqa: E402
-from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed  # noqa: E402
+from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
+from taylorlab.order import FlatModel, record, retrain
+from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed
 
 
 def main():

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import record as record_json  # noqa: E402
-from setup_order import DTYPES, HP, conf_llama, parser, schedule  # noqa: E402
-from taylorlab.order import FlatModel, record, retrain, shared_prefix  # noqa: E402
-from taylorlab.order.curriculum import memorization_cells  # noqa: E402
-from taylorlab.order.estimators import timed  # noqa: E402
-from taylorlab.order.memorization import moved_order  # noqa: E402
+from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
+from taylorlab.order import FlatModel, record, retrain, shared_prefix
+from taylorlab.order.curriculum import memorization_cells
+from taylorlab.order.estimators import timed
+from taylorlab.order.memorization import moved_order
 
 
 def main():

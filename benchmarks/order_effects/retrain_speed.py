@@ -19,13 +19,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import record as record_json  # noqa: E402
-from setup_order import HP, conf_llama, parser  # noqa: E402
-from taylorlab.order import FlatModel, retrain  # noqa: E402
-from taylorlab.order.estimators import timed  # noqa: E402
+from setup_order import HP, conf_llama, parser, record_json  # first: sets sys.path
+from taylorlab.order import FlatModel, retrain
+from taylorlab.order.estimators import timed
 
 
 def plain_loop(model, batches, orders, lrs, hp) -> torch.Tensor:

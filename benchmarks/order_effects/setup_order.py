@@ -1,6 +1,6 @@
-"""What the order-effect benchmarks share: dtypes, Adam's settings, the warmup + cosine schedule, the
-arguments every script takes and a Llama built from a conf/model/*.yaml (imported by the scripts
-beside it; torch, transformers, pyyaml)."""
+"""What the order-effect benchmarks share: the import paths, the result writer (``record_json``),
+dtypes, Adam's settings, the warmup + cosine schedule, the arguments every script takes and a Llama
+built from a conf/model/*.yaml (imported first by the scripts beside it; torch, transformers, pyyaml)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import List, Tuple
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]  # the package and benchmarks/common.py
 
+from common import record as record_json  # noqa: E402,F401 (what every script writes its result with)
 from taylorlab.models import build_llama  # noqa: E402
 from taylorlab.order import AdamHP  # noqa: E402
 

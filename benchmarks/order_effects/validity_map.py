@@ -20,17 +20,13 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "src"))
-sys.path.insert(0, str(HERE.parent))
 
-from common import record as record_json  # noqa: E402
-from taylorlab.models import build_llama  # noqa: E402
-from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain  # noqa: E402
-from taylorlab.order.fidelity import truth_sensitivity  # noqa: E402
+from setup_order import DTYPES, HP, parser, record_json, schedule  # first: sets sys.path
+from taylorlab.models import build_llama
+from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain
+from taylorlab.order.fidelity import truth_sensitivity
 from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
-                                        random_orders, timed)  # noqa: E402
-from setup_order import DTYPES, HP, parser, schedule  # noqa: E402
+                                        random_orders, timed)
 
 
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):

@@ -202,12 +202,17 @@ def linearisation_residual(flat: FlatModel, theta: torch.Tensor, gamma: torch.Te
     estimated state ``gamma`` the estimate ``g_est`` misses: ||g(gamma) - g_est|| / ||g(gamma) - g(theta)||
     (0: exact; 1: no better than ignoring the change, as the ``none`` curvature does) -- ``residual``;
     and the same for the exact first-order expansion g(theta) + H (gamma - theta) -- ``first_order``:
-    ``g_est`` itself where it is that (``hvp``), else computed here (one more HVP), so that every
-    curvature reports the quantity the warning threshold was calibrated on."""
-    g_true, g_ref = flat.grad(gamma, batch), flat.grad(theta, batch)
+    ``g_est`` itself where it is that (``hvp``), else computed here, so that every curvature reports
+    the quantity the warning threshold was calibrated on."""
+    from torch.func import jvp
+
+    g_true = flat.grad(gamma, batch)
+    if first_order is None:  # g(theta) and H (gamma - theta) from one forward-over-reverse pass
+        g_ref, h = jvp(lambda y: flat.grad(y, batch), (theta,), (gamma - theta,))
+        first_order = g_ref + h
+    else:
+        g_ref = flat.grad(theta, batch)
     den = torch.linalg.vector_norm(g_true - g_ref)
-    if first_order is None:
-        first_order = expanded_grad(flat, theta, batch, gamma - theta)
 
     def miss(g):
         return float(torch.linalg.vector_norm(g_true - g) / den) if den > 0 else float("nan")
@@ -228,7 +233,7 @@ def est_fut_carry(flat: FlatModel, traj: Trajectory, batches, orders, curvature:
     A self-check that needs no retraining: at ``check_steps`` steps spread over the run, for the first
     ``check_orders`` orders that have left the reference, the exact gradient at the estimated state is
     computed and compared with the linearised one (``linearisation_residual``; 2 gradients per check,
-    plus one HVP for curvatures other than ``hvp``, inside the timed cost). Returned as
+    one of them with its HVP for curvatures other than ``hvp``, inside the timed cost). Returned as
     ``linearisation``: per check and the medians of the estimator's own residual and of the exact
     first-order expansion's (``median_first_order``, what the stages' warning was calibrated on); a
     median near 1 says the expansion is out of its range and the ranking should not be trusted."""

@@ -173,13 +173,13 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
             first = [starts[k] for k in ks]
             theta, m, v = (x.expand(len(ks), -1).clone() for x in start_state(first[0]))
             idx = torch.tensor([orders[k] for k in ks], device=batches.device)
-            n = 0
+            n = bisect.bisect_right(first, first[0])  # copies training from the first step on
             for t in range(first[0], T):
                 joined = bisect.bisect_right(first, t)
-                if joined > n and t > first[0]:  # copies whose prefix ends here leave the reference run
+                if joined > n:  # copies whose prefix ends here leave the reference run
                     for x, y in zip((theta, m, v), reference.state(t)):
                         x[n:joined] = y
-                n = joined
+                    n = joined
                 adam_step_(theta[:n], m[:n], v[:n], gfn(theta[:n], batches[idx[:n, t]]), t + 1, lrs[t], hp)
             if n < len(ks):  # copies of the reference order itself: never left it
                 theta[n:] = reference.final
