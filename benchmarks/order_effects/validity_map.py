@@ -29,6 +29,23 @@ from taylorlab.order.estimators import (additive_search, estimated_losses, final
                                         random_orders, timed)
 
 
+_PRETRAINED = {}
+
+
+def pretrained(tokens, a, flat, device) -> torch.Tensor:
+    """theta_0 for a continued-training cell: the seeded model trained with AdamW (fresh state, warmup
+    10% + cosine at --pretrain-lr) for --pretrain-steps batches taken from the END of the training
+    stream, which no cell's T batches reach; computed once per process."""
+    key = (a.pretrain_steps, a.pretrain_lr)
+    if key not in _PRETRAINED:
+        B, L, N = a.batch, a.seq_len, a.pretrain_steps
+        stream = tokens["train"].long()
+        pre = stream[stream.numel() - N * B * L:].view(N, B, L).to(device)
+        lrs, _ = schedule(a.pretrain_lr, 0.1, N)
+        _PRETRAINED[key] = record(flat, pre, list(range(N)), lrs, HP, every=N).final
+    return _PRETRAINED[key]
+
+
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     B, L = a.batch, a.seq_len
     train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
@@ -36,6 +53,12 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     model = build_llama(tokens["vocab"], hidden_size=a.hidden, intermediate_size=a.hidden * 8 // 3 // 64 * 64,
                         num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64,
                         num_key_value_heads=a.hidden // 64, max_position_embeddings=L, seed=0).to(device=device, dtype=DTYPES[a.dtype])
+    if (T + a.pretrain_steps) * B * L > tokens["train"].numel():
+        raise ValueError(f"T = {T} plus {a.pretrain_steps} pretraining batches need more than the "
+                         f"{tokens['train'].numel()} training tokens")
+    if a.pretrain_steps:  # continued training: theta_0 is a model already trained on other batches
+        flat_pre = FlatModel(model)
+        flat_pre.load(pretrained(tokens, a, flat_pre, device))
     flat = FlatModel(model)
     lrs, w = schedule(lr, warmup, T)
     hp = HP
@@ -94,7 +117,8 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     heur = {n: {"true_loss": true_loss[i], **{k: v[i] for k, v in est_loss.items()}}
             for i, n in enumerate(names) if not n.startswith("random-")}
     spread = max(true_loss[: a.K]) - min(true_loss[: a.K])
-    return {"T": T, "peak_lr": lr, "warmup_steps": w, "schedule": "warmup+cosine" if w else "constant",
+    return {"T": T, "peak_lr": lr, "warmup_steps": w, "pretrain_steps": a.pretrain_steps,
+            "pretrain_lr": a.pretrain_lr if a.pretrain_steps else None, "schedule": "warmup+cosine" if w else "constant",
             "K": a.K, "parameters": flat.dim, "initial_val_loss": first_loss, "reference_val_loss": ref_loss,
             "true_loss_spread_over_random_orders": spread, "record_s": rec_s,
             "retrain_batched_s": retrain_s, "retrain_batched_orders_per_s": len(orders) / retrain_s,
@@ -119,6 +143,11 @@ def main():
     ap.add_argument("--perturb", type=lambda x: [float(e) for e in x.split(",") if e], default=[],
                     help="comma-separated relative perturbations of theta_0: retrain the K orders from each too "
                          "(how reproducible the true ranking is)")
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="continued training: first train the model this many batches (from the end of the "
+                         "training stream, disjoint from every cell's T batches) and start each cell from there, "
+                         "with a fresh Adam state as a fine-tuning run or a record stage pointed at a checkpoint has")
+    ap.add_argument("--pretrain-lr", type=float, default=1e-3, help="peak lr of that pretraining (warmup 10%% + cosine)")
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting new cells after this many seconds")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="float64", choices=list(DTYPES),
