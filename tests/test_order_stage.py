@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli
+from safetensors.torch import load_file
 
 ARGS = ["debug=fast", "launcher=inline", "stages=[estimate]", "estimate.estimators=[none,fut-carry]",
         "estimate.search_orders=0"]
@@ -114,3 +115,37 @@ def test_linearisation_warning_fires_where_the_estimator_or_the_first_order_expa
     assert summaries[-1] == {"orders/fut-carry/linearisation_residual": 1.0, "orders/fut-carry/first_order_residual": 0.3}
     check_linearisation(ctx, "none", None)  # estimators without a check: nothing to say
     assert len(summaries) == len(cases)
+
+
+def test_record_continues_from_a_trained_checkpoint_on_the_batches_after_it(tmp_path):
+    """Continued training (where fut-carry holds at 3x the learning rate, benchmarks/order_effects):
+    model.source=pretrained loads the train stage's save_pretrained folder with from_pretrained, and
+    record.skip_batches=2 records the T batches after the first two of the training split."""
+    from transformers import AutoModelForCausalLM
+
+    from taylorlab.order import FlatModel
+
+    run_cli(["debug=fast", "launcher=inline", "stages=[train,record]", "run=base"], tmp_path, check=True)
+    (ckpt,) = list((Path(tmp_path) / "base").glob("train-*/model"))
+    run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=cont", "model.source=pretrained",
+             f"model.name_or_path={ckpt}", "record.skip_batches=2", "record.num_batches=4"], tmp_path, check=True)
+    rec = {}
+    for run in ("base", "cont"):
+        (d,) = list((Path(tmp_path) / run).glob("record-*"))
+        rec[run] = (load_file(str(d / "trajectory.safetensors")), json.loads((d / "trajectory.json").read_text()))
+    base, cont = rec["base"][0], rec["cont"][0]
+    assert torch.equal(cont["batches"], base["batches"][2:6]) and rec["cont"][1]["skip_batches"] == 2
+    trained = FlatModel(AutoModelForCausalLM.from_pretrained(ckpt)).flat().double()
+    assert torch.equal(cont["theta.0"], trained)  # theta_0 is the checkpoint, not the seeded initialisation
+    assert not torch.equal(base["theta.0"], trained)
+
+    # more batches than the split has: one line, and the run's finished record is still there
+    proc = run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=cont", "model.source=pretrained",
+                    f"model.name_or_path={ckpt}", "record.skip_batches=100000"], tmp_path)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "record.skip_batches" in err[0], proc.stderr[-2000:]
+    (cont_dir,) = list((Path(tmp_path) / "cont").glob("record-*"))
+    assert torch.equal(load_file(str(cont_dir / "trajectory.safetensors"))["theta.0"], cont["theta.0"])
+    proc = run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=neg", "record.skip_batches=-1"], tmp_path)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "record.skip_batches" in err[0]

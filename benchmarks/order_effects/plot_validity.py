@@ -22,7 +22,8 @@ def cells(folder: Path):
         cfg = data.get("config", {})
         model = "20.45M (H200)" if cfg.get("hidden", 384) == 384 else "1.13M (CPU)"
         for cell in data.get("cells", []):
-            setup = f"{model}, T = {cell['T']}, batch {cfg.get('batch', 4)} × 128, {cell['schedule']}"
+            start = f", from {cell['pretrain_steps']} pretrained steps" if cell.get("pretrain_steps") else ""
+            setup = f"{model}, T = {cell['T']}, batch {cfg.get('batch', 4)} × 128, {cell['schedule']}{start}"
             for row in cell["fidelity"]:
                 rho = row["spearman"]
                 if row["estimator"] == "none" or rho != rho:
@@ -41,7 +42,7 @@ def main():
     import matplotlib.pyplot as plt
 
     rows = list(cells(HERE))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 7.2))
     series = defaultdict(lambda: defaultdict(list))
     for setup, _, lr, est, rho, _ in rows:
         if est == "fut-carry":
@@ -57,15 +58,18 @@ def main():
     left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
 
     for est, marker in (("fut-carry", "o"), ("fut-carry-hvp2", "^")):
-        for model, color in (("20.45M", "tab:blue"), ("1.13M", "tab:orange")):
-            pts = [(res, rho) for setup, _, _, e, rho, res in rows if e == est and res is not None and model in setup]
+        for model, start, color in (("20.45M", False, "tab:blue"), ("1.13M", False, "tab:orange"),
+                                    ("20.45M", True, "tab:green"), ("1.13M", True, "tab:red")):
+            pts = [(res, rho) for setup, _, _, e, rho, res in rows
+                   if e == est and res is not None and model in setup and ("pretrained" in setup) == start]
             if pts:
-                right.scatter(*zip(*pts), marker=marker, color=color, label=f"{model}, {est}")
+                right.scatter(*zip(*pts), marker=marker, color=color,
+                              label=f"{model}, {est}" + (", continued training" if start else ""))
     right.axvline(0.5, color="k", ls="--", lw=0.8)
     right.axhline(0.9, color="k", ls=":", lw=0.8)
     right.set(xlabel="self-check: share of the gradient's change the expansion misses (median)",
               ylabel="Spearman vs real retraining", title="The self-check against the truth (warning above 0.5)")
-    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     print(f"{len(rows)} rows from {len(list(HERE.glob('validity_map*.json')))} files -> {a.out}")

@@ -141,6 +141,8 @@ class RecordConfig:
     seq_len: int = 32
     batch_size: int = 4
     num_batches: int = 16  # T
+    skip_batches: int = 0  # start after this many batches of the training split (continued training from a
+    # checkpoint that saw them: model.source=pretrained, model.name_or_path=<its save_pretrained folder>)
     lr: float = 1e-3
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine
@@ -327,6 +329,9 @@ def validate(cfg: Any) -> None:
     _choice("record.dtype", r.dtype, ("float32", "float64"))
     for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches", "checkpoint_every"):
         _positive(f"record.{key}", r[key])
+    if r.skip_batches < 0:
+        raise ConfigError(f"record.skip_batches={r.skip_batches} must be 0 or more (batches of the training split "
+                          "to pass over before the recorded T).")
     e = cfg.estimate
     for name in e.estimators:
         _choice("estimate.estimators", name, ("none", "fut", "fut2", "fut-carry", "additive"))

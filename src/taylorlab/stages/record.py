@@ -1,12 +1,15 @@
 """record: the reference run of T batches for the order-effect estimators — the optimiser state
 (parameters, Adam's m and v) every ``checkpoint_every`` steps (1: every step; more: sparse
 checkpoints, the steps between replayed exactly by the estimators), the batch order (identity:
-batch t at step t), the learning rates and Adam's settings."""
+batch t at step t), the learning rates and Adam's settings. The T batches are the training split's
+first, or the ones after ``skip_batches`` — for continued training from a checkpoint (the model stage
+with ``source=pretrained``) that has seen those."""
 
 from __future__ import annotations
 
 import torch
 
+from taylorlab.errors import TaylorlabError
 from taylorlab.io import atomic_save_tensors, atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.order import AdamHP, FlatModel, record
@@ -20,7 +23,12 @@ def run(ctx):
     device = resolve_device(c.device)
     model, tok = load_model_artifact(ctx.artifact("model", "model"), dtype="float32")
     model = model.to(device=device, dtype=torch.float64 if c.dtype == "float64" else torch.float32)
-    batches = make_batches(split_tokens(ctx, "train", tok), c.seq_len, c.batch_size, c.num_batches).to(device)
+    tokens, per_batch = split_tokens(ctx, "train", tok), c.batch_size * c.seq_len
+    if tokens.numel() < (c.skip_batches + c.num_batches) * per_batch:
+        raise TaylorlabError(f"record needs {c.skip_batches} skipped + {c.num_batches} batches of {c.batch_size}x{c.seq_len} "
+                             f"tokens; the training split has {tokens.numel() // per_batch}: lower record.num_batches, "
+                             "record.skip_batches or the batch shape, or add data.")
+    batches = make_batches(tokens[c.skip_batches * per_batch:], c.seq_len, c.batch_size, c.num_batches).to(device)
     val = make_batches(split_tokens(ctx, "validation", tok), c.seq_len, c.batch_size, c.validation_batches).to(device)
     T = batches.shape[0]
     sched = lr_lambda(TrainSettings(lr=c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule,
@@ -34,6 +42,7 @@ def run(ctx):
     atomic_write_json(ctx.dir / "trajectory.json", {"order": traj.order, "lrs": lrs, "betas": list(hp.betas),
                                                     "eps": hp.eps, "weight_decay": hp.weight_decay,
                                                     "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
+                                                    "skip_batches": c.skip_batches,
                                                     "checkpoint_every": c.checkpoint_every,
                                                     "reference_validation_loss": ref_val, "dtype": c.dtype})
     # the record never changes the module's own weights (gradients are functional): they are theta_0
