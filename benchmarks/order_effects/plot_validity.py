@@ -47,15 +47,17 @@ def main():
     for setup, _, lr, est, rho, _ in rows:
         if est == "fut-carry":
             series[setup][lr].append(rho)
-    for setup, by_lr in sorted(series.items()):
+    colors = plt.get_cmap("tab20").colors
+    for i, (setup, by_lr) in enumerate(sorted(series.items())):
         lrs = sorted(by_lr)
-        line, = left.plot(lrs, [sum(by_lr[x]) / len(by_lr[x]) for x in lrs], marker="o", label=setup)
+        line, = left.plot(lrs, [sum(by_lr[x]) / len(by_lr[x]) for x in lrs], marker="o", label=setup,
+                          color=colors[i % len(colors)], ls="--" if "pretrained" in setup else "-")
         for x in lrs:  # every measurement (reruns with other K or samples of orders), not only the mean
             left.scatter([x] * len(by_lr[x]), by_lr[x], color=line.get_color(), s=12)
     left.axhline(0.9, color="k", ls="--", lw=0.8)
     left.set(xscale="log", xlabel="peak learning rate", ylabel="Spearman, fut-carry vs real retraining",
-             title="Where fut-carry (exact HVP) ranks training orders", ylim=(-0.3, 1.02))
-    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+             title="Where fut-carry (exact HVP) ranks training orders", ylim=(-0.65, 1.02))
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
 
     for est, marker in (("fut-carry", "o"), ("fut-carry-hvp2", "^")):
         for model, start, color in (("20.45M", False, "tab:blue"), ("1.13M", False, "tab:orange"),
@@ -69,9 +71,9 @@ def main():
     right.axhline(0.9, color="k", ls=":", lw=0.8)
     right.set(xlabel="self-check: share of the gradient's change the expansion misses (median)",
               ylabel="Spearman vs real retraining", title="The self-check against the truth (warning above 0.5)")
-    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
+    fig.savefig(a.out, dpi=110, bbox_inches="tight")
     print(f"{len(rows)} rows from {len(list(HERE.glob('validity_map*.json')))} files -> {a.out}")
 
 
