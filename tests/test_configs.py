@@ -57,6 +57,7 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("prune.method=random", "prune.method"),
         ("train.order=sorted", "train.order"),
         ("launcher.name=k8s", "launcher.name"),
+        ("record.skip_batches=-1", "record.skip_batches"),
     ],
 )
 def test_bad_values_fail_validation(override, words):
