@@ -71,6 +71,7 @@ def check_linearisation(ctx, name: str, lin: Optional[dict]) -> None:
     if worst > LINEARISATION_WARN:
         which = "its gradient" if med >= first else "the exact first-order expansion"
         ctx.log.warning("%s: %s misses %.0f%% of the gradient's change along the estimated runs (median of %d "
-                        "checks; above %.0f%% the ranking of random orders failed on the test and benchmark "
-                        "models): check its answers against retraining before trusting them.", name, which,
+                        "checks; above %.0f%% the ranking of random orders failed in every from-scratch run of the "
+                        "test and benchmark models, though continued training from a checkpoint still ranked at up "
+                        "to 83%%): check its answers against retraining before trusting them.", name, which,
                         100 * worst, len(lin["checks"]), 100 * LINEARISATION_WARN)
