@@ -56,10 +56,9 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     if (T + a.pretrain_steps) * B * L > tokens["train"].numel():
         raise ValueError(f"T = {T} plus {a.pretrain_steps} pretraining batches need more than the "
                          f"{tokens['train'].numel()} training tokens")
-    if a.pretrain_steps:  # continued training: theta_0 is a model already trained on other batches
-        flat_pre = FlatModel(model)
-        flat_pre.load(pretrained(tokens, a, flat_pre, device))
     flat = FlatModel(model)
+    if a.pretrain_steps:  # continued training: theta_0 is a model already trained on other batches
+        flat.load(pretrained(tokens, a, flat, device))
     lrs, w = schedule(lr, warmup, T)
     hp = HP
     traj, rec_s = timed(lambda: record(flat, train, list(range(T)), lrs, hp, every=a.every))
