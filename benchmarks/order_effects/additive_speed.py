@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-
 from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.order import FlatModel, record, retrain
 from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-
 from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.order import FlatModel, record, retrain, shared_prefix
 from taylorlab.order.curriculum import memorization_cells

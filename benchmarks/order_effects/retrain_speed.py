@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-
 from setup_order import HP, conf_llama, parser, record_json  # first: sets sys.path
 from taylorlab.order import FlatModel, retrain
 from taylorlab.order.estimators import timed

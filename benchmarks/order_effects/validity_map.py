@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-
 from setup_order import DTYPES, HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import build_llama
 from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain
@@ -48,14 +47,14 @@ def pretrained(tokens, a, flat, device) -> torch.Tensor:
 
 def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     B, L = a.batch, a.seq_len
+    if (T + a.pretrain_steps) * B * L > tokens["train"].numel():
+        raise ValueError(f"T = {T} plus {a.pretrain_steps} pretraining batches need more than the "
+                         f"{tokens['train'].numel()} training tokens")
     train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     val = tokens["validation"].long()[: a.val_batches * B * L].view(a.val_batches, B, L).to(device)
     model = build_llama(tokens["vocab"], hidden_size=a.hidden, intermediate_size=a.hidden * 8 // 3 // 64 * 64,
                         num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64,
                         num_key_value_heads=a.hidden // 64, max_position_embeddings=L, seed=0).to(device=device, dtype=DTYPES[a.dtype])
-    if (T + a.pretrain_steps) * B * L > tokens["train"].numel():
-        raise ValueError(f"T = {T} plus {a.pretrain_steps} pretraining batches need more than the "
-                         f"{tokens['train'].numel()} training tokens")
     flat = FlatModel(model)
     if a.pretrain_steps:  # continued training: theta_0 is a model already trained on other batches
         flat.load(pretrained(tokens, a, flat, device))

@@ -40,6 +40,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.func import jvp
 
 from taylorlab.order.functional import FlatModel, adam_step, sqrt0
 from taylorlab.order.trajectory import Trajectory, retrain, validate_orders
@@ -184,8 +185,6 @@ def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec
                   second: bool = False) -> torch.Tensor:
     """g(theta) + H(theta) vec (one forward-over-reverse pass), plus 1/2 D^3 L(theta)[vec, vec] with
     ``second`` (forward over forward over reverse): the gradient at theta + vec to first or second order."""
-    from torch.func import jvp
-
     def g_hvp(x):
         return jvp(lambda y: flat.grad(y, batch), (x,), (vec,))
 
@@ -204,8 +203,6 @@ def linearisation_residual(flat: FlatModel, theta: torch.Tensor, gamma: torch.Te
     and the same for the exact first-order expansion g(theta) + H (gamma - theta) -- ``first_order``:
     ``g_est`` itself where it is that (``hvp``), else computed here, so that every curvature reports
     the quantity the warning threshold was calibrated on."""
-    from torch.func import jvp
-
     g_true = flat.grad(gamma, batch)
     if first_order is None:  # g(theta) and H (gamma - theta) from one forward-over-reverse pass
         g_ref, h = jvp(lambda y: flat.grad(y, batch), (theta,), (gamma - theta,))

@@ -53,8 +53,11 @@ def load_record(paths: dict, device):
 # held on a 1.13M Llama (CPU) and the 20.45M Llama (H200: 0.14-0.37 at 0.96-0.99, 0.47 at 0.87, 0.61-1.49
 # at -0.05-0.67) -- for the exact first-order expansion (curvature=hvp). hvp2's own (second-order) residual
 # was 0.48 on the 20M model where its ranking failed (0.55), so every curvature also reports and is judged
-# by the first-order one at its estimated states.
+# by the first-order one at its estimated states. In continued training from a checkpoint (20M model) the
+# residual ran higher where the ranking still held (0.56-0.83 at 0.96-0.99; 0.94-1.07 where it failed): no
+# single threshold separates both regimes, so 0.5 stays the conservative side and the warning says so.
 LINEARISATION_WARN = 0.5
+CONTINUED_RANKED_UP_TO = 0.83
 
 
 def check_linearisation(ctx, name: str, lin: Optional[dict]) -> None:
@@ -73,5 +76,5 @@ def check_linearisation(ctx, name: str, lin: Optional[dict]) -> None:
         ctx.log.warning("%s: %s misses %.0f%% of the gradient's change along the estimated runs (median of %d "
                         "checks; above %.0f%% the ranking of random orders failed in every from-scratch run of the "
                         "test and benchmark models, though continued training from a checkpoint still ranked at up "
-                        "to 83%%): check its answers against retraining before trusting them.", name, which,
-                        100 * worst, len(lin["checks"]), 100 * LINEARISATION_WARN)
+                        "to %.0f%%): check its answers against retraining before trusting them.", name, which,
+                        100 * worst, len(lin["checks"]), 100 * LINEARISATION_WARN, 100 * CONTINUED_RANKED_UP_TO)
