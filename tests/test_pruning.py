@@ -179,7 +179,7 @@ def test_pruned_outputs_feed_the_next_block(tiny_llama):
     """Block 1's statistics must come from pruned block 0: pruning block 0 alone changes them."""
     import copy
 
-    from taylorlab.pruning.structure import capture_block_inputs, find_decoder_layers, find_linears
+    from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block
 
     w = windows()
     dense = copy.deepcopy(tiny_llama)
@@ -187,13 +187,11 @@ def test_pruned_outputs_feed_the_next_block(tiny_llama):
     # recompute block-1 inputs of the pruned model vs the dense model: they differ
     _, layers_p = find_decoder_layers(tiny_llama)
     _, layers_d = find_decoder_layers(dense)
-    cp = capture_block_inputs(tiny_llama, w, 8, torch.device("cpu"))
-    cd = capture_block_inputs(dense, w, 8, torch.device("cpu"))
+    hp_in, calls_p = capture_block_calls(tiny_llama, w, 8, torch.device("cpu"))
+    hd_in, calls_d = capture_block_calls(dense, w, 8, torch.device("cpu"))
     with torch.no_grad():
-        hp = layers_p[0](cp[0][0], **cp[0][1])
-        hd = layers_d[0](cd[0][0], **cd[0][1])
-    hp = hp[0] if isinstance(hp, tuple) else hp
-    hd = hd[0] if isinstance(hd, tuple) else hd
+        hp = run_block(layers_p[0], hp_in[0], calls_p[0][0])
+        hd = run_block(layers_d[0], hd_in[0], calls_d[0][0])
     assert not torch.allclose(hp, hd)
     assert find_linears(layers_p[1])
 

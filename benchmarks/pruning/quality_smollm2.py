@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import record  # noqa: E402
 from taylorlab.data.tokens import sample_windows, tokenize_texts  # noqa: E402
 from taylorlab.evaluation import perplexity  # noqa: E402
-from taylorlab.models import load_gguf_as_llama  # noqa: E402
+from taylorlab.models import load_gguf_model  # noqa: E402
 from taylorlab.pruning import per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    dense, tok = load_gguf_as_llama(Path(args.gguf), dtype=args.dtype)
+    dense, tok = load_gguf_model(Path(args.gguf), dtype=args.dtype)
     dense.to(dev)
     load_s = time.time() - t0
     seqlen = min(args.seqlen, dense.config.max_position_embeddings)

@@ -4,7 +4,7 @@ local path (offline by default), and the embedded SmolLM2-135M-Instruct GGUF con
 from taylorlab.models.builders import (  # noqa: F401
     build_llama,
     load_pretrained,
-    load_gguf_as_llama,
+    load_gguf_model,
     load_model_artifact,
     resolve_device,
     torch_dtype,

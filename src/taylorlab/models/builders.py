@@ -103,23 +103,30 @@ def find_gguf(package: Optional[str], file: str) -> Path:
     return path
 
 
-def load_gguf_as_llama(gguf_path: Path, dtype: str = "float32"):
-    """Load a GGUF checkpoint (dequantised by transformers) and copy it into a fresh, plain
-    LlamaForCausalLM, which ``save_pretrained`` accepts (the GGUF-loaded object it refuses)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+def load_gguf_model(gguf_path: Path, dtype: str = "float32"):
+    """Load a GGUF checkpoint (dequantised by transformers) and copy it into a fresh, plain model of
+    the same architecture whose config no longer names the GGUF quantisation: transformers refuses
+    to ``save_pretrained`` (and to ``.float()``) a model whose config keeps a ``quantization_config``,
+    although its weights are already plain float tensors."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                   dtype=torch.float32)
-    config = loaded.config
-    fresh = LlamaForCausalLM(config)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ArtifactError(f"GGUF {gguf_path.name} does not map onto LlamaForCausalLM (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        raise ArtifactError(f"GGUF {gguf_path.name} does not map onto {type(fresh).__name__} "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     if config.tie_word_embeddings:
         fresh.tie_weights()
+    if getattr(fresh.config, "quantization_config", None) is not None or getattr(fresh, "hf_quantizer", None):
+        raise ArtifactError(f"GGUF {gguf_path.name}: the copied model still carries a quantisation config.")
     return fresh.to(torch_dtype(dtype)), tok
 
 

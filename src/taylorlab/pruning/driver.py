@@ -9,26 +9,16 @@ from typing import Dict, Optional
 
 import torch
 
-from taylorlab.pruning.masks import parse_pattern
+from taylorlab.errors import ConfigError
 from taylorlab.pruning import rules
+from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.stats import attach
-from taylorlab.pruning.structure import block_output, capture_block_inputs, find_decoder_layers, find_linears
+from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
+                                         in_features, run_block, weight_matrix)
 
 log = logging.getLogger("taylorlab.pruning")
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "gblm")
-
-
-def _to(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 @torch.no_grad()
@@ -61,11 +51,12 @@ def prune_model(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     nm = parse_pattern(pattern)
+    check_prunable(model, pattern, blocksize=blocksize if method == "sparsegpt" else None)
     prefix, layers = find_decoder_layers(model)
     if method == "magnitude":
-        for block in layers:
-            for lin in find_linears(block).values():
-                rules.apply_mask_(lin, rules.score_magnitude(lin.weight.data), sparsity, nm, per_row=False)
+        for lin in block_linears(model).values():
+            w = weight_matrix(lin)
+            rules.apply_mask_(lin, rules.score_magnitude(w.to(device)), sparsity, nm, per_row=False)
         return model
     if windows is None:
         raise ValueError(f"{method} needs calibration windows")
@@ -74,42 +65,43 @@ def prune_model(
     if offload:
         model.to("cpu")
         # everything but the blocks goes to the device; blocks visit one at a time
-        for block in layers:
-            block.to("cpu")
         _move_non_block_modules(model, layers, device)
     else:
         model.to(device)
     cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
     if cache is not None:
         model.config.use_cache = False
-    captured = capture_block_inputs(model, windows, batch_size, device)
+    hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
     n = windows.shape[0]
+    current = [0]  # sequences in the block call under way (the stats hooks cannot always see it)
     for i, block in enumerate(tqdm(layers, desc=f"prune {method}", disable=not progress, leave=False)):
         if offload:
             block.to(device)
         linears = find_linears(block)
-        stats, handles = attach(linears, hessian=(method == "sparsegpt"))
-        for x, kw in captured:
-            block(x, **kw)
+        stats, handles = attach(linears, hessian=(method == "sparsegpt"), sequences=lambda: current[0])
+        for x, call in zip(hidden, calls[i]):
+            current[0] = x.shape[0]
+            run_block(block, x, call)
         for h in handles:
             h.remove()
         for name, lin in linears.items():
             s = stats[name]
+            w = weight_matrix(lin)
             if method == "sparsegpt":
                 rules.sparsegpt_prune_(lin, s.hessian, sparsity, nm, blocksize=blocksize, percdamp=percdamp)
             elif method == "wanda":
-                rules.apply_mask_(lin, rules.score_wanda(lin.weight.data, s.act_norm()), sparsity, nm, per_row=True)
+                rules.apply_mask_(lin, rules.score_wanda(w, s.act_norm()), sparsity, nm, per_row=True)
             else:
                 key = f"{prefix}.{i}.{name}"
                 if key not in gradients:
                     raise KeyError(f"no gradient statistic for {key}")
-                g = rules.gblm_gradient_term(gradients[key].to(lin.weight.device), grad_nsamples or n, grad_norm,
+                g = rules.gblm_gradient_term(gradients[key].to(w.device), grad_nsamples or n, grad_norm,
                                              gblm_normalization)
-                rules.apply_mask_(lin, rules.score_gblm(lin.weight.data, s.act_norm(), g, alpha), sparsity, nm,
-                                  per_row=True)
+                rules.apply_mask_(lin, rules.score_gblm(w, s.act_norm(), g, alpha), sparsity, nm, per_row=True)
             del stats[name]
         # pruned outputs of this block are the next block's inputs
-        captured = [(block_output(block(x, **kw)), kw) for x, kw in captured]
+        if i + 1 < len(layers):
+            hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
         if offload:
             block.to("cpu")
             if device.type == "cuda":
@@ -117,6 +109,27 @@ def prune_model(
     if cache is not None:
         model.config.use_cache = cache
     return model
+
+
+def check_prunable(model: torch.nn.Module, pattern: str, blocksize: Optional[int] = None) -> None:
+    """Before anything is pruned: the model has prunable layers in its blocks, and an N:M pattern
+    fits every one of them (M divides each input width; SparseGPT's block size is a multiple of M).
+    Raises ConfigError naming the first layer that does not fit."""
+    nm = parse_pattern(pattern)
+    try:
+        linears = block_linears(model)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}.") from None
+    if nm is None:
+        return
+    n, m = nm
+    if blocksize is not None and blocksize % m:
+        raise ConfigError(f"prune.blocksize={blocksize} is not a multiple of M={m}: SparseGPT's column blocks must "
+                          f"hold whole {n}:{m} groups; use prune.blocksize={max(m, blocksize // m * m)}.")
+    for name, lin in linears.items():
+        if in_features(lin) % m:
+            raise ConfigError(f"prune.pattern={pattern}: M={m} does not divide the input width {in_features(lin)} "
+                              f"of {name}; choose an M that divides every layer's input width (e.g. 2:4 or 4:8).")
 
 
 def _move_non_block_modules(model, layers, device):
@@ -138,7 +151,7 @@ def sparsity_report(model: torch.nn.Module) -> Dict[str, Dict[str, float]]:
     zeros = total = 0
     for i, block in enumerate(layers):
         for name, lin in find_linears(block).items():
-            z = int((lin.weight.data == 0).sum())
+            z = int((weight_matrix(lin) == 0).sum())
             t = lin.weight.numel()
             report[f"{prefix}.{i}.{name}"] = {"zeros": z, "numel": t, "sparsity": z / t}
             zeros += z

@@ -15,7 +15,7 @@ from typing import Dict
 
 import torch
 
-from taylorlab.pruning.structure import block_linears
+from taylorlab.pruning.structure import block_linears, weight_matrix
 
 
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
@@ -26,7 +26,8 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be l1 or l2, not {norm}")
     linears = block_linears(model)
-    acc = {name: torch.zeros(m.weight.shape, dtype=torch.float32, device=device) for name, m in linears.items()}
+    # [out, in] for every layer (Conv1D stores its weight transposed)
+    acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=device) for name, m in linears.items()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

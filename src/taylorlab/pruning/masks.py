@@ -10,13 +10,21 @@ import torch
 from taylorlab.errors import ConfigError
 
 
+def _lowest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Indices of the ``k`` lowest scores along ``dim``, ties broken by the lower index first.
+
+    A stable sort fixes the order of equal scores, so CPU and GPU choose the same mask whatever
+    their top-k kernels do with ties (dequantised weights, e.g. GGUF, hold many equal values).
+    """
+    return torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
+
+
 def mask_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the ``int(cols * sparsity)`` lowest scores of every row (Wanda, GBLM)."""
     k = int(scores.shape[1] * sparsity)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k > 0:
-        idx = torch.topk(scores, k, dim=1, largest=False).indices
-        mask.scatter_(1, idx, True)
+        mask.scatter_(1, _lowest(scores, k, 1), True)
     return mask
 
 
@@ -25,8 +33,7 @@ def mask_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = int(scores.numel() * sparsity)
     mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if k > 0:
-        idx = torch.topk(scores.flatten(), k, largest=False).indices
-        mask[idx] = True
+        mask[_lowest(scores.flatten(), k, 0)] = True
     return mask.view_as(scores)
 
 
@@ -36,8 +43,7 @@ def mask_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if cols % m:
         raise ValueError(f"N:M needs the input size ({cols}) to be a multiple of M ({m})")
     groups = scores.reshape(rows, cols // m, m)
-    idx = torch.topk(groups, m - n, dim=2, largest=False).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, _lowest(groups, m - n, 2), True)
     return mask.reshape(rows, cols)
 
 
@@ -65,3 +71,8 @@ def parse_pattern(pattern: str) -> Optional[tuple[int, int]]:
     if not (0 < n < mm):
         raise ConfigError(f"prune.pattern={pattern!r} needs 0 < N < M (e.g. 2:4, 4:8).")
     return n, mm
+
+
+def pattern_sparsity(nm: tuple[int, int]) -> float:
+    """The sparsity an N:M pattern fixes: (M - N) / M."""
+    return (nm[1] - nm[0]) / nm[1]

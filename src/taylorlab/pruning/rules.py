@@ -7,6 +7,7 @@ import logging
 import torch
 
 from taylorlab.pruning.masks import make_mask
+from taylorlab.pruning.structure import weight_matrix
 
 log = logging.getLogger("taylorlab.pruning")
 
@@ -42,10 +43,16 @@ def score_gblm(w: torch.Tensor, act_norm: torch.Tensor, grad_term: torch.Tensor,
     return wa * act_norm.reshape(1, -1) + alpha * wa * grad_term.to(wa.device)
 
 
-def sparsegpt_prune_(layer: torch.nn.Linear, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
+def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
                      percdamp: float = 0.01) -> None:
-    """SparseGPT on one layer, in place: OBS with lazy block updates (IST-DASLab's algorithm)."""
-    W = layer.weight.data.clone().float()
+    """SparseGPT on one layer, in place: OBS with lazy block updates (IST-DASLab's algorithm).
+
+    With N:M the groups are chosen inside each column block, so the block size must be a multiple
+    of M (else a group would straddle two blocks and the constraint would break)."""
+    if nm is not None and blocksize % nm[1]:
+        raise ValueError(f"SparseGPT's block size ({blocksize}) must be a multiple of M ({nm[1]}) for {nm[0]}:{nm[1]}")
+    target = weight_matrix(layer)
+    W = target.clone().float()
     rows, cols = W.shape
     H = hessian.clone()
     dead = torch.diag(H) == 0
@@ -88,7 +95,9 @@ def sparsegpt_prune_(layer: torch.nn.Linear, hessian: torch.Tensor, sparsity: fl
             d = Hinv1[i, i]
             if nm is not None and i % prunem == 0:
                 tmp = W1[:, i : i + prunem] ** 2 / (torch.diag(Hinv1)[i : i + prunem].reshape(1, -1)) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, prunem - prunen, dim=1, largest=False)[1], True)
+                # stable sort: equal scores are pruned lower column first, on CPU and GPU alike
+                lowest = torch.sort(tmp, dim=1, stable=True).indices[:, : prunem - prunen]
+                mask1.scatter_(1, i + lowest, True)
             q = w.clone()
             q[mask1[:, i]] = 0
             Q1[:, i] = q
@@ -97,12 +106,14 @@ def sparsegpt_prune_(layer: torch.nn.Linear, hessian: torch.Tensor, sparsity: fl
             Err1[:, i] = err1
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    layer.weight.data.copy_(W.to(layer.weight.dtype))
+    target.copy_(W.to(target.dtype))
 
 
-def apply_mask_(layer: torch.nn.Linear, scores: torch.Tensor, sparsity: float, nm, per_row: bool) -> None:
+def apply_mask_(layer: torch.nn.Module, scores: torch.Tensor, sparsity: float, nm, per_row: bool) -> None:
+    """Zero the weights ``make_mask`` selects from ``scores`` ([out, in], on any device)."""
     mask = make_mask(scores, sparsity, nm, per_row)
-    layer.weight.data[mask.to(layer.weight.device)] = 0
+    w = weight_matrix(layer)
+    w[mask.to(w.device)] = 0
 
 
 __all__ = ["score_magnitude", "score_wanda", "score_gblm", "gblm_gradient_term", "sparsegpt_prune_",

@@ -1,9 +1,13 @@
-"""Statistics accumulated by forward hooks on a block's linear layers."""
+"""Statistics accumulated by forward hooks on a block's prunable layers."""
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import nn
+
+from taylorlab.pruning.structure import in_features
 
 
 class InputStats:
@@ -13,15 +17,18 @@ class InputStats:
     ``hessian = (2 / N) sum over tokens of x x^T`` (SparseGPT; fp32), N = number of sequences.
     """
 
-    def __init__(self, layer: nn.Linear, hessian: bool):
-        cols = layer.in_features
+    def __init__(self, layer: nn.Module, hessian: bool):
+        cols = in_features(layer)
         dev = layer.weight.device
         self.sq_sum = torch.zeros(cols, dtype=torch.float32, device=dev)
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=dev) if hessian else None
         self.nsamples = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        b = x.shape[0] if x.dim() == 3 else 1
+    def add(self, x: torch.Tensor, sequences: Optional[int] = None) -> None:
+        """Add one call's input. ``sequences`` is how many calibration sequences the call holds; it
+        is needed where a model flattens [batch, tokens, d] to [batch * tokens, d] before a layer
+        (OPT's fc1/fc2), where the tensor's shape no longer says it."""
+        b = sequences if sequences is not None else (x.shape[0] if x.dim() == 3 else 1)
         x = x.reshape(-1, x.shape[-1]).float()
         self.sq_sum += (x * x).sum(0)
         if self.hessian is not None:
@@ -35,10 +42,13 @@ class InputStats:
         return torch.sqrt(self.sq_sum / max(self.nsamples, 1))
 
 
-def attach(layers: dict, hessian: bool):
+def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] = None):
+    """Hooks that feed every layer's input to its ``InputStats``; ``sequences()`` tells how many
+    sequences the current call holds (the caller knows; the tensor may not)."""
     stats = {name: InputStats(layer, hessian) for name, layer in layers.items()}
-    handles = [
-        layer.register_forward_hook(lambda mod, inp, out, s=stats[name]: s.add(inp[0].detach()))
-        for name, layer in layers.items()
-    ]
+
+    def hook(s):
+        return lambda mod, inp, out: s.add(inp[0].detach(), sequences() if sequences else None)
+
+    handles = [layer.register_forward_hook(hook(stats[name])) for name, layer in layers.items()]
     return stats, handles

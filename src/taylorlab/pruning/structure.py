@@ -1,11 +1,25 @@
-"""Finding decoder blocks and their linear layers from the module tree (no hard-coded names)."""
+"""Finding decoder blocks and their prunable layers from the module tree (no hard-coded names), and
+capturing and replaying each block's own call.
+
+A prunable layer is an ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2 style, weight stored as
+[in, out]); ``weight_matrix`` gives every one of them as an [out, in] view, so rules, statistics
+and masks see one orientation and write through to the stored weight.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
+
+try:  # an optional dependency of the library: without transformers only nn.Linear is prunable
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency of the package
+    Conv1D = None
+
+_PRUNABLE = (nn.Linear,) if Conv1D is None else (nn.Linear, Conv1D)
 
 
 def find_decoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
@@ -25,18 +39,58 @@ def find_decoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
     return best
 
 
-def find_linears(block: nn.Module) -> Dict[str, nn.Linear]:
-    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+def is_prunable(module: nn.Module) -> bool:
+    return isinstance(module, _PRUNABLE)
 
 
-def block_linears(model: nn.Module) -> Dict[str, nn.Linear]:
-    """Every nn.Linear inside the decoder blocks, by qualified name (embeddings and lm_head excluded)."""
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as an [out, in] tensor sharing storage with the parameter (a transposed
+    view for Conv1D), so in-place writes prune the stored weight."""
+    w = layer.weight.data
+    return w if isinstance(layer, nn.Linear) else w.t()
+
+
+def in_features(layer: nn.Module) -> int:
+    return weight_matrix(layer).shape[1]
+
+
+def find_linears(block: nn.Module) -> Dict[str, nn.Module]:
+    """Every prunable layer (nn.Linear, Conv1D) of a block, by name inside the block."""
+    return {name: m for name, m in block.named_modules() if is_prunable(m)}
+
+
+def block_linears(model: nn.Module) -> Dict[str, nn.Module]:
+    """Every prunable layer inside the decoder blocks, by qualified name (embeddings and lm_head
+    excluded: they live outside the blocks)."""
     prefix, layers = find_decoder_layers(model)
     out = {}
     for i, block in enumerate(layers):
         for name, m in find_linears(block).items():
             out[f"{prefix}.{i}.{name}"] = m
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D inside its decoder blocks: "
+                         "nothing to prune")
     return out
+
+
+@dataclass
+class BlockCall:
+    """How the model called one block for one batch: every positional argument after the hidden
+    states and every keyword argument (masks, positions, rotary embeddings, alibi...), as the model
+    passed them — so a block with its own mask or rotary settings is replayed with its own."""
+
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    hidden_as_kwarg: bool
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall):
+    """Call ``block`` on ``hidden`` exactly as the model did, and return its hidden-state output."""
+    if call.hidden_as_kwarg:
+        out = block(*call.args, hidden_states=hidden, **call.kwargs)
+    else:
+        out = block(hidden, *call.args, **call.kwargs)
+    return block_output(out)
 
 
 class _Caught(Exception):
@@ -44,27 +98,55 @@ class _Caught(Exception):
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device):
-    """Run the model up to its first decoder block and keep, for every batch of windows, the
-    block's hidden-state input and the keyword arguments the model passed to it (masks, positions,
-    rotary embeddings) — generic across architectures."""
+def capture_block_calls(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device,
+                        offload: bool = False) -> Tuple[List[torch.Tensor], List[List[BlockCall]]]:
+    """Run the dense model over the windows and keep, per batch, the first block's hidden-state
+    input and, per block and batch, the block's own call (``BlockCall``). Returns
+    ``(inputs[batch], calls[block][batch])``.
+
+    Every block is recorded, not only the first: models whose layers differ (sliding-window and full
+    attention, per-layer rotary settings) pass each block other masks and position embeddings. The
+    forward stops before the last block runs. With ``offload`` each block visits ``device`` only
+    while it runs. Tensors the model shares between blocks (one mask for all) are kept once.
+    """
     _, layers = find_decoder_layers(model)
-    captured = []
+    inputs: List[torch.Tensor] = []
+    calls: List[List[BlockCall]] = [[] for _ in layers]
+    last = len(layers) - 1
 
-    def hook(module, args, kwargs):
-        captured.append((args[0] if args else kwargs.pop("hidden_states"), {k: v for k, v in kwargs.items()}))
-        raise _Caught
+    def pre_hook(i):
+        def hook(module, args, kwargs):
+            kwargs = dict(kwargs)
+            if args:
+                hidden, rest, as_kw = args[0], tuple(args[1:]), False
+            else:
+                hidden, rest, as_kw = kwargs.pop("hidden_states"), (), True
+            calls[i].append(BlockCall(rest, kwargs, as_kw))
+            if i == 0:
+                inputs.append(hidden)
+            if i == last:
+                raise _Caught
+            if offload:
+                module.to(device)
 
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        return hook
+
+    def post_hook(module, args, output):
+        module.to("cpu")
+
+    handles = [blk.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, blk in enumerate(layers)]
+    if offload:
+        handles += [blk.register_forward_hook(post_hook) for blk in layers]
     try:
-        for i in range(0, windows.shape[0], batch_size):
+        for start in range(0, windows.shape[0], batch_size):
             try:
-                model(input_ids=windows[i : i + batch_size].to(device), use_cache=False)
+                model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
             except _Caught:
                 pass
     finally:
-        handle.remove()
-    return captured
+        for h in handles:
+            h.remove()
+    return inputs, calls
 
 
 def block_output(out):

@@ -3,7 +3,7 @@ Hugging Face causal LM (hub id or local folder, offline by default), or a GGUF f
 
 from __future__ import annotations
 
-from taylorlab.models import build_llama, load_gguf_as_llama, load_pretrained, torch_dtype
+from taylorlab.models import build_llama, load_gguf_model, load_pretrained, torch_dtype
 from taylorlab.models.builders import find_gguf
 from taylorlab.stages.common import count_parameters, save_model
 
@@ -25,7 +25,7 @@ def run(ctx):
         model, tok = load_pretrained(c.name_or_path, local_files_only=c.local_files_only, dtype=c.dtype,
                                      trust_remote_code=c.trust_remote_code)
     else:
-        model, tok = load_gguf_as_llama(find_gguf(c.gguf_package, c.gguf_file), dtype=c.dtype)
+        model, tok = load_gguf_model(find_gguf(c.gguf_package, c.gguf_file), dtype=c.dtype)
     model = model.to(torch_dtype(c.dtype))
     n = count_parameters(model)
     ctx.tracker.summary({"model/parameters": n})
