@@ -62,30 +62,13 @@ def prune_model(
         raise ValueError(f"{method} needs calibration windows")
     if method == "gblm" and gradients is None:
         raise ValueError("gblm needs the gradient statistics of the calibrate stage")
-    if offload:
-        model.to("cpu")
-        # everything but the blocks goes to the device; blocks visit one at a time
-        _move_non_block_modules(model, layers, device)
-    else:
-        model.to(device)
-    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
-    if cache is not None:
-        model.config.use_cache = False
-    hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
     n = windows.shape[0]
-    current = [0]  # sequences in the block call under way (the stats hooks cannot always see it)
-    for i, block in enumerate(tqdm(layers, desc=f"prune {method}", disable=not progress, leave=False)):
-        if offload:
-            block.to(device)
-        linears = find_linears(block)
-        stats, handles = attach(linears, hessian=(method == "sparsegpt"), sequences=lambda: current[0])
-        for x, call in zip(hidden, calls[i]):
-            current[0] = x.shape[0]
-            run_block(block, x, call)
-        for h in handles:
-            h.remove()
+    walk = walk_blocks(model, windows, batch_size=batch_size, device=device, offload=offload,
+                       hessian=(method == "sparsegpt"))
+    for i, block, linears, stats in tqdm(walk, total=len(layers), desc=f"prune {method}", disable=not progress,
+                                         leave=False):
         for name, lin in linears.items():
-            s = stats[name]
+            s = stats.pop(name)
             w = weight_matrix(lin)
             if method == "sparsegpt":
                 rules.sparsegpt_prune_(lin, s.hessian, sparsity, nm, blocksize=blocksize, percdamp=percdamp)
@@ -98,17 +81,66 @@ def prune_model(
                 g = rules.gblm_gradient_term(gradients[key].to(w.device), grad_nsamples or n, grad_norm,
                                              gblm_normalization)
                 rules.apply_mask_(lin, rules.score_gblm(w, s.act_norm(), g, alpha), sparsity, nm, per_row=True)
-            del stats[name]
-        # pruned outputs of this block are the next block's inputs
-        if i + 1 < len(layers):
-            hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
-        if offload:
-            block.to("cpu")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    if cache is not None:
-        model.config.use_cache = cache
     return model
+
+
+def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
+                device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False):
+    """Yield ``(index, block, layers, stats)`` for every decoder block in turn: ``stats`` holds the
+    ``InputStats`` of the block's prunable ``layers`` over the calibration windows, gathered with
+    the block called exactly as the model calls it. Whatever the consumer does to the block before
+    asking for the next one (pruning it) is what the next block's inputs come from.
+
+    With ``offload`` the model stays on the CPU and one block at a time visits ``device``.
+    """
+    _, layers = find_decoder_layers(model)
+    if offload:
+        model.to("cpu")
+        # everything but the blocks goes to the device; blocks visit one at a time
+        _move_non_block_modules(model, layers, device)
+    else:
+        model.to(device)
+    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
+    if cache is not None:
+        model.config.use_cache = False
+    try:
+        hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
+        current = [0]  # sequences in the block call under way (the stats hooks cannot always see it)
+        for i, block in enumerate(layers):
+            if offload:
+                block.to(device)
+            linears = find_linears(block)
+            stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
+            try:
+                for x, call in zip(hidden, calls[i]):
+                    current[0] = x.shape[0]
+                    run_block(block, x, call)
+            finally:
+                for h in handles:
+                    h.remove()
+            yield i, block, linears, stats
+            # the (possibly pruned) outputs of this block are the next block's inputs
+            if i + 1 < len(layers):
+                hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
+            if offload:
+                block.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        if cache is not None:
+            model.config.use_cache = cache
+
+
+@torch.no_grad()
+def calibration_statistics(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
+                           device: torch.device = torch.device("cpu"), hessian: bool = False):
+    """{qualified layer name: InputStats} of the dense model over ``windows``, without pruning."""
+    prefix, _ = find_decoder_layers(model)
+    out = {}
+    for i, _block, _linears, stats in walk_blocks(model, windows, batch_size=batch_size, device=device,
+                                                   hessian=hessian):
+        out.update({f"{prefix}.{i}.{name}": s for name, s in stats.items()})
+    return out
 
 
 def check_prunable(model: torch.nn.Module, pattern: str, blocksize: Optional[int] = None) -> None:
