@@ -22,8 +22,8 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="pipeline")
-def main(cfg) -> None:
-    run_pipeline(cfg)
+def main(cfg):
+    return run_pipeline(cfg)
 
 
 if __name__ == "__main__":

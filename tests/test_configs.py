@@ -58,11 +58,45 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("train.order=sorted", "train.order"),
         ("launcher.name=k8s", "launcher.name"),
         ("record.skip_batches=-1", "record.skip_batches"),
+        ("prune.batch_size=0", "prune.batch_size"),
     ],
 )
 def test_bad_values_fail_validation(override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         validate(_compose([override]))
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["prune.pattern=2:4", "prune.sparsity=0.7"], "fixes the sparsity at 0.5"),
+        (["prune.pattern=1:4", "prune.sparsity=0.5"], "fixes the sparsity at 0.75"),
+        (["prune.method=sparsegpt", "prune.pattern=4:8", "prune.blocksize=12"], "not a multiple of M=8"),
+    ],
+)
+def test_cross_key_prune_checks(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        validate(_compose(overrides))
+
+
+def test_an_nm_pattern_fixes_the_sparsity_and_leaving_it_unset_is_fine():
+    from taylorlab.config.schema import effective_sparsity
+
+    for overrides, expected in ((["prune.pattern=2:4"], 0.5), (["prune.pattern=1:4"], 0.75),
+                                (["prune.pattern=4:8", "prune.sparsity=0.5"], 0.5), ([], 0.5),
+                                (["prune.sparsity=0.7"], 0.7)):
+        cfg = _compose(overrides)
+        validate(cfg)
+        assert effective_sparsity(cfg.prune) == expected
+
+
+def test_every_member_of_a_sweep_is_checked_before_the_first_runs(tmp_path):
+    proc = run_cli(["-m", "prune.sparsity=0.5,0.7", "prune.pattern=unstructured,2:4", "debug=fast"], tmp_path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "prune.sparsity=0.7 prune.pattern=2:4" in lines[0]
+    assert not any(p.name.startswith(("data-", "base_model-")) for p in Path(tmp_path).rglob("*"))
 
 
 def test_gblm_without_gradients_is_a_config_error():

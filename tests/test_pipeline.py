@@ -72,6 +72,21 @@ def test_sweep_shares_one_calibrate_stage(tmp_path):
         assert m in report.stdout
 
 
+def test_a_failed_sweep_member_is_reported_and_the_others_still_run(tmp_path):
+    # 2:3 passes the config checks; M=3 does not divide the tiny model's widths, which only the prune
+    # stage can see (the model is known there)
+    proc = run_cli(FAST + ["-m", "run=sweepfail", "launcher=inline", "stages=[prune]", "prune.method=wanda,magnitude",
+                           "prune.pattern=2:3,unstructured"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    done = [d for d in stage_dirs(tmp_path, "sweepfail", "prune") if (d / "DONE").exists()]
+    assert len(done) == 2  # wanda and magnitude, unstructured: both ran after the first member failed
+    assert "sweep: 2 of 4 member(s) succeeded" in proc.stdout
+    summary = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: sweep member")]
+    assert len(summary) == 2 and all("prune.pattern=2:3" in ln and "stage prune failed" in ln
+                                     and "M=3 does not divide" in ln and "stage.log" in ln for ln in summary)
+    assert "Traceback" not in proc.stderr
+
+
 def wait_for_checkpoint(proc, run_dir: Path, timeout: float = 300) -> None:
     """Until the train stage of ``run_dir`` has written a checkpoint (while ``proc`` still runs)."""
     deadline = time.time() + timeout

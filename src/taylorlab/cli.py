@@ -8,7 +8,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+from hydra.experimental.callback import Callback
 
 from taylorlab.errors import TaylorlabError
 
@@ -32,26 +34,51 @@ def fail(message: str, code: int = 2) -> None:
 # ------------------------------------------------------------------- config checks before Hydra runs
 
 
-def _first_of_sweeps(overrides: List[str]) -> List[str]:
-    """Sweep overrides (``a=1,2``) replaced by their first value, so one composition checks them."""
+MAX_CHECKED_MEMBERS = 256  # past this many sweep members, each value is checked with the others' first
+
+
+def _sweep_members(overrides: List[str], config_params: Optional[dict] = None) -> List[List[str]]:
+    """The override lists of every member of a sweep (``a=1,2 b=x,y``: four), so each member's
+    config is checked before the first one runs. ``config_params`` are sweeps a config file
+    declares (``hydra.sweeper.params``); the command line wins for the same key. Past
+    ``MAX_CHECKED_MEMBERS`` members each value is checked once, with the first value of the others."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    out = []
+    fixed: List[str] = []
+    axes: Dict[str, List[str]] = {}
+    for key, values in (config_params or {}).items():
+        axes[key] = [f"{key}={v}" for v in parser.parse_overrides([f"{key}={values}"])[0].sweep_string_iterator()] \
+            if "," in str(values) else [f"{key}={values}"]
     for text, ov in zip(overrides, parser.parse_overrides(overrides)):
+        key = ov.get_key_element()
         if ov.is_sweep_override():
-            first = next(iter(ov.sweep_string_iterator()))
-            out.append(f"{ov.get_key_element()}={first}")
+            axes[key] = [f"{key}={v}" for v in ov.sweep_string_iterator()]
         else:
-            out.append(text)
-    return out
+            axes.pop(key, None)
+            fixed.append(text)
+    lists = list(axes.values())
+    total = 1
+    for values in lists:
+        total *= len(values)
+    if total <= MAX_CHECKED_MEMBERS:
+        return [fixed + list(combo) for combo in itertools.product(*lists)] or [fixed]
+    members = []
+    for i, values in enumerate(lists):
+        for v in values:
+            members.append(fixed + [v if j == i else other[0] for j, other in enumerate(lists)])
+    return members
 
 
 def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
-    """Compose the config the way Hydra will and check its values; a bad key or value ends here
-    with one line that names it, instead of Hydra's multi-line report."""
+    """Compose the config the way Hydra will and check its values — for every member of a ``-m``
+    sweep — so a bad key or value ends here, before anything runs, with one line that names it
+    (and, in a sweep, the member) instead of Hydra's multi-line report."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from taylorlab.config import register_configs
@@ -60,14 +87,24 @@ def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith(("hydra.", "hydra/", "+hydra"))]
     if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--cfg") for a in argv):
         return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     register_configs()
+    member: List[str] = []
     try:
-        overrides = _first_of_sweeps(overrides)
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides)
-        validate(cfg)
+            members = _sweep_members(overrides)
+            params = None
+            if multirun:
+                first = compose(config_name=config_name, overrides=members[0], return_hydra_config=True)
+                params = OmegaConf.to_container(first.hydra.sweeper.params) if first.hydra.sweeper.get("params") else None
+                members = _sweep_members(overrides, params)
+            for member in members:
+                cfg = compose(config_name=config_name, overrides=member)
+                validate(cfg)
     except TaylorlabError as exc:
-        fail(str(exc))
+        swept = [m.replace("\\:", ":") for m in member if m not in overrides]
+        where = f" (in the sweep member {' '.join(swept)})" if multirun and swept else ""
+        fail(f"{exc}{where}")
     except (HydraException, OmegaConfBaseException) as exc:
         texts = [str(exc)] + ([str(exc.__cause__)] if exc.__cause__ is not None else [])
         lines = []
@@ -82,8 +119,18 @@ def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
 # ------------------------------------------------------------------------------ running a pipeline
 
 
-def run_pipeline(cfg) -> Optional[str]:
-    """Validate ``cfg``, plan and run the stage graph; print where the results are."""
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_pipeline(cfg) -> Optional[dict]:
+    """Validate ``cfg``, plan and run the stage graph; print where the results are.
+
+    In a ``-m`` sweep a failed member does not stop the sweep: its error line is printed, the
+    failure is returned (``SweepSummary`` collects it) and the next member runs."""
     from taylorlab.config.schema import validate
     from taylorlab.engine.runner import execute
     from taylorlab.stages import GRAPH
@@ -91,14 +138,24 @@ def run_pipeline(cfg) -> Optional[str]:
     setup_logging()
     if os.environ.get("CI"):
         cfg.progress = False
+    sweep = _in_sweep()
     try:
         validate(cfg)
         plan = execute(GRAPH, cfg)
-    except TaylorlabError as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: the running stages were stopped; run the same command again to resume "
              "(finished stages are skipped, interrupted ones continue from their checkpoints).", code=130)
+    except Exception as exc:  # noqa: BLE001 - in a sweep every failure is reported and the sweep goes on
+        if not sweep:
+            if isinstance(exc, TaylorlabError):
+                fail(str(exc))
+            raise
+        if not isinstance(exc, TaylorlabError):
+            log.exception("sweep member failed with an unexpected error")
+        message = " ".join(f"{type(exc).__name__}: {exc}".split()) if not isinstance(exc, TaylorlabError) \
+            else " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return {"status": "failed", "cause": message}
     ran = [s.node for s in plan.stages.values() if s.action == "run"]
     skipped = [s.node for s in plan.stages.values() if s.action == "skip"]
     if not cfg.dry_run:
@@ -107,7 +164,36 @@ def run_pipeline(cfg) -> Optional[str]:
               f"skipped {len(skipped)} done")
         if verb == "submitted":
             print(f"[taylorlab] follow it with: taylorlab status {plan.run_dir}")
-    return str(plan.run_dir)
+    return {"status": "ok", "run_dir": str(plan.run_dir)}
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/pipeline.yaml): after a ``-m`` sweep, one line per failed member (its
+    overrides and cause: stage, log) and a non-zero exit when any member failed."""
+
+    def __init__(self) -> None:
+        self.members: List[tuple] = []
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        overrides = " ".join(job_return.overrides or []).replace("\\:", ":") or "(no overrides)"
+        if job_return.status == JobStatus.FAILED:
+            self.members.append((overrides, f"{type(job_return._return_value).__name__}: {job_return._return_value}"))
+        else:
+            value = job_return.return_value
+            self.members.append((overrides, value.get("cause") if isinstance(value, dict) and
+                                 value.get("status") == "failed" else None))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        failed = [(o, c) for o, c in self.members if c]
+        if not self.members:
+            return
+        print(f"[taylorlab] sweep: {len(self.members) - len(failed)} of {len(self.members)} member(s) succeeded")
+        for overrides, cause in failed:
+            print(f"error: sweep member {overrides} failed: {' '.join(str(cause).split())}", file=sys.stderr)
+        if failed:
+            sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------- subcommands

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from taylorlab.errors import ConfigError
-from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
 
 
 @dataclass
@@ -121,7 +121,9 @@ class CalibrateConfig:
 @dataclass
 class PruneConfig:
     method: str = "wanda"  # magnitude | wanda | sparsegpt | gblm
-    sparsity: float = 0.5
+    # unstructured: the fraction of each layer's weights removed (unset: 0.5). An N:M pattern fixes it
+    # at (M-N)/M; setting another value with one is an error.
+    sparsity: Optional[float] = None
     pattern: str = "unstructured"  # unstructured | N:M (2:4, 4:8, ...)
     alpha: float = 1.0  # weight of GBLM's gradient term
     gblm_normalization: str = "reference"  # reference | rms (see README)
@@ -316,9 +318,19 @@ def validate(cfg: Any) -> None:
     p = cfg.prune
     _choice("prune.method", p.method, ("magnitude", "wanda", "sparsegpt", "gblm"))
     _choice("prune.gblm_normalization", p.gblm_normalization, ("reference", "rms"))
-    if not (0.0 < p.sparsity < 1.0):
+    if p.sparsity is not None and not (0.0 < p.sparsity < 1.0):
         raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
-    parse_pattern(p.pattern)
+    nm = parse_pattern(p.pattern)
+    if nm is not None:
+        fixed = pattern_sparsity(nm)
+        if p.sparsity is not None and abs(p.sparsity - fixed) > 1e-9:
+            raise ConfigError(f"prune.pattern={p.pattern} fixes the sparsity at {fixed:g}, but prune.sparsity={p.sparsity} "
+                              f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
+        if p.method == "sparsegpt" and p.blocksize % nm[1]:
+            raise ConfigError(f"prune.blocksize={p.blocksize} is not a multiple of M={nm[1]}: SparseGPT's column "
+                              f"blocks must hold whole {p.pattern} groups; use prune.blocksize={max(nm[1], p.blocksize // nm[1] * nm[1])}.")
+    _positive("prune.blocksize", p.blocksize)
+    _positive("prune.batch_size", p.batch_size)
     for d in cfg.data.domains:
         _choice("data.domains", d, ("wiki", "shakespeare", "austen"))
     if not cfg.data.domains:
@@ -369,3 +381,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
     if p.method == "gblm" and not c.gradients:
         raise ConfigError("prune.method=gblm needs calibrate.gradients=true (GBLM scores use the gradient norms).")
+
+
+def effective_sparsity(prune_cfg: Any) -> float:
+    """The sparsity a prune config asks for: fixed by an N:M pattern, else prune.sparsity (unset: 0.5)."""
+    nm = parse_pattern(prune_cfg.pattern)
+    if nm is not None:
+        return pattern_sparsity(nm)
+    return 0.5 if prune_cfg.sparsity is None else float(prune_cfg.sparsity)

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from taylorlab.config.schema import effective_sparsity
 from taylorlab.errors import ArtifactError, ConfigError
 from taylorlab.io import atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
@@ -37,9 +38,10 @@ def run(ctx):
             raise ConfigError("prune.method=gblm needs gradient norms, but the calibrate stage ran with "
                               "calibrate.gradients=false; set it to true.")
         gradients, gmeta = _load_safetensors(gpath)
+    sparsity = effective_sparsity(c)
     t0 = time.time()
     prune_model(
-        model, method=c.method, sparsity=c.sparsity, pattern=c.pattern, windows=windows["windows"],
+        model, method=c.method, sparsity=sparsity, pattern=c.pattern, windows=windows["windows"],
         gradients=gradients, grad_nsamples=int(gmeta.get("num_samples", 0)) or None, grad_norm=gmeta.get("norm", "l2"),
         alpha=c.alpha, gblm_normalization=c.gblm_normalization, percdamp=c.percdamp, blocksize=c.blocksize,
         batch_size=c.batch_size, device=device, offload=c.offload, progress=ctx.progress,
@@ -48,7 +50,7 @@ def run(ctx):
         torch.cuda.synchronize()
     wall = time.time() - t0
     report = sparsity_report(model)
-    recipe = {"method": c.method, "sparsity": c.sparsity, "pattern": c.pattern, "alpha": c.alpha,
+    recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "alpha": c.alpha,
               "gblm_normalization": c.gblm_normalization, "calibration": wmeta,
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
@@ -59,6 +61,6 @@ def run(ctx):
     ctx.tracker.artifact(ctx.dir.name, "model", {"model": ctx.dir / "model", "recipe.json": ctx.dir / "recipe.json",
                                                  "sparsity.json": ctx.dir / "sparsity.json"},
                          uses=[p.name for p in ctx.parents.values()], metadata=recipe)
-    ctx.log.info("%s %s at %.2f: %.4f of block weights are zero (%.1f s)", c.method, c.pattern, c.sparsity,
+    ctx.log.info("%s %s at %.2f: %.4f of block weights are zero (%.1f s)", c.method, c.pattern, sparsity,
                  report["total"]["sparsity"], wall)
     return {"model": "model", "sparsity": "sparsity.json", "recipe": "recipe.json"}
