@@ -213,3 +213,13 @@ def test_gblm_score_formula():
     w = torch.tensor([[1.0, -2.0]])
     s = score_gblm(w, torch.tensor([3.0, 1.0]), torch.tensor([[0.5, 2.0]]), alpha=2.0)
     assert torch.allclose(s, torch.tensor([[1 * 3 + 2 * 1 * 0.5, 2 * 1 + 2 * 2 * 2.0]]))
+
+
+def test_ties_are_broken_by_the_lower_index_first():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 0.5, 2.0]])
+    assert mask_per_row(scores, 0.5).tolist() == [[True, True, True, False, False, False, True, False]]
+    assert mask_nm(scores, 2, 4).tolist() == [[True, True, False, False, True, False, True, False]]
+    from taylorlab.pruning.masks import mask_per_matrix
+
+    assert mask_per_matrix(scores.reshape(2, 4), 0.25).tolist() == [[True, False, False, False],
+                                                                     [False, False, True, False]]

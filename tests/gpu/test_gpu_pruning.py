@@ -51,3 +51,33 @@ def test_wanda_masks_on_gpu_match_cpu():
     agree = [float(((la.weight == 0) == (lb.weight.cpu() == 0)).float().mean())
              for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
     assert min(agree) > 0.999
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_magnitude_masks_with_ties_are_identical_on_cpu_and_gpu(pattern):
+    """Weights with many equal magnitudes (as dequantised GGUF weights have): the stable tie rule
+    (lower index pruned first) gives the same mask on both devices, bit for bit."""
+    m = _model()
+    with torch.no_grad():
+        for lin in block_linears(m).values():
+            lin.weight.copy_(torch.round(lin.weight * 64) / 64)  # few distinct levels: ties everywhere
+    a, b = copy.deepcopy(m), copy.deepcopy(m)
+    prune_model(a, method="magnitude", sparsity=0.5, pattern=pattern)
+    prune_model(b, method="magnitude", sparsity=0.5, pattern=pattern, device=torch.device("cuda"))
+    for (n, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
+        assert torch.equal(la.weight == 0, lb.weight.cpu() == 0), n
+
+
+def test_prune_model_honours_the_device_for_magnitude(monkeypatch):
+    from taylorlab.pruning import rules
+
+    seen = []
+    real = rules.make_mask
+
+    def spy(scores, *a, **k):
+        seen.append(scores.device.type)
+        return real(scores, *a, **k)
+
+    monkeypatch.setattr(rules, "make_mask", spy)
+    prune_model(_model(), method="magnitude", sparsity=0.5, device=torch.device("cuda"))
+    assert seen and set(seen) == {"cuda"}

