@@ -1,79 +1,85 @@
-"""Perplexity of SmolLM2-135M (the embedded GGUF) pruned with every method and pattern.
+"""Perplexity of SmolLM2-135M (the embedded GGUF) pruned with every method and pattern — through the
+pipeline (`pipelines/run.py`), so the numbers are what a user's `-m` sweep produces: one code path.
 
-Calibration: 128 windows of 2048 tokens (seed 0) from the Wikipedia-leads calibration split;
-evaluation: the full-articles test split, non-overlapping windows of 2048 tokens. Splits are the
-data stage's JSON-lines files (made by taylorlab.data.build_default_splits).
+Protocol (conf/experiment/smollm2_prune.yaml): calibration 128 windows of 2048 tokens (seed 0) from the
+Wikipedia-leads calibration split; perplexity on the full-articles test split, non-overlapping
+windows of 2048 tokens; 50% unstructured, 2:4 and 4:8.
 
-    python benchmarks/pruning/quality_smollm2.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --data DIR --out results.json
+    python benchmarks/pruning/quality_smollm2.py --out quality_smollm2_pipeline.json \
+        [--device cuda] [--cpu-masks magnitude] [--gguf /abs/path.gguf] [--set key=value ...]
+
+``--cpu-masks M`` also runs method M with ``prune.device=cpu`` (masks chosen on the CPU, the rest on
+``--device``) and records whether its perplexities equal the device's.
 """
 
 import argparse
-import copy
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import record  # noqa: E402
-from taylorlab.data.tokens import sample_windows, tokenize_texts  # noqa: E402
-from taylorlab.evaluation import perplexity  # noqa: E402
-from taylorlab.models import load_gguf_model  # noqa: E402
-from taylorlab.pruning import per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
+from taylorlab.report import collect_results  # noqa: E402
 
 
-def texts(path):
-    return [json.loads(line)["text"] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def run(overrides, out_dir):
+    cmd = [sys.executable, str(ROOT / "pipelines" / "run.py"), "-m", "model=smollm2", "experiment=smollm2_prune",
+           f"out_dir={out_dir}", "launcher=inline", "hydra/job_logging=none", "hydra/hydra_logging=none", *overrides]
+    print("+", " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, text=True)
+    return proc.returncode, time.time() - t0
+
+
+def rows_of(run_dir):
+    rows = []
+    for r in collect_results([run_dir]):
+        rows.append({"method": r["method"], "pattern": r["pattern"], "sparsity": r["sparsity"], "ppl": r["ppl"],
+                     "mask_device": r.get("mask_device"), "split": r.get("split"), "seq_len": r.get("seq_len"),
+                     "windows": r.get("windows")})
+    return sorted(rows, key=lambda r: (r["method"] != "dense", str(r["pattern"]), r["method"]))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--data", required=True)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--out-dir", default="outputs", help="the pipeline's out_dir")
+    ap.add_argument("--device", default="auto", help="calibrate/prune/evaluate device")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt,gblm")
     ap.add_argument("--patterns", default="unstructured,2:4,4:8")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--cpu-masks", default="", help="methods also run with prune.device=cpu")
+    ap.add_argument("--gguf", default=None, help="absolute path of the GGUF file (default: the embedded package's)")
+    ap.add_argument("--set", nargs="*", default=[], help="further pipeline overrides")
     args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    t0 = time.time()
-    dense, tok = load_gguf_model(Path(args.gguf), dtype=args.dtype)
-    dense.to(dev)
-    load_s = time.time() - t0
-    seqlen = min(args.seqlen, dense.config.max_position_embeddings)
-    test = tokenize_texts(tok, texts(Path(args.data) / "test.jsonl"))
-    calib = sample_windows(tokenize_texts(tok, texts(Path(args.data) / "calibration.jsonl")), args.nsamples, seqlen, 0)
-    results = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", "seq_len": seqlen,
-               "nsamples": args.nsamples, "test_tokens": int(test.numel()), "gguf_load_s": round(load_s, 1), "rows": []}
-    dense_ppl = perplexity(dense, test, seqlen, batch_size=4, device=dev)
-    results["rows"].append({"method": "dense", "pattern": "-", "ppl": dense_ppl["ppl"], "windows": dense_ppl["windows"]})
-    print("dense", dense_ppl, flush=True)
-    t0 = time.time()
-    grads = per_sequence_gradient_stats(dense, calib, batch_size=8, norm="l2", device=dev)
-    results["gradient_pass_s"] = round(time.time() - t0, 1)
-    state = copy.deepcopy(dense.state_dict())
-    for pattern in args.patterns.split(","):
-        for method in args.methods.split(","):
-            dense.load_state_dict(state)
-            t0 = time.time()
-            prune_model(dense, method=method, sparsity=0.5, pattern=pattern, windows=calib, gradients=grads,
-                        grad_nsamples=args.nsamples, batch_size=16, device=dev)
-            prune_s = time.time() - t0
-            ppl = perplexity(dense, test, seqlen, batch_size=4, device=dev)
-            row = {"method": method, "pattern": pattern, "sparsity": 0.5, "ppl": ppl["ppl"],
-                   "block_sparsity": round(sparsity_report(dense)["total"]["sparsity"], 4), "prune_s": round(prune_s, 1)}
-            results["rows"].append(row)
-            print(row, flush=True)
-            record(Path(args.out), results)
-    print(f"\n{'method':10s} {'pattern':12s} {'ppl':>9s}")
-    for r in results["rows"]:
-        print(f"{r['method']:10s} {r['pattern']:12s} {r['ppl']:9.2f}")
+    common = [f"calibrate.device={args.device}", f"evaluate.device={args.device}", *args.set]
+    if args.gguf:
+        common.append(f"model.gguf_file={args.gguf}")
+    results = {"protocol": "conf/experiment/smollm2_prune.yaml", "overrides": common, "runs": {}}
+    run_dir = Path(args.out_dir) / "smollm2-prune"
+    rc, wall = run(common + [f"prune.device={args.device}", f"prune.method={args.methods}",
+                             f"prune.pattern={args.patterns}", "run=smollm2-prune"], args.out_dir)
+    results["runs"]["device"] = {"returncode": rc, "wall_s": round(wall, 1), "rows": [
+        r for r in rows_of(run_dir) if r["mask_device"] != "cpu" or args.device == "cpu"]}
+    record(Path(args.out), results)
+    if args.cpu_masks:  # same run directory: data, base model and calibration are shared
+        rc, wall = run(common + ["prune.device=cpu", f"prune.method={args.cpu_masks}",
+                                 f"prune.pattern={args.patterns}", "run=smollm2-prune"], args.out_dir)
+        cpu_rows = [r for r in rows_of(run_dir) if r["mask_device"] == "cpu"]
+        dev = {(r["method"], r["pattern"]): r["ppl"] for r in results["runs"]["device"]["rows"]}
+        for r in cpu_rows:
+            r["equal_to_device_masks"] = dev.get((r["method"], r["pattern"])) == r["ppl"]
+        results["runs"]["cpu_masks"] = {"returncode": rc, "wall_s": round(wall, 1), "rows": cpu_rows}
+        record(Path(args.out), results)
+    print(f"\n{'run':10s} {'method':10s} {'pattern':12s} {'ppl':>9s}")
+    for name, r in results["runs"].items():
+        for row in r["rows"]:
+            print(f"{name:10s} {row['method']:10s} {str(row['pattern']):12s} {row['ppl']:9.2f}")
+    sys.exit(max(r["returncode"] for r in results["runs"].values()))
 
 
 if __name__ == "__main__":

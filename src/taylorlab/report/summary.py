@@ -62,7 +62,7 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
             rows.append({
                 "run": run_dir.name, "stage": d.name, "method": recipe.get("method", "dense"),
                 "pattern": recipe.get("pattern", "-"), "sparsity": recipe.get("sparsity", 0.0),
-                "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
+                "mask_device": recipe.get("mask_device"), "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
                 "zero_shot": {f"{t}/{k}": v for t, m in (r.get("zero_shot") or {}).items() for k, v in m.items()
                               if k in ("acc", "acc_norm")},

@@ -50,7 +50,7 @@ def run(ctx):
         torch.cuda.synchronize()
     wall = time.time() - t0
     report = sparsity_report(model)
-    recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "alpha": c.alpha,
+    recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "mask_device": device.type, "alpha": c.alpha,
               "gblm_normalization": c.gblm_normalization, "calibration": wmeta,
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
