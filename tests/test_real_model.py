@@ -9,8 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-
 from helpers import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.realmodel]
@@ -61,21 +59,20 @@ def test_smollm2_pruning_pipeline_shows_the_papers_ordering(out):
 
 
 def test_smollm2_record_then_estimate(out):
-    args = SMALL + ["stages=[estimate]", "record.num_batches=4", "record.seq_len=32", "record.batch_size=2",
-                    "record.dtype=float32", "record.lr=1e-5", "record.validation_batches=2", "estimate.num_orders=3",
+    """Continued training of the real model at a small learning rate, where the linearisation holds:
+    fut-carry must land far closer to the retrained truth than "no change" does."""
+    args = SMALL + ["stages=[estimate]", "record.num_batches=3", "record.seq_len=32", "record.batch_size=2",
+                    "record.dtype=float32", "record.lr=1e-5", "record.validation_batches=2", "estimate.num_orders=2",
                     "estimate.estimators=[none,fut-carry]", "estimate.sensitivity=[]", "estimate.heuristics=[]"]
     run_cli(args, out, check=True, timeout=1500)
-    (base,) = _dirs(out, "base_model")
-    (record,) = _dirs(out, "record")
     (est,) = _dirs(out, "estimate")
-    meta = json.loads((record / "meta.json").read_text()) if (record / "meta.json").exists() else {}
     estimates = json.loads((est / "estimates.json").read_text())
-    assert {r["estimator"] for r in estimates["fidelity"]} == {"none", "fut-carry"}
+    fid = {r["estimator"]: r for r in estimates["fidelity"]}
+    assert set(fid) == {"none", "fut-carry"}
     losses = [o["true_loss"] for o in estimates["orders"]]
-    assert len(losses) == 3 + 1 or len(losses) >= 3
-    assert all(math.isfinite(x) and 0 < x < 20 for x in losses), losses  # a pretrained model: far below ln(V)=10.8
-    for o in estimates["orders"]:
-        for name, value in (o.get("estimated") or {}).items():
-            assert math.isfinite(value), (name, o)
-    assert meta is not None
-    assert torch.cuda.is_available() or True
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
+    # a pretrained model continues from a low loss (a random one starts near ln(49152) = 10.8)
+    assert all(2.0 < x < 6.0 for x in losses), losses
+    assert all(math.isfinite(o["fut-carry_loss"]) for o in estimates["orders"])
+    assert fid["fut-carry"]["mae_ratio_to_none"] < 0.5, fid
+    assert fid["fut-carry"]["rel_param_error"] < 0.5 * fid["none"]["rel_param_error"], fid

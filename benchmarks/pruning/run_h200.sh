@@ -5,6 +5,10 @@
 #   PART=b     join it with .gguf/part-b, install the carried wheels (.whl), start the pipeline-driven
 #              quality benchmark in the background, run the GPU tests, then wait (up to WAIT_S) for it
 #   PART=wait  wait again (up to WAIT_S) for the benchmark
+#   PART=b2    join and install as in b; in the background the 2:4 / 4:8 cells again with the batch sizes
+#              of the earlier library-level benchmark (prune 16, gradients 8: how far rounding moves them);
+#              in the foreground every order stage (train, record, estimate, memorize, curriculum) on
+#              SmolLM2 on the GPU
 # Results (JSON, logs) are copied to $OUT after every part. The data stage's finished directory is
 # carried (outputs/smollm2-prune/data-<hash>): the machine has no Wikipedia package, and the stage
 # is found done with the same hash.
@@ -31,6 +35,30 @@ case "${PART:-}" in
     python3 -m pytest -q -p no:cacheprovider tests/gpu >"$RES/gpu_tests_h200.log" 2>&1
     tail -n 15 "$RES/gpu_tests_h200.log"
     wait_for ;;
+  b2)
+    cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled
+    rm -f "$RES/DONE"
+    for r in smollm2-prune-b16 smollm2-orders; do mkdir -p outputs/$r && cp -r outputs/smollm2-prune/data-* outputs/$r/; done
+    run="python3 pipelines/run.py -m model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \
+        hydra/job_logging=none hydra/hydra_logging=none model.gguf_file=$GGUF calibrate.device=cuda evaluate.device=cuda"
+    setsid nohup bash -c "$run prune.device=cuda run=smollm2-prune-b16 prune.batch_size=16 calibrate.batch_size=8 \
+        prune.method=wanda,sparsegpt,gblm prune.pattern=2:4,4:8 >$RES/quality_b16.log 2>&1; \
+        python3 -m taylorlab.cli report outputs/smollm2-prune-b16 -o /tmp/res/b16.html >$RES/quality_b16_table.log 2>&1; \
+        echo \$? >$RES/DONE" >/dev/null 2>&1 &
+    python3 pipelines/run.py model=smollm2 launcher=inline wandb.mode=disabled run=smollm2-orders \
+        model.gguf_file=$GGUF stages=[train,estimate,memorize,curriculum] train.max_batches=20 train.seq_len=128 \
+        train.batch_size=8 train.device=cuda record.device=cuda estimate.device=cuda memorize.device=cuda \
+        curriculum.device=cuda record.dtype=float32 record.num_batches=8 record.seq_len=64 record.batch_size=4 \
+        record.lr=1e-5 estimate.num_orders=4 'estimate.estimators=[none,fut-carry]' 'estimate.heuristics=[reverse]' \
+        'estimate.sensitivity=[]' memorize.num_batches=2 memorize.num_positions=2 curriculum.num_random=3 \
+        curriculum.genetic_generations=1 curriculum.genetic_population=4 curriculum.verify_top=1 \
+        hydra/job_logging=none hydra/hydra_logging=none >"$RES/orders_gpu.log" 2>&1
+    echo "orders rc=$?"; grep -E "stage .* done in|fidelity|error" "$RES/orders_gpu.log" | tail -n 20
+    for f in outputs/smollm2-orders/estimate-*/estimates.json outputs/smollm2-orders/memorize-*/memorization.json \
+             outputs/smollm2-orders/curriculum-*/curriculum.json; do [ -e "$f" ] && cp "$f" "$RES/orders_gpu_$(basename "$f")"; done
+    wait_for; cat "$RES/quality_b16_table.log" ;;
   wait) wait_for ;;
 esac
 collect
