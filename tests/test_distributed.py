@@ -52,7 +52,7 @@ def test_two_gloo_tasks_match_one_process(tmp_path):
     ref = train(single, _batches(), ORDER, SETTINGS)
     out = tmp_path / "ddp.pt"
     mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
-    got = torch.load(out)
+    got = torch.load(out, weights_only=True)
     assert got["loss"] == pytest.approx(ref["final_loss"], rel=1e-4)
     moved = 0.0
     for name, p in single.state_dict().items():

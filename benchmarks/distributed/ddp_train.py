@@ -102,7 +102,7 @@ def main() -> None:
                str(Path(__file__).resolve()), "--worker", "--weights", str(w), "--result", str(r), *shared]
         subprocess.run(cmd, check=True)
         runs[n] = {**json.loads(r.read_text()), "weights": w}
-    a1, an = torch.load(runs[1].pop("weights")), torch.load(runs[a.gpus].pop("weights"))
+    a1, an = torch.load(runs[1].pop("weights"), weights_only=True), torch.load(runs[a.gpus].pop("weights"), weights_only=True)
     max_abs = max(float((a1[k] - an[k]).abs().max()) for k in a1)
     max_rel = max(float((a1[k] - an[k]).norm() / a1[k].norm().clamp_min(1e-12)) for k in a1)
     results = {

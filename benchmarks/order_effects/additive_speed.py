@@ -43,7 +43,7 @@ def main():
     device = torch.device(a.device)
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     command = "python benchmarks/order_effects/additive_speed.py " + " ".join(sys.argv[1:])
-    tokens = torch.load(a.tokens)
+    tokens = torch.load(a.tokens, weights_only=True)
     B, L, T = a.batch, a.seq_len, a.T
     train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     val = tokens["validation"].long()[: a.val_batches * B * L].view(a.val_batches, B, L).to(device)

@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=list(DTYPES))
     a = ap.parse_args()
     device = torch.device(a.device)
-    tokens = torch.load(a.tokens)
+    tokens = torch.load(a.tokens, weights_only=True)
     T, B, L = a.T, a.batch, a.seq_len
     batches = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     flat = FlatModel(conf_llama(a.model, tokens["vocab"], L, device, DTYPES[a.dtype]))

@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    tokens = torch.load(a.tokens)
+    tokens = torch.load(a.tokens, weights_only=True)
     dev = torch.device("cuda")
     B, L, T, K = a.batch, a.seq_len, a.steps, a.K
     model = conf_llama(a.model, tokens["vocab"], L, dev)

@@ -101,7 +101,7 @@ def main():
     ap.add_argument("--tf32", action="store_true", help="TF32 matmuls for both the batched and the one-at-a-time runs")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    tokens = torch.load(a.tokens)
+    tokens = torch.load(a.tokens, weights_only=True)
     device = torch.device(a.device)
     res = {"config": vars(a), "models": []}
     for name in a.models.split(","):

@@ -153,7 +153,7 @@ def main():
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.backends.cuda.matmul.allow_tf32 = False
-    tokens = torch.load(a.tokens)
+    tokens = torch.load(a.tokens, weights_only=True)
     results = {"config": vars(a), "cells": []}
     t_start = time.time()
     for spec in a.cells.split(";"):

@@ -288,8 +288,18 @@ def _positive(key: str, value: float | int | None) -> None:
         raise ConfigError(f"{key}={value} must be positive.")
 
 
+def validate_run_name(name: Any) -> None:
+    """A run is a name under out_dir, never a path: no separators, no '.'/'..', not absolute, so
+    nothing a run writes (stage directories, Hydra's .hydra folders) can land outside out_dir."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text.startswith("~") or "\0" in text:
+        raise ConfigError(f"run={text!r} is not a plain name: a run is a folder name under out_dir, without '/', "
+                          f"'..' or a leading '~' (e.g. run=my-study); set out_dir to write elsewhere.")
+
+
 def validate(cfg: Any) -> None:
     """Range and choice checks the types cannot express. Raises ConfigError."""
+    validate_run_name(cfg.run)
     _choice("launcher.name", cfg.launcher.name, ("inline", "local", "slurm"))
     _choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
     _choice("model.source", cfg.model.source, ("scratch", "pretrained", "gguf"))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -341,8 +342,11 @@ def execute(graph: Graph, cfg: DictConfig) -> Plan:
         fh.write(json.dumps({"time": time.time(), "launcher": cfg.launcher.name,
                              "actions": {s.dir.name: s.action for s in plan.stages.values()}}) + "\n")
     for s in plan.to_run():
-        if s.reason == "(forced)" and (s.dir / DONE).exists():
-            (s.dir / DONE).unlink()
+        if s.reason == "(forced)":
+            # force means start over: the marker and any checkpoints of an earlier attempt go
+            if (s.dir / DONE).exists():
+                (s.dir / DONE).unlink()
+            shutil.rmtree(s.dir / "checkpoints", ignore_errors=True)
     executors.get(cfg.launcher.name)(graph, plan, cfg)
     return plan
 

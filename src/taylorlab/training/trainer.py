@@ -106,14 +106,17 @@ def load_latest_checkpoint(ckpt_dir: Path, model, opt, sched, order: List[int]) 
         return 0
     latest = dirs[-1]
     try:
-        state = torch.load(latest / "state.pt", map_location="cpu", weights_only=False)
+        # weights_only: a run tree may be shared, and a full unpickler would run whatever code a planted
+        # state.pt carries; tensors, numbers, strings and containers are all a checkpoint holds
+        state = torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     except Exception as exc:
         raise ArtifactError(
-            f"checkpoint {latest} is corrupt ({type(exc).__name__}); move it away to resume from the one before, "
-            f"or force the stage to start over."
+            f"checkpoint {latest} cannot be read ({type(exc).__name__}); delete that folder to resume from the "
+            f"checkpoint before it, or run with force=<this stage> to start the stage over (force discards its "
+            f"checkpoints)."
         ) from exc
     if list(state["order"]) != list(order):
         raise ArtifactError(f"checkpoint {latest} was written for another batch order; force the stage to start over.")
