@@ -112,6 +112,10 @@ def test_sigkill_mid_training_then_rerun_gives_identical_weights(tmp_path):
     assert "ran 1 stage(s) train" in again.stdout
     log = (train_dir / "stage.log").read_text()
     assert "resumed from step-" in log
+    # each step's metrics once: the steps between the last checkpoint and the kill are not repeated
+    steps = [r["step"] for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines())
+             if "train/loss" in r]
+    assert steps == list(range(60)), steps
     a = load_file(str(stage_dirs(tmp_path, "straight", "train")[0] / "model" / "model.safetensors"))
     b = load_file(str(train_dir / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

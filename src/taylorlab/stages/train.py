@@ -39,7 +39,8 @@ def run(ctx):
                  seq_len, device, dist.world_size, "s" if dist.enabled else "")
     try:
         result = train(model, batches, order, settings, ckpt_dir=ctx.checkpoint_dir, device=device,
-                       progress=ctx.progress, on_step=lambda step, m: ctx.tracker.log(m, step=step), dist=dist)
+                       progress=ctx.progress, on_step=lambda step, m: ctx.tracker.log(m, step=step),
+                       on_resume=ctx.tracker.drop_steps_from, dist=dist)
     finally:
         distributed.shutdown(dist)
     if not dist.is_main:

@@ -91,6 +91,28 @@ class Tracker:
         self._fh.write(json.dumps({"time": time.time(), **record}, default=_jsonable) + "\n")
         self._fh.flush()
 
+    def drop_steps_from(self, step: int) -> int:
+        """Forget the local lines of steps ``>= step`` (a resumed stage logs them again: the steps
+        between its last checkpoint and the interruption would otherwise appear twice). The file is
+        rewritten atomically; returns how many lines were dropped."""
+        self._fh.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by the interruption
+                dropped += 1
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] >= step:
+                dropped += 1
+            else:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        return dropped
+
     def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
         self._write({**({"step": step} if step is not None else {}), **metrics})
         if self._wandb_run is not None:

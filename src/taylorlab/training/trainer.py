@@ -138,6 +138,7 @@ def train(
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
     on_step: Optional[Callable[[int, dict], None]] = None,
+    on_resume: Optional[Callable[[int], None]] = None,
     dist: DistInfo = DistInfo(),
 ) -> dict:
     """Train ``model`` on ``batches[order[0]], batches[order[1]], ...`` (one step each).
@@ -162,6 +163,8 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     opt, sched = make_optimizer(model, settings, total)
     start = load_latest_checkpoint(ckpt_dir, model, opt, sched, order) if ckpt_dir else 0
+    if on_resume is not None and dist.is_main:
+        on_resume(start)  # steps from ``start`` on are about to be logged (again)
     last_loss = float("nan")
     bar = tqdm(range(start, total), total=total, initial=start, desc="train",
                disable=not progress or not dist.is_main, leave=False)
