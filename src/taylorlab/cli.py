@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -199,16 +200,35 @@ class SweepSummary(Callback):
 # ------------------------------------------------------------------------------------- subcommands
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_STAGE_DIR = re.compile(r"^[a-z_]+-[0-9a-f]{12}$")
+
+
+def one_line(text: str) -> str:
+    """A cause as one readable line: terminal colour codes removed, whitespace collapsed."""
+    return " ".join(_ANSI.sub("", str(text)).split())
+
+
+def _run_dir(path: str) -> Path:
+    """``path`` as a run directory (outputs/<run>), or one error line saying what it is instead."""
+    rd = Path(path)
+    if not rd.is_dir():
+        fail(f"{rd} is not a run directory (expected outputs/<run>).")
+    if any(p.is_dir() and _STAGE_DIR.match(p.name) for p in rd.iterdir()):
+        return rd
+    if _STAGE_DIR.match(rd.name) and (rd / "config.yaml").exists():
+        fail(f"{rd} is a stage directory; give its run directory: {rd.parent}")
+    fail(f"{rd} holds no stage directories (expected outputs/<run>, the folder a pipeline run writes).")
+    return rd
+
+
 def cmd_status(args) -> int:
     from taylorlab.report import stage_status
 
-    for rd in args.run_dirs:
-        rd = Path(rd)
-        if not rd.is_dir():
-            fail(f"{rd} is not a run directory (expected outputs/<run>).")
+    for rd in [_run_dir(p) for p in args.run_dirs]:
         print(f"{rd}:")
         for s in stage_status(rd):
-            print(f"  {s['node']:18s} {s['hash']:12s} {s['state']:24s} {s['detail']}")
+            print(f"  {s['node']:18s} {s['hash']:12s} {s['state']:24s} {one_line(s['detail'])}")
             if s["state"] == "failed":
                 print(f"  {'':18s} log: {s['log']}")
     return 0
@@ -217,13 +237,13 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from taylorlab.report import collect_results, format_table, write_html
 
-    dirs = [Path(d) for d in args.run_dirs]
-    for d in dirs:
-        if not d.is_dir():
-            fail(f"{d} is not a run directory (expected outputs/<run>).")
+    dirs = [_run_dir(p) for p in args.run_dirs]
     print(format_table(collect_results(dirs)))
     out = Path(args.output) if args.output else dirs[0] / "report" / "index.html"
-    write_html(dirs, out, title=args.title)
+    try:
+        write_html(dirs, out, title=args.title)
+    except PermissionError:
+        fail(f"cannot write {out} (read-only?); write the page elsewhere with --output DIR/index.html.")
     print(f"\npage: {out.resolve()}")
     return 0
 

@@ -24,6 +24,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _permissions_from_umask(path: Path) -> None:
+    """Give what is about to be renamed into place the modes the user's umask asks for: some
+    writers (safetensors) create 0600 files, so teammates on a shared tree could read the JSON files
+    but not the models."""
+    mask = _current_umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it into place (file or folder)."""
@@ -32,6 +49,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)) / final.name
     try:
         yield tmp
+        if tmp.exists():
+            _permissions_from_umask(tmp)
         if final.is_dir() and not final.is_symlink():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)

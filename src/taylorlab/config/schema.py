@@ -8,6 +8,7 @@ stage runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -288,6 +289,17 @@ def _positive(key: str, value: float | int | None) -> None:
         raise ConfigError(f"{key}={value} must be positive.")
 
 
+DEVICE_STAGES = ("train", "evaluate", "calibrate", "prune", "record", "estimate", "memorize", "curriculum")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+def validate_device(key: str, value: Any) -> None:
+    """One rule for every device key: auto, cpu, cuda or cuda:N (N is checked against the GPUs of
+    the machine that runs the stage, when it starts)."""
+    if not _DEVICE.match(str(value)):
+        raise ConfigError(f"{key}={value!r} is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:0).")
+
+
 def validate_run_name(name: Any) -> None:
     """A run is a name under out_dir, never a path: no separators, no '.'/'..', not absolute, so
     nothing a run writes (stage directories, Hydra's .hydra folders) can land outside out_dir."""
@@ -314,10 +326,12 @@ def validate(cfg: Any) -> None:
     for key in ("seq_len", "batch_size", "lr", "checkpoint_every"):
         _positive(f"train.{key}", t[key])
     _positive("train.max_batches", t.max_batches)
+    for stage in DEVICE_STAGES:
+        validate_device(f"{stage}.device", cfg[stage].device)
     for stage in ("train", "evaluate", "calibrate", "prune"):
-        _choice(f"{stage}.device", cfg[stage].device, ("auto", "cpu", "cuda"))
         # float64: exact comparisons (e.g. data-parallel against one process) and small studies
         _choice(f"{stage}.dtype", cfg[stage].dtype, ("float32", "float64", "bfloat16", "float16"))
+    _positive("evaluate.batch_size", cfg.evaluate.batch_size)
     _positive("evaluate.seq_len", cfg.evaluate.seq_len)
     _positive("evaluate.max_windows", cfg.evaluate.max_windows)
     c = cfg.calibrate
@@ -387,6 +401,11 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"curriculum.{key}={cu[key]} must be 0 or more.")
     if cu.genetic_generations and cu.genetic_population < 4:
         raise ConfigError(f"curriculum.genetic_population={cu.genetic_population}: the genetic search needs at least 4.")
+    for i, order in enumerate(e.orders):  # explicit queries: permutations of the recorded T batches
+        T = cfg.record.num_batches
+        if sorted(int(x) for x in order) != list(range(T)):
+            raise ConfigError(f"estimate.orders[{i}]={list(order)} is not a permutation of the record's "
+                              f"{T} batches (0..{T - 1}, record.num_batches={T}).")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
     if p.method == "gblm" and not c.gradients:

@@ -70,7 +70,7 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
                     finished.add(name)
                     log.info("finished %s", name)
                 except Exception as exc:  # noqa: BLE001 - the cause is in the stage's FAILED marker
-                    cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else str(exc).strip().splitlines()[-1]
+                    cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else died_without_cause(ps.dir, exc)
                     failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
                     log.error(failed[name])
     except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the stage processes too, never leave them running
@@ -82,6 +82,15 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
         first = next(iter(failed.values()))
         extra = f"; not run because of it: {', '.join(sorted(blocked))}" if blocked else ""
         raise StageFailed(first + extra)
+
+
+def died_without_cause(stage_dir, exc: BaseException) -> str:
+    """The cause of a stage process that ended without writing FAILED: it was killed (SIGKILL, the
+    out-of-memory killer) before it could. submitit's own last log line ("Loading pickle ...") says
+    nothing, so say what is known and where to look."""
+    return (f"its process ended without recording a cause ({type(exc).__name__}: killed, e.g. by SIGKILL or the "
+            f"out-of-memory killer?); run the same command again to resume from its last checkpoint; submitit's "
+            f"logs: {stage_dir / 'submitit'}")
 
 
 def _raise_on_sigterm() -> Callable[[], None]:
@@ -184,8 +193,15 @@ class _Submitted:
 
 def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
     import json
+    import shutil
 
     import submitit
+
+    missing = [tool for tool in ("sbatch", "squeue") if shutil.which(tool) is None]
+    if missing and plan.to_run():
+        raise ConfigError(f"launcher=slurm needs Slurm's {' and '.join(missing)} on PATH, and this machine has none; "
+                          f"run on a Slurm login node, start the local test cluster (bash slurm/start.sh), or use "
+                          f"launcher=local.")
 
     jobs: Dict[str, object] = {}
     for ps in plan.to_run():

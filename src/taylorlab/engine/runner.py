@@ -136,7 +136,7 @@ def check_devices(plan: Plan, launcher: str) -> None:
     """A stage that asks for a GPU on a machine without one fails now, before anything runs."""
     if launcher == "slurm":
         return
-    wants = [s for s in plan.to_run() if s.cfg.get("device") == "cuda" or s.resources.get("gpus", 0) > 0]
+    wants = [s for s in plan.to_run() if str(s.cfg.get("device", "")).startswith("cuda") or s.resources.get("gpus", 0) > 0]
     if not wants:
         return
     import torch

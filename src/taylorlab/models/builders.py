@@ -20,11 +20,20 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N, checked against this machine's GPUs."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device=cuda was requested but torch.cuda.is_available() is False; use device=cpu or auto.")
-    return torch.device(name)
+    if str(name).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device={name} was requested but torch.cuda.is_available() is False; use device=cpu or auto.")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise DeviceError(f"device={name}: this machine has {torch.cuda.device_count()} GPU(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}).")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
 
 
 def build_llama(
@@ -69,6 +78,9 @@ def load_pretrained(name_or_path: str, *, local_files_only: bool = True, dtype: 
     local = Path(name_or_path).expanduser()
     if (name_or_path.startswith(("/", ".", "~")) or os.sep in name_or_path and local.exists()) and not local.exists():
         raise ArtifactError(f"model path {local} does not exist; set model.name_or_path to a folder with config.json.")
+    if local.is_dir() and not (local / "config.json").exists():
+        raise ArtifactError(f"model folder {local} has no config.json (it is not a save_pretrained folder); point "
+                            f"model.name_or_path at the folder that holds config.json and the weights.")
     try:
         tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path,
                                             local_files_only=local_files_only, trust_remote_code=trust_remote_code)

@@ -92,17 +92,19 @@ class Trajectory:
         return cls(stored, list(order), list(lrs), hp, every, flat, batches)
 
 
-def validate_orders(orders: Sequence[Sequence[int]], T: int) -> List[List[int]]:
+def validate_orders(orders: Sequence[Sequence[int]], T: int, names: Optional[Sequence[str]] = None) -> List[List[int]]:
+    """Each order as a list of ints, or a TaylorlabError naming it (``names[k]``, else "order k")."""
     out = []
     for k, o in enumerate(orders):
+        name = names[k] if names is not None else f"order {k}"
         o = [int(x) for x in o]
         if len(o) != T:
-            raise TaylorlabError(f"order {k} has {len(o)} entries; a query must be a permutation of the {T} batches.")
+            raise TaylorlabError(f"{name} has {len(o)} entries; a query must be a permutation of the {T} batches.")
         bad = [x for x in o if not 0 <= x < T]
         if bad:
-            raise TaylorlabError(f"order {k} has batch ids out of range 0..{T - 1}: {bad[:5]}.")
+            raise TaylorlabError(f"{name} has batch ids out of range 0..{T - 1}: {bad[:5]}.")
         if len(set(o)) != T:
-            raise TaylorlabError(f"order {k} is not a permutation: it repeats batch ids and misses others.")
+            raise TaylorlabError(f"{name} is not a permutation: it repeats batch ids and misses others.")
         out.append(o)
     return out
 

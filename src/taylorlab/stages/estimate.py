@@ -29,7 +29,8 @@ def queries(c, T: int, batch_losses):
         named[h] = heur[h]
     for i, o in enumerate(c.orders):
         named[f"explicit-{i}"] = list(o)
-    validate_orders(list(named.values()), T)
+    validate_orders(list(named.values()), T, names=[n if not n.startswith("explicit-") else
+                                                    f"estimate.orders[{n.split('-')[1]}]" for n in named])
     return named
 
 

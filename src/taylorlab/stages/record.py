@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from taylorlab.errors import TaylorlabError
+from taylorlab.errors import ConfigError, TaylorlabError
 from taylorlab.io import atomic_save_tensors, atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.order import AdamHP, FlatModel, record
@@ -23,6 +23,10 @@ def run(ctx):
     device = resolve_device(c.device)
     model, tok = load_model_artifact(ctx.artifact("model", "model"), dtype="float32")
     model = model.to(device=device, dtype=torch.float64 if c.dtype == "float64" else torch.float32)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and c.seq_len > positions:
+        raise ConfigError(f"record.seq_len={c.seq_len} is longer than the model's context ({positions} positions); "
+                          f"set record.seq_len={positions} or less.")
     tokens, per_batch = split_tokens(ctx, "train", tok), c.batch_size * c.seq_len
     if tokens.numel() < (c.skip_batches + c.num_batches) * per_batch:
         raise TaylorlabError(f"record needs {c.skip_batches} skipped + {c.num_batches} batches of {c.batch_size}x{c.seq_len} "
