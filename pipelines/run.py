@@ -27,5 +27,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    precheck(CONF, "pipeline", sys.argv[1:])
+    sys.argv += precheck(CONF, "pipeline", sys.argv[1:])
     main()

@@ -73,10 +73,35 @@ def _sweep_members(overrides: List[str], config_params: Optional[dict] = None) -
     return members
 
 
-def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _read_only_overrides(cfg, multirun: bool = False) -> List[str]:
+    """Hydra writes its own folder (``.hydra/``) and a log under the run directory before the job
+    starts. On a read-only outputs tree a dry run still works: Hydra is pointed at the existing
+    folder and told to write nothing; anything else ends in one line."""
+    run_dir = Path(str(cfg.out_dir)).expanduser() / str(cfg.run)
+    existing = _nearest_existing(run_dir.absolute())
+    if os.access(existing, os.W_OK):
+        return []
+    if multirun and cfg.dry_run:
+        fail(f"{existing} is read-only, and a -m sweep writes its multirun.yaml there even for a dry run; dry-run "
+             f"one member without -m, or set out_dir to a writable folder.")
+    if not cfg.dry_run:
+        fail(f"{existing} is read-only, so run {cfg.run} cannot write its stages there; set out_dir to a writable "
+             f"folder (dry_run=true, `taylorlab status` and `taylorlab report --output ELSEWHERE` work on it as it is).")
+    return [f"hydra.run.dir={existing}", f"hydra.sweep.dir={existing}", "hydra.sweep.subdir=.",
+            "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra/hydra_logging=none"]
+
+
+def precheck(config_dir: str, config_name: str, argv: List[str]) -> List[str]:
     """Compose the config the way Hydra will and check its values — for every member of a ``-m``
     sweep — so a bad key or value ends here, before anything runs, with one line that names it
-    (and, in a sweep, the member) instead of Hydra's multi-line report."""
+    (and, in a sweep, the member) instead of Hydra's multi-line report. Returns overrides to add
+    for Hydra itself (a read-only outputs tree)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -87,7 +112,7 @@ def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
 
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith(("hydra.", "hydra/", "+hydra"))]
     if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--cfg") for a in argv):
-        return
+        return []
     multirun = any(a in ("-m", "--multirun") for a in argv)
     register_configs()
     member: List[str] = []
@@ -102,6 +127,7 @@ def precheck(config_dir: str, config_name: str, argv: List[str]) -> None:
             for member in members:
                 cfg = compose(config_name=config_name, overrides=member)
                 validate(cfg)
+            return _read_only_overrides(cfg, multirun)
     except TaylorlabError as exc:
         swept = [m.replace("\\:", ":") for m in member if m not in overrides]
         where = f" (in the sweep member {' '.join(swept)})" if multirun and swept else ""
@@ -242,8 +268,8 @@ def cmd_report(args) -> int:
     out = Path(args.output) if args.output else dirs[0] / "report" / "index.html"
     try:
         write_html(dirs, out, title=args.title)
-    except PermissionError:
-        fail(f"cannot write {out} (read-only?); write the page elsewhere with --output DIR/index.html.")
+    except OSError as exc:
+        fail(f"cannot write {out} ({exc.strerror or exc}); write the page elsewhere with --output DIR/index.html.")
     print(f"\npage: {out.resolve()}")
     return 0
 

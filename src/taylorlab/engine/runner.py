@@ -8,6 +8,7 @@ skip is logged. ``force`` re-runs the named nodes and their dependents.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -270,9 +271,13 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
             slog.info("stage %s done in %.1f s", job.node, elapsed)
             return manifest
         except BaseException as exc:
-            cause = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TaylorlabError) else str(exc)
+            cause = describe_failure(exc, d)
             slog.error("stage %s failed: %s\n%s", job.node, cause, traceback.format_exc())
-            atomic_write_json(d / FAILED, {"cause": cause, "hash": job.hash})
+            clean_stale_temporaries(d)  # on a full disk this frees the half-written files first
+            try:
+                atomic_write_json(d / FAILED, {"cause": cause, "hash": job.hash})
+            except OSError as write_error:  # a full or read-only disk: the cause still reaches the user
+                slog.error("could not record the failure in %s: %s", d / FAILED, write_error)
             if tracker is not None:
                 try:
                     tracker.finish(failed=True)
@@ -286,6 +291,20 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
     finally:
         fcntl.flock(lock_fh, fcntl.LOCK_UN)
         lock_fh.close()
+
+
+_DISK_FULL = ("No space left on device", "enforce fail at inline_container", "file write failed")
+
+
+def describe_failure(exc: BaseException, stage_dir: Path) -> str:
+    """One line for the user. A full disk shows up as OSError(ENOSPC) or, from torch.save, as a
+    RuntimeError naming PyTorch's zip writer; both say the same thing to the user."""
+    text = " ".join(str(exc).split())
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(s in text for s in _DISK_FULL):
+        return (f"no space left on the disk that holds {stage_dir} ({type(exc).__name__}: {text[:120]}); free space "
+                f"or set out_dir to another disk, then run the same command again (partly written files were removed; "
+                f"finished stages and checkpoints are kept)")
+    return text if isinstance(exc, TaylorlabError) else f"{type(exc).__name__}: {text}"
 
 
 def _quiet_libraries(progress: bool) -> None:
