@@ -1,0 +1,164 @@
+"""Fault injection: every case gets one `error:` line that names the cause and a fix that works, and
+nothing is lost — after recovery the final artifacts hash the same as an undisturbed run.
+
+(Kill mid-training and SIGTERM of a driver: tests/test_pipeline.py; a planted pickle and run names
+that are paths: tests/test_security.py.)
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import ENTRY, ROOT, run_cli
+
+pytestmark = pytest.mark.integration
+FAST = ["debug=fast", "launcher=inline"]
+TRAIN = FAST + ["stages=[train]"]
+
+
+def _one_error_line(proc):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _trained(out: Path, run: str) -> Path:
+    (d,) = [p for p in (out / run).glob("train-*") if (p / "DONE").exists()]
+    return d / "model" / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An undisturbed run: data, base model and training; the final weights' hash."""
+    out = tmp_path_factory.mktemp("ref")
+    run_cli(TRAIN + ["run=ref"], out, check=True)
+    return out, _sha(_trained(out, "ref"))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small filesystem of our own, where the machine allows mounting (root, CI)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_recovers_the_same_weights(tmpfs, reference):
+    ref_out, ref_hash = reference
+    out = tmpfs / "out"
+    run_cli(FAST + ["stages=[base_model]", "run=ref"], out, check=True)
+    st = os.statvfs(tmpfs)
+    filler = tmpfs / "filler"
+    with open(filler, "wb") as fh:  # leave ~200 KB: less than one training checkpoint
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 200_000))
+    line = _one_error_line(run_cli(TRAIN + ["run=ref"], out))
+    assert "no space left" in line and "free space" in line and "train-" in line, line
+    assert not any(p.name.startswith(".") and ".tmp-" in p.name for p in (out / "ref").rglob("*"))
+    filler.unlink()
+    again = run_cli(TRAIN + ["run=ref"], out, check=True)
+    assert "skip data" in again.stdout + again.stderr
+    assert _sha(_trained(out, "ref")) == ref_hash
+
+
+def test_a_read_only_tree_allows_dry_run_status_and_report_elsewhere(tmpfs, reference, tmp_path):
+    ref_out, _ = reference
+    shutil.copytree(ref_out / "ref", tmpfs / "ref")
+    assert subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)]).returncode == 0
+    dry = run_cli(TRAIN + ["run=ref", "dry_run=true"], tmpfs)
+    assert dry.returncode == 0 and "skip train" in dry.stdout, dry.stderr[-2000:]
+    line = _one_error_line(run_cli(TRAIN + ["run=ref", "force=train"], tmpfs))
+    assert "read-only" in line and "out_dir" in line
+    status = subprocess.run([sys.executable, "-m", "taylorlab.cli", "status", str(tmpfs / "ref")],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "done" in status.stdout
+    page = tmp_path / "page" / "index.html"
+    rep = subprocess.run([sys.executable, "-m", "taylorlab.cli", "report", str(tmpfs / "ref"), "-o", str(page)],
+                         capture_output=True, text=True)
+    assert rep.returncode == 0 and page.exists(), rep.stderr
+    here = subprocess.run([sys.executable, "-m", "taylorlab.cli", "report", str(tmpfs / "ref")],
+                          capture_output=True, text=True)
+    assert here.returncode != 0 and here.stderr.startswith("error:") and "--output" in here.stderr
+
+
+def test_two_pipelines_on_one_tree_and_stale_locks_give_the_same_weights(reference, tmp_path):
+    _, ref_hash = reference
+    plan = run_cli(TRAIN + ["run=ref", "dry_run=true"], tmp_path, check=True).stdout
+    for name in (w for w in plan.split() if w.startswith(("data-", "base_model-", "train-"))):
+        (tmp_path / "ref" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ref" / name / ".lock").write_text("held by a process that was killed\n")  # stale
+    env = {**os.environ, "CI": "1"}
+    cmd = [sys.executable, str(ENTRY), f"out_dir={tmp_path}", "run=ref", *TRAIN]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    assert len([p for p in (tmp_path / "ref").glob("train-*")]) == 1
+    assert _sha(_trained(tmp_path, "ref")) == ref_hash
+
+
+def test_bad_inputs_each_get_one_line_naming_the_key_or_file(reference, tmp_path):
+    ref_out, _ = reference
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    cases = [
+        (["prune.batch_size=0", "dry_run=true"], "prune.batch_size"),
+        (["evaluate.batch_size=0", "dry_run=true"], "evaluate.batch_size"),
+        (["prune.device=gpu", "dry_run=true"], "prune.device"),
+        (["record.device=cuda:x", "dry_run=true"], "record.device"),
+        (["estimate.orders=[[0,1,1,2,3,4]]", "dry_run=true"], "estimate.orders[0]"),
+        (["run=ref", "stages=[record]", "record.seq_len=100"], "record.seq_len=100"),
+        (["run=ref", "model.source=pretrained", f"model.name_or_path={empty}", "stages=[base_model]"], "config.json"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["run=ref", "stages=[train]", "force=train", "train.device=cuda:0"], "GPU"))
+    for args, words in cases:
+        line = _one_error_line(run_cli(FAST + args, ref_out))
+        assert words in line, (args, line)
+    # Slurm's tools missing from PATH: one line, nothing submitted
+    bin_dir = tmp_path / "bin"  # an empty PATH
+    bin_dir.mkdir()
+    proc = subprocess.run([sys.executable, str(ENTRY), f"out_dir={tmp_path / 'slurm'}", "debug=fast",
+                           "launcher=slurm", f"run=s{uuid.uuid4().hex[:6]}"], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": str(bin_dir), "CI": "1", "HOME": os.environ.get("HOME", "/root")})
+    assert "sbatch" in _one_error_line(proc) and not list((tmp_path / "slurm").rglob("submission.json"))
+
+
+def test_status_and_report_refuse_what_is_not_a_run_directory(reference, tmp_path):
+    ref_out, _ = reference
+    stage = next((ref_out / "ref").glob("train-*"))
+    for target, words in ((tmp_path, "holds no stage directories"), (stage, "is a stage directory")):
+        for cmd in ("status", "report"):
+            proc = subprocess.run([sys.executable, "-m", "taylorlab.cli", cmd, str(target)], capture_output=True,
+                                  text=True)
+            assert proc.returncode != 0 and proc.stderr.startswith("error:") and words in proc.stderr, proc.stderr
+    assert not (tmp_path / "report").exists() and not (stage / "report").exists()
+
+
+def test_status_prints_a_multi_line_coloured_cause_as_one_plain_line(reference, tmp_path):
+    ref_out, _ = reference
+    run = tmp_path / "ref"
+    shutil.copytree(ref_out / "ref", run)
+    failed = next(run.glob("train-*"))
+    (failed / "DONE").unlink()
+    (failed / "FAILED").write_text(json.dumps({"cause": "\x1b[31mRuntimeError\x1b[0m: first line\n  second line"}))
+    proc = subprocess.run([sys.executable, "-m", "taylorlab.cli", "status", str(run)], capture_output=True, text=True)
+    row = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("train ")]
+    assert row and "\x1b" not in proc.stdout and "RuntimeError: first line second line" in row[0], proc.stdout
