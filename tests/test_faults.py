@@ -162,3 +162,39 @@ def test_status_prints_a_multi_line_coloured_cause_as_one_plain_line(reference, 
     proc = subprocess.run([sys.executable, "-m", "taylorlab.cli", "status", str(run)], capture_output=True, text=True)
     row = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("train ")]
     assert row and "\x1b" not in proc.stdout and "RuntimeError: first line second line" in row[0], proc.stdout
+
+
+def test_a_stage_process_killed_by_sigkill_is_one_line_and_the_rerun_resumes(tmp_path):
+    """The out-of-memory killer's way: the stage's own process dies at once, its driver survives.
+    (That the resumed weights equal an uninterrupted run's: the SIGKILL test of tests/test_pipeline.py.)"""
+    import signal
+    import time
+
+    args = [f"out_dir={tmp_path}", "debug=fast", "launcher=local", "stages=[train]", "run=ref",
+            "train.max_batches=150", "train.checkpoint_every=5"]
+    env = {**os.environ, "CI": "1"}
+    driver = subprocess.Popen([sys.executable, str(ENTRY), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "ref").glob("train-*/checkpoints/step-*/meta.json")):
+        time.sleep(0.05)
+    victims = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and int(d.name) != driver.pid
+               and _cmdline(d).find(str(tmp_path / "ref")) >= 0 and "submitit" in _cmdline(d)]
+    assert victims, "no stage process found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    _, err = driver.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert driver.returncode != 0 and len(lines) == 1, err[-3000:]
+    assert "without recording a cause" in lines[0] and "run the same command again" in lines[0], lines[0]
+    again = run_cli(args[1:], tmp_path, check=True)
+    assert "ran 1 stage(s) train" in again.stdout
+    (train_dir,) = (tmp_path / "ref").glob("train-*")
+    assert "resumed from step-" in (train_dir / "stage.log").read_text() and (train_dir / "DONE").exists()
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
