@@ -51,8 +51,9 @@ def _sweep_members(overrides: List[str], config_params: Optional[dict] = None) -
     fixed: List[str] = []
     axes: Dict[str, List[str]] = {}
     for key, values in (config_params or {}).items():
-        axes[key] = [f"{key}={v}" for v in parser.parse_overrides([f"{key}={values}"])[0].sweep_string_iterator()] \
-            if "," in str(values) else [f"{key}={values}"]
+        ov = parser.parse_overrides([f"{key}={values}"])[0]
+        axes[key] = ([f"{key}={v}" for v in ov.sweep_string_iterator()] if ov.is_sweep_override()
+                     else [f"{key}={values}"])
     for text, ov in zip(overrides, parser.parse_overrides(overrides)):
         key = ov.get_key_element()
         if ov.is_sweep_override():
@@ -202,15 +203,14 @@ class SweepSummary(Callback):
         self.members: List[tuple] = []
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
-        from hydra.core.utils import JobStatus
-
         overrides = " ".join(job_return.overrides or []).replace("\\:", ":") or "(no overrides)"
-        if job_return.status == JobStatus.FAILED:
-            self.members.append((overrides, f"{type(job_return._return_value).__name__}: {job_return._return_value}"))
-        else:
+        try:  # a member that raised (a bug, not a reported failure) re-raises here
             value = job_return.return_value
-            self.members.append((overrides, value.get("cause") if isinstance(value, dict) and
-                                 value.get("status") == "failed" else None))
+        except Exception as exc:  # noqa: BLE001 - reported in the summary with the rest
+            self.members.append((overrides, f"{type(exc).__name__}: {exc}"))
+            return
+        failed = isinstance(value, dict) and value.get("status") == "failed"
+        self.members.append((overrides, value.get("cause") if failed else None))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         failed = [(o, c) for o, c in self.members if c]
