@@ -22,12 +22,15 @@ wait_for() {
   while [ ! -e "$RES/DONE" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
   tail -n 30 "$RES/quality.log"
 }
+setup_machine() {  # the GGUF joined outside the repo, the carried wheels installed
+  cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled
+}
 case "${PART:-}" in
   a) cp .gguf/part-a /tmp/gguf/part-a && ls -la /tmp/gguf ;;
   b)
-    cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled
+    setup_machine
     rm -f "$RES/DONE"
     setsid nohup bash -c "python3 benchmarks/pruning/quality_smollm2.py --out $RES/quality_smollm2_pipeline_h200.json \
         --device cuda --cpu-masks magnitude --gguf $GGUF --set wandb.mode=disabled >$RES/quality.log 2>&1; \
@@ -36,9 +39,7 @@ case "${PART:-}" in
     tail -n 15 "$RES/gpu_tests_h200.log"
     wait_for ;;
   b2)
-    cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled
+    setup_machine
     rm -f "$RES/DONE"
     for r in smollm2-prune-b16 smollm2-orders; do mkdir -p outputs/$r && cp -r outputs/smollm2-prune/data-* outputs/$r/; done
     run="python3 pipelines/run.py -m model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \

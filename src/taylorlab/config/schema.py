@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from taylorlab.errors import ConfigError
-from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
+from taylorlab.pruning.masks import check_blocksize, parse_pattern, pattern_sparsity
 
 
 @dataclass
@@ -350,9 +350,8 @@ def validate(cfg: Any) -> None:
         if p.sparsity is not None and abs(p.sparsity - fixed) > 1e-9:
             raise ConfigError(f"prune.pattern={p.pattern} fixes the sparsity at {fixed:g}, but prune.sparsity={p.sparsity} "
                               f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
-        if p.method == "sparsegpt" and p.blocksize % nm[1]:
-            raise ConfigError(f"prune.blocksize={p.blocksize} is not a multiple of M={nm[1]}: SparseGPT's column "
-                              f"blocks must hold whole {p.pattern} groups; use prune.blocksize={max(nm[1], p.blocksize // nm[1] * nm[1])}.")
+        if p.method == "sparsegpt":
+            check_blocksize(p.blocksize, nm)
     _positive("prune.blocksize", p.blocksize)
     _positive("prune.batch_size", p.batch_size)
     for d in cfg.data.domains:

@@ -11,7 +11,7 @@ import torch
 
 from taylorlab.errors import ConfigError
 from taylorlab.pruning import rules
-from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning.masks import check_blocksize, parse_pattern
 from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
@@ -154,10 +154,9 @@ def check_prunable(model: torch.nn.Module, pattern: str, blocksize: Optional[int
         raise ConfigError(f"{exc}.") from None
     if nm is None:
         return
-    n, m = nm
-    if blocksize is not None and blocksize % m:
-        raise ConfigError(f"prune.blocksize={blocksize} is not a multiple of M={m}: SparseGPT's column blocks must "
-                          f"hold whole {n}:{m} groups; use prune.blocksize={max(m, blocksize // m * m)}.")
+    m = nm[1]
+    if blocksize is not None:
+        check_blocksize(blocksize, nm)
     for name, lin in linears.items():
         if in_features(lin) % m:
             raise ConfigError(f"prune.pattern={pattern}: M={m} does not divide the input width {in_features(lin)} "

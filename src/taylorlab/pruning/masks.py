@@ -76,3 +76,11 @@ def parse_pattern(pattern: str) -> Optional[tuple[int, int]]:
 def pattern_sparsity(nm: tuple[int, int]) -> float:
     """The sparsity an N:M pattern fixes: (M - N) / M."""
     return (nm[1] - nm[0]) / nm[1]
+
+
+def check_blocksize(blocksize: int, nm: Optional[tuple[int, int]]) -> None:
+    """SparseGPT chooses N:M groups inside each column block: the block must hold whole groups."""
+    if nm is not None and blocksize % nm[1]:
+        n, m = nm
+        raise ConfigError(f"prune.blocksize={blocksize} is not a multiple of M={m}: SparseGPT's column blocks must "
+                          f"hold whole {n}:{m} groups; use prune.blocksize={max(m, blocksize // m * m)}.")

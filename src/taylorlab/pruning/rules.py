@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from taylorlab.pruning.masks import make_mask
+from taylorlab.pruning.masks import check_blocksize, make_mask
 from taylorlab.pruning.structure import weight_matrix
 
 log = logging.getLogger("taylorlab.pruning")
@@ -49,8 +49,7 @@ def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: fl
 
     With N:M the groups are chosen inside each column block, so the block size must be a multiple
     of M (else a group would straddle two blocks and the constraint would break)."""
-    if nm is not None and blocksize % nm[1]:
-        raise ValueError(f"SparseGPT's block size ({blocksize}) must be a multiple of M ({nm[1]}) for {nm[0]}:{nm[1]}")
+    check_blocksize(blocksize, nm)
     target = weight_matrix(layer)
     W = target.clone().float()
     rows, cols = W.shape
