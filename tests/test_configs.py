@@ -29,7 +29,7 @@ def _compose(overrides):
     "override",
     [f"model={m}" for m in _options("model")] + [f"launcher={m}" for m in _options("launcher")]
     + [f"data={m}" for m in _options("data")] + [f"experiment={m}" for m in _options("experiment")]
-    + [f"debug={m}" for m in _options("debug")],
+    + [f"debug={m}" for m in _options("debug")] + [f"prune={m}" for m in _options("prune")],
 )
 def test_every_config_file_composes_and_validates(override, tmp_path):
     cfg = _compose([override, f"out_dir={tmp_path}"])
@@ -71,7 +71,13 @@ def test_bad_values_fail_validation(override, words):
     [
         (["prune.pattern=2:4", "prune.sparsity=0.7"], "fixes the sparsity at 0.5"),
         (["prune.pattern=1:4", "prune.sparsity=0.5"], "fixes the sparsity at 0.75"),
-        (["prune.method=sparsegpt", "prune.pattern=4:8", "prune.blocksize=12"], "not a multiple of M=8"),
+        (["prune=sparsegpt", "prune.pattern=4:8", "prune.options.blocksize=12"], "not a multiple of M=8"),
+        (["prune.method=sparsegpt", "prune.pattern=4:8", "+prune.options.blocksize=12"], "not a multiple of M=8"),
+        (["prune=gblm", "prune.method=wanda"], "prune.options.alpha does not apply to wanda"),
+        (["+prune.options.alpha=2"], "prune.options.alpha does not apply to wanda"),
+        (["prune=gblm", "prune.options.alpha=fast"], "prune.options.alpha='fast' is not a float"),
+        (["prune=gblm", "prune.options.normalization=cube"], "prune.options.normalization='cube'"),
+        (["prune.method=nosuch"], "prune.method='nosuch' is not one of magnitude, wanda, sparsegpt, gblm"),
     ],
 )
 def test_cross_key_prune_checks(overrides, words):

@@ -16,6 +16,8 @@ import copy
 
 import pytest
 import torch
+
+from helpers import prune_with
 from torch import nn
 
 from taylorlab.errors import ConfigError
@@ -121,7 +123,7 @@ def test_every_method_prunes_every_family(family, method, pattern, models, tmp_p
     model = copy.deepcopy(dense)
     w = windows()
     grads = _gradients(model, w) if method == "gblm" else None
-    prune_model(model, method=method, sparsity=0.5, pattern=pattern, windows=w, gradients=grads,
+    prune_with(model, method=method, sparsity=0.5, pattern=pattern, windows=w, gradients=grads,
                 grad_nsamples=N, batch_size=2, blocksize=8)
     pruned = {id(m.weight) for m in block_linears(model).values()}
     assert pruned, f"{family}: no prunable layer found"
@@ -178,7 +180,7 @@ def test_conv1d_layers_are_pruned_like_transposed_linears(models):
     model = copy.deepcopy(models["gpt2"])
     layers = block_linears(model)
     assert {type(m).__name__ for m in layers.values()} == {"Conv1D"}
-    prune_model(model, method="magnitude", sparsity=0.5)
+    prune_with(model, method="magnitude", sparsity=0.5)
     for name, lin in layers.items():
         wm = weight_matrix(lin)
         assert wm.shape == (lin.weight.shape[1], lin.weight.shape[0])
@@ -195,14 +197,14 @@ def test_a_model_with_nothing_prunable_is_an_error():
     with pytest.raises(ConfigError, match="nothing to prune"):
         check_prunable(_NoLinears(), "unstructured")
     with pytest.raises(ConfigError, match="nothing to prune"):
-        prune_model(_NoLinears(), method="magnitude", sparsity=0.5)
+        prune_with(_NoLinears(), method="magnitude", sparsity=0.5)
 
 
 def test_an_nm_pattern_that_does_not_fit_a_layer_is_refused_before_anything_is_pruned(models):
     model = copy.deepcopy(models["llama"])  # input widths 32 and 64
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match="M=3 does not divide"):
-        prune_model(model, method="wanda", pattern="2:3", windows=windows())
-    with pytest.raises(ConfigError, match="prune.blocksize=6 is not a multiple of M=4"):
-        prune_model(model, method="sparsegpt", pattern="2:4", windows=windows(), blocksize=6)
+        prune_with(model, method="wanda", pattern="2:3", windows=windows())
+    with pytest.raises(ConfigError, match="prune.options.blocksize=6 is not a multiple of M=4"):
+        prune_with(model, method="sparsegpt", pattern="2:4", windows=windows(), blocksize=6)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

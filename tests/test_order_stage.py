@@ -10,8 +10,7 @@ import torch
 from helpers import run_cli
 from safetensors.torch import load_file
 
-ARGS = ["debug=fast", "launcher=inline", "stages=[estimate]", "estimate.estimators=[none,fut-carry]",
-        "estimate.search_orders=0"]
+ARGS = ["debug=fast", "launcher=inline", "stages=[estimate]", "estimate.estimators=[none,fut-carry]"]
 
 
 def _estimates(out, run):
@@ -20,13 +19,17 @@ def _estimates(out, run):
 
 
 def test_retraining_fanned_out_over_local_jobs_matches_in_process(tmp_path):
+    """estimate.retrain_jobs fans out through the pipeline's launcher (launcher=local: sub-jobs are
+    local processes, each with the stage's resources)."""
     run_cli(ARGS + ["run=one"], tmp_path, check=True)
-    run_cli(ARGS + ["run=fan", "estimate.retrain_jobs=2", "estimate.retrain_launcher=local"], tmp_path, check=True)
+    local = [a if a != "launcher=inline" else "launcher=local" for a in ARGS]
+    run_cli(local + ["run=fan", "estimate.retrain_jobs=2"], tmp_path, check=True)
     a, _ = _estimates(tmp_path, "one")
     b, d = _estimates(tmp_path, "fan")
     assert [o["true_loss"] for o in a["orders"]] == [o["true_loss"] for o in b["orders"]]
     assert b["speed"]["retrain_jobs"] == 2
-    assert "retraining 5 orders in 2 local jobs" in (d / "stage.log").read_text()
+    log = (d / "stage.log").read_text()
+    assert "retraining 5 orders in 2 sub-jobs" in log and "2 local sub-jobs" in log
     assert len([p for p in (d / "retrain_jobs").iterdir() if p.is_dir()]) >= 1
 
 
@@ -48,10 +51,18 @@ def test_bad_sensitivity_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0 and len(err) == 1 and "estimate.sensitivity" in err[0]
 
 
-def test_bad_retrain_launcher_is_a_one_line_error(tmp_path):
-    proc = run_cli(ARGS + ["run=bad", "estimate.retrain_launcher=cloud"], tmp_path)
+@pytest.mark.parametrize("override, words", [
+    ("estimate.retrain_launcher=cloud", "estimate.retrain_launcher"),  # the pipeline's launcher fans out now
+    ("estimate.options.fut-carry.curvature=cubic", "estimate.options.fut-carry.curvature='cubic'"),
+    ("estimate.options.none.curvature=hvp", "estimate.options.none.curvature does not apply to none"),
+    ("estimate.options.fut.chunk=4", "estimate.options.fut.chunk=4 is set but fut is not in estimate.estimators"),
+    ("memorize.estimator=additive", "memorize.estimator=additive gives losses"),
+    ("curriculum.proposers=[fut-carry]", "fut-carry proposes no order"),
+])
+def test_bad_estimator_keys_are_one_line_errors(tmp_path, override, words):
+    proc = run_cli(ARGS + ["run=bad", override], tmp_path)
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode != 0 and len(err) == 1 and "estimate.retrain_launcher" in err[0]
+    assert proc.returncode != 0 and len(err) == 1 and words in err[0], proc.stderr
 
 
 def test_memorize_batch_out_of_range_is_a_one_line_error(tmp_path):
@@ -66,7 +77,7 @@ def test_estimated_and_retrained_weights_are_saved_on_request_and_reload(tmp_pat
     safetensors file; order k's retrained weights put into the recorded model give its recorded loss."""
     from safetensors import safe_open
 
-    from taylorlab.stages.common import load_record
+    from taylorlab.order import Record
 
     run_cli(ARGS + ["run=par", "estimate.save_params=true"], tmp_path, check=True)
     est, d = _estimates(tmp_path, "par")
@@ -76,8 +87,9 @@ def test_estimated_and_retrained_weights_are_saved_on_request_and_reload(tmp_pat
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     assert set(tensors) == {"true", "none", "fut-carry"} and json.loads(meta["queries"]) == names
     (rec,) = list((Path(tmp_path) / "par").glob("record-*"))
-    flat, traj, _, val, _ = load_record({"meta": rec / "trajectory.json", "trajectory": rec / "trajectory.safetensors",
-                                         "model": rec / "model"}, "cpu")
+    r = Record.load({"meta": rec / "trajectory.json", "trajectory": rec / "trajectory.safetensors",
+                     "model": rec / "model"}, "cpu")
+    flat, traj, val = r.flat, r.traj, r.val
     assert tensors["true"].shape == (len(names), flat.dim)
     assert sum(math.prod(shape) for _, shape in json.loads(meta["layout"])) == flat.dim
     assert all(torch.equal(row, traj.final.cpu()) for row in tensors["none"])  # "no change" is the reference run

@@ -3,10 +3,14 @@
 import pytest
 import torch
 
+from helpers import prune_with
+
 from taylorlab.errors import ConfigError
 from taylorlab.pruning import mask_nm, per_sequence_gradient_stats, prune_model, sparsity_report
 from taylorlab.pruning.masks import parse_pattern
-from taylorlab.pruning.rules import score_gblm, score_wanda, sparsegpt_prune_, gblm_gradient_term
+from taylorlab.pruning.methods.gblm import gradient_term as gblm_gradient_term, score as score_gblm
+from taylorlab.pruning.methods.sparsegpt import sparsegpt_prune_
+from taylorlab.pruning.methods.wanda import score as score_wanda
 from taylorlab.pruning.masks import mask_per_row
 from taylorlab.pruning.stats import InputStats
 from taylorlab.pruning.structure import block_linears
@@ -24,7 +28,7 @@ def grads(model, w):
 def test_every_row_has_exactly_the_target_sparsity(tiny_llama, method):
     w = windows()
     g = grads(tiny_llama, w) if method == "gblm" else None
-    prune_model(tiny_llama, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8)
+    prune_with(tiny_llama, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8)
     for name, lin in block_linears(tiny_llama).items():
         zeros_per_row = (lin.weight == 0).sum(1)
         assert torch.all(zeros_per_row == int(lin.in_features * 0.5)), name
@@ -38,7 +42,7 @@ def test_saved_nm_weights_have_at_most_n_nonzeros_per_group(tiny_llama, method, 
     n, m = parse_pattern(pattern)
     w = windows()
     g = grads(tiny_llama, w) if method == "gblm" else None
-    prune_model(tiny_llama, method=method, sparsity=0.5, pattern=pattern, windows=w, gradients=g, grad_nsamples=8,
+    prune_with(tiny_llama, method=method, sparsity=0.5, pattern=pattern, windows=w, gradients=g, grad_nsamples=8,
                 blocksize=16)
     tiny_llama.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -49,7 +53,7 @@ def test_saved_nm_weights_have_at_most_n_nonzeros_per_group(tiny_llama, method, 
 
 def test_magnitude_uses_one_threshold_per_matrix(tiny_llama):
     before = {k: v.weight.detach().clone() for k, v in block_linears(tiny_llama).items()}
-    prune_model(tiny_llama, method="magnitude", sparsity=0.3)
+    prune_with(tiny_llama, method="magnitude", sparsity=0.3)
     for name, lin in block_linears(tiny_llama).items():
         kept = before[name][lin.weight != 0].abs()
         cut = before[name][lin.weight == 0].abs()
@@ -62,8 +66,8 @@ def test_gblm_with_alpha_zero_gives_wandas_masks(tiny_llama):
 
     w = windows()
     a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
-    prune_model(a, method="wanda", sparsity=0.5, windows=w)
-    prune_model(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=0.0)
+    prune_with(a, method="wanda", sparsity=0.5, windows=w)
+    prune_with(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=0.0)
     for (na, la), (nb, lb) in zip(block_linears(a).items(), block_linears(b).items()):
         assert torch.equal(la.weight == 0, lb.weight == 0), na
 
@@ -73,8 +77,8 @@ def test_gblm_gradient_term_changes_the_masks(tiny_llama):
 
     w = windows()
     a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
-    prune_model(a, method="wanda", sparsity=0.5, windows=w)
-    prune_model(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=1e4)
+    prune_with(a, method="wanda", sparsity=0.5, windows=w)
+    prune_with(b, method="gblm", sparsity=0.5, windows=w, gradients=grads(tiny_llama, w), grad_nsamples=8, alpha=1e4)
     assert any(not torch.equal(la.weight == 0, lb.weight == 0)
                for la, lb in zip(block_linears(a).values(), block_linears(b).values()))
 
@@ -126,7 +130,7 @@ def test_pruned_model_reloads_with_the_same_logits(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
     w = windows()
-    prune_model(tiny_llama, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
+    prune_with(tiny_llama, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
     tiny_llama.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
@@ -156,7 +160,7 @@ def test_works_from_the_module_structure_of_several_architectures(arch, method):
     model = _tiny(arch)
     w = windows()
     g = per_sequence_gradient_stats(model, w, batch_size=4) if method == "gblm" else None
-    prune_model(model, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8, blocksize=16)
+    prune_with(model, method=method, sparsity=0.5, windows=w, gradients=g, grad_nsamples=8, blocksize=16)
     rep = sparsity_report(model)
     assert len(rep) - 1 >= 2 * 6  # every linear of both blocks
     assert rep["total"]["sparsity"] == pytest.approx(0.5, abs=0.03)
@@ -169,8 +173,8 @@ def test_offload_mode_gives_the_same_result(tiny_llama):
 
     w = windows()
     a, b = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
-    prune_model(a, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
-    prune_model(b, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16, offload=True)
+    prune_with(a, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16)
+    prune_with(b, method="sparsegpt", sparsity=0.5, windows=w, blocksize=16, offload=True)
     for la, lb in zip(block_linears(a).values(), block_linears(b).values()):
         assert torch.allclose(la.weight, lb.weight)
 
@@ -183,7 +187,7 @@ def test_pruned_outputs_feed_the_next_block(tiny_llama):
 
     w = windows()
     dense = copy.deepcopy(tiny_llama)
-    prune_model(tiny_llama, method="wanda", sparsity=0.5, windows=w)
+    prune_with(tiny_llama, method="wanda", sparsity=0.5, windows=w)
     # recompute block-1 inputs of the pruned model vs the dense model: they differ
     _, layers_p = find_decoder_layers(tiny_llama)
     _, layers_d = find_decoder_layers(dense)

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.realmodel]
 # debug=fast shrinks the data stage; the windows are long enough for a real model's perplexity
 SMALL = ["model=smollm2", "debug=fast", "launcher=inline", "run=real", "calibrate.num_samples=8",
          "calibrate.seq_len=128", "evaluate.seq_len=128", "evaluate.max_windows=16", "evaluate.batch_size=4",
-         "prune.batch_size=4", "prune.blocksize=128"]
+         "prune.batch_size=4"]
 
 
 @pytest.fixture(scope="module")

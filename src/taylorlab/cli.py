@@ -1,5 +1,8 @@
 """Command line: ``taylorlab status RUN_DIR``, ``taylorlab report RUN_DIR...``; and the shared body
-of the pipeline entry scripts (``run_pipeline``), with one-line errors for what a user can cause."""
+of the pipeline entry scripts (``run_pipeline``), with one-line errors for what a user can cause.
+
+The engine, the stages and the report are imported inside the commands that use them: they pull in
+torch and transformers (seconds), which ``--help``, a config error or ``taylorlab status`` should not wait for."""
 
 from __future__ import annotations
 
@@ -160,7 +163,7 @@ def run_pipeline(cfg) -> Optional[dict]:
     In a ``-m`` sweep a failed member does not stop the sweep: its error line is printed, the
     failure is returned (``SweepSummary`` collects it) and the next member runs."""
     from taylorlab.config.schema import validate
-    from taylorlab.engine.runner import execute
+    from taylorlab.engine.executors import execute
     from taylorlab.stages import GRAPH
 
     setup_logging()

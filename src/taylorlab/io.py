@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from taylorlab.errors import ArtifactError
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -84,8 +86,6 @@ def atomic_save_tensors(path: str | Path, tensors: dict, metadata: dict | None =
 
 
 def read_json(path: str | Path) -> Any:
-    from taylorlab.errors import ArtifactError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import random_orders
 
-from taylorlab.order import AdamHP, FlatModel, estimate, record, retrain
+from taylorlab.order import AdamHP, FlatModel, Record, estimate, record, retrain
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -45,11 +45,10 @@ def test_estimators_on_gpu_match_cpu(name, opts):
     res = {}
     for dev in ("cpu", "cuda"):
         flat, batches, val, traj = _setup(torch.device(dev))
-        ref = flat.eval_loss(traj.final, val)
-        out = estimate(name, flat, traj, batches, orders, val=val, reference_loss=ref, **opts)
-        res[dev] = out["params"].cpu() if out["params"] is not None else torch.tensor(out["loss"])
+        out = estimate(name, Record(flat, traj, batches, val), orders, opts)
+        res[dev] = out.params.cpu() if out.params is not None else torch.tensor(out.loss)
         if name == "fut":  # its secant diagonal divides by parameter changes: rounding is amplified; compare losses
-            res[dev] = torch.tensor([flat.eval_loss(p, val) for p in out["params"]])
+            res[dev] = torch.tensor([flat.eval_loss(p, val) for p in out.params])
     if name == "additive":  # losses
         torch.testing.assert_close(res["cuda"], res["cpu"], rtol=1e-6, atol=0)
     elif name == "fut":  # the paper's secant divides by parameter changes as small as 1e-12: measured 0.5% on the H200

@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 
+from helpers import prune_with
+
 from taylorlab.pruning import per_sequence_gradient_stats, prune_model
 from taylorlab.pruning.structure import block_linears
 
@@ -36,8 +38,8 @@ def test_offload_on_gpu_equals_resident_on_gpu(method):
     torch.backends.cuda.matmul.allow_tf32 = False
     m, w = _model(), _windows()
     a, b = copy.deepcopy(m), copy.deepcopy(m)
-    prune_model(a, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32)
-    prune_model(b, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32, offload=True)
+    prune_with(a, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32)
+    prune_with(b, method=method, sparsity=0.5, windows=w, device=torch.device("cuda"), blocksize=32, offload=True)
     assert next(iter(block_linears(b).values())).weight.device.type == "cpu"
     for (n, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
         assert torch.allclose(la.weight.cpu(), lb.weight.cpu(), atol=1e-5), n
@@ -46,8 +48,8 @@ def test_offload_on_gpu_equals_resident_on_gpu(method):
 def test_wanda_masks_on_gpu_match_cpu():
     m, w = _model(), _windows()
     a, b = copy.deepcopy(m), copy.deepcopy(m)
-    prune_model(a, method="wanda", sparsity=0.5, windows=w)
-    prune_model(b, method="wanda", sparsity=0.5, windows=w, device=torch.device("cuda"))
+    prune_with(a, method="wanda", sparsity=0.5, windows=w)
+    prune_with(b, method="wanda", sparsity=0.5, windows=w, device=torch.device("cuda"))
     agree = [float(((la.weight == 0) == (lb.weight.cpu() == 0)).float().mean())
              for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
     assert min(agree) > 0.999
@@ -62,22 +64,22 @@ def test_magnitude_masks_with_ties_are_identical_on_cpu_and_gpu(pattern):
         for lin in block_linears(m).values():
             lin.weight.copy_(torch.round(lin.weight * 64) / 64)  # few distinct levels: ties everywhere
     a, b = copy.deepcopy(m), copy.deepcopy(m)
-    prune_model(a, method="magnitude", sparsity=0.5, pattern=pattern)
-    prune_model(b, method="magnitude", sparsity=0.5, pattern=pattern, device=torch.device("cuda"))
+    prune_with(a, method="magnitude", sparsity=0.5, pattern=pattern)
+    prune_with(b, method="magnitude", sparsity=0.5, pattern=pattern, device=torch.device("cuda"))
     for (n, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
         assert torch.equal(la.weight == 0, lb.weight.cpu() == 0), n
 
 
 def test_prune_model_honours_the_device_for_magnitude(monkeypatch):
-    from taylorlab.pruning import rules
+    from taylorlab.pruning import registry
 
     seen = []
-    real = rules.make_mask
+    real = registry.make_mask
 
     def spy(scores, *a, **k):
         seen.append(scores.device.type)
         return real(scores, *a, **k)
 
-    monkeypatch.setattr(rules, "make_mask", spy)
-    prune_model(_model(), method="magnitude", sparsity=0.5, device=torch.device("cuda"))
+    monkeypatch.setattr(registry, "make_mask", spy)
+    prune_with(_model(), method="magnitude", sparsity=0.5, device=torch.device("cuda"))
     assert seen and set(seen) == {"cuda"}

@@ -8,14 +8,19 @@ stage runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 from taylorlab.errors import ConfigError
-from taylorlab.pruning.masks import check_blocksize, parse_pattern, pattern_sparsity
+from taylorlab.order import registry as order_registry
+from taylorlab.pruning import check_method, registry as pruning_registry
+from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
 
 
 @dataclass
@@ -121,15 +126,12 @@ class CalibrateConfig:
 
 @dataclass
 class PruneConfig:
-    method: str = "wanda"  # magnitude | wanda | sparsegpt | gblm
+    method: str = MISSING  # a registered method (taylorlab.pruning.registry), set by conf/prune/<method>.yaml
     # unstructured: the fraction of each layer's weights removed (unset: 0.5). An N:M pattern fixes it
     # at (M-N)/M; setting another value with one is an error.
     sparsity: Optional[float] = None
     pattern: str = "unstructured"  # unstructured | N:M (2:4, 4:8, ...)
-    alpha: float = 1.0  # weight of GBLM's gradient term
-    gblm_normalization: str = "reference"  # reference | rms (see README)
-    percdamp: float = 0.01  # SparseGPT damping, fraction of mean(diag H)
-    blocksize: int = 128  # SparseGPT column block
+    options: Dict[str, Any] = field(default_factory=dict)  # the method's own, checked against its dataclass
     offload: bool = False  # keep the model on CPU, one decoder block on the device
     batch_size: int = 8  # calibration windows per block forward
     device: str = "auto"
@@ -163,21 +165,19 @@ class RecordConfig:
 
 @dataclass
 class EstimateConfig:
-    estimators: List[str] = field(default_factory=lambda: ["none", "fut", "fut2", "fut-carry", "additive"])
+    # registered estimators (taylorlab.order.registry); each one's options under options.<name>
+    estimators: List[str] = field(default_factory=lambda: list(order_registry.names()))  # all registered
+    # every registered estimator's options, defaults filled in: estimate.options.fut-carry.curvature=secant
+    options: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
+        n: dataclasses.asdict(order_registry.get(n).make_options()) for n in order_registry.names()})
     num_orders: int = 16  # K held-out random orders
     seed: int = 1
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
     orders: List[List[int]] = field(default_factory=list)  # explicit queries
     retrain_batched: Optional[bool] = None  # None: batched (vmap) on a GPU, one at a time on the CPU (faster there)
-    retrain_jobs: int = 1  # >1: retraining fanned out as independent jobs (large models)
-    retrain_launcher: str = "local"  # local (parallel processes) | slurm (a submitit job array)
-    retrain_job_mem_gb: float = 8.0  # each fanned-out job: one task, one CPU (one GPU with device=cuda)
-    retrain_job_timeout_min: int = 60
+    retrain_jobs: int = 1  # >1: retraining fanned out as sub-jobs through the pipeline's launcher (large models)
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
     retrain_compile: bool = False  # batched retraining through torch.compile (GPU: faster, a one-off compilation)
-    curvature: str = "hvp"  # fut-carry: hvp (exact Hessian-vector products) | hvp2 (+ the third-derivative term) | secant (diagonal) | none
-    projection_dim: int = 0  # additive: keep the one-step effects as k-dim random projections (0: exact)
-    search_orders: int = 100000  # additive: random orders scored by the surrogate (timed) besides the queries
     sensitivity: List[float] = field(default_factory=list)  # relative nudges of theta_0: the truth retrained from each
     save_params: bool = False  # also write params.safetensors: every query's estimated (and retrained) final weights
     device: str = "cpu"
@@ -188,12 +188,12 @@ class EstimateConfig:
 class MemorizeConfig:
     """Memorization by position over a grid of (batch, position) cells of the recorded run."""
 
-    estimator: str = "fut-carry"  # any order estimator that gives parameters
+    estimator: str = MISSING  # any registered order estimator that gives parameters (conf/pipeline.yaml)
+    options: Dict[str, Any] = field(default_factory=dict)  # that estimator's options
     batches: List[int] = field(default_factory=list)  # batch ids i; [] = num_batches spread over the run
     num_batches: int = 3
     num_positions: int = 4  # positions j, spread from the first step to the last
     with_retraining: bool = True  # the true M (one retraining per cell) and the error against it
-    curvature: str = "hvp"
     device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 
@@ -202,17 +202,17 @@ class MemorizeConfig:
 class CurriculumConfig:
     """Candidate curricula ranked by an estimator; the best few verified by real retraining."""
 
-    estimator: str = "fut-carry"
+    estimator: str = MISSING  # a registered order estimator (conf/pipeline.yaml)
+    options: Dict[str, Any] = field(default_factory=dict)  # that estimator's options
+    proposers: List[str] = field(default_factory=list)  # estimators whose proposed order joins the candidates
     num_random: int = 8  # random orders among the candidates
     seed: int = 2
     heuristics: List[str] = field(default_factory=lambda: ["reverse", "easy_to_hard", "hard_to_easy"])
-    additive_proposal: bool = False  # add the additive surrogate's optimum (T^2 gradients) as a candidate
     genetic_generations: int = 3  # the paper's genetic search with the estimator as fitness; 0 = off
     genetic_population: int = 12
     genetic_keep: int = 2  # its best orders added to the candidates
     genetic_fitness: str = "estimator"  # estimator | retrain (the truth as fitness: batched real retraining)
     verify_top: int = 3  # candidates retrained (besides the reference order)
-    curvature: str = "hvp"
     device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
 
@@ -339,21 +339,7 @@ def validate(cfg: Any) -> None:
     _positive("calibrate.seq_len", c.seq_len)
     _positive("calibrate.batch_size", c.batch_size)
     _choice("calibrate.grad_norm", c.grad_norm, ("l2", "l1"))
-    p = cfg.prune
-    _choice("prune.method", p.method, ("magnitude", "wanda", "sparsegpt", "gblm"))
-    _choice("prune.gblm_normalization", p.gblm_normalization, ("reference", "rms"))
-    if p.sparsity is not None and not (0.0 < p.sparsity < 1.0):
-        raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
-    nm = parse_pattern(p.pattern)
-    if nm is not None:
-        fixed = pattern_sparsity(nm)
-        if p.sparsity is not None and abs(p.sparsity - fixed) > 1e-9:
-            raise ConfigError(f"prune.pattern={p.pattern} fixes the sparsity at {fixed:g}, but prune.sparsity={p.sparsity} "
-                              f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
-        if p.method == "sparsegpt":
-            check_blocksize(p.blocksize, nm)
-    _positive("prune.blocksize", p.blocksize)
-    _positive("prune.batch_size", p.batch_size)
+    validate_prune(cfg.prune, cfg.calibrate)
     for d in cfg.data.domains:
         _choice("data.domains", d, ("wiki", "shakespeare", "austen"))
     if not cfg.data.domains:
@@ -368,23 +354,17 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"record.skip_batches={r.skip_batches} must be 0 or more (batches of the training split "
                           "to pass over before the recorded T).")
     e = cfg.estimate
-    for name in e.estimators:
-        _choice("estimate.estimators", name, ("none", "fut", "fut2", "fut-carry", "additive"))
-    _choice("estimate.curvature", e.curvature, ("hvp", "hvp2", "secant", "none"))
-    _choice("estimate.retrain_launcher", e.retrain_launcher, ("local", "slurm"))
+    validate_estimators(e, cfg.memorize, cfg.curriculum)
     _positive("estimate.retrain_jobs", e.retrain_jobs)
+    if e.retrain_jobs > 1 and str(e.device).startswith("cuda") and int(e.resources.gpus) < 1:
+        raise ConfigError(f"estimate.retrain_jobs={e.retrain_jobs} on {e.device}: each retraining sub-job gets the "
+                          "stage's resources; set estimate.resources.gpus=1.")
     bad = [x for x in e.sensitivity if not 0 < x < 1]
     if bad:
         raise ConfigError(f"estimate.sensitivity holds relative nudges of the initial weights, each in (0, 1); got {bad}.")
-    if e.projection_dim < 0 or e.search_orders < 0:
-        raise ConfigError("estimate.projection_dim and estimate.search_orders must be 0 or more.")
     for name in e.heuristics:
         _choice("estimate.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
     mz, cu = cfg.memorize, cfg.curriculum
-    _choice("memorize.estimator", mz.estimator, ("none", "fut", "fut2", "fut-carry"))
-    _choice("curriculum.estimator", cu.estimator, ("none", "fut", "fut2", "fut-carry", "additive"))
-    for key, val in (("memorize.curvature", mz.curvature), ("curriculum.curvature", cu.curvature)):
-        _choice(key, val, ("hvp", "hvp2", "secant", "none"))
     _choice("curriculum.genetic_fitness", cu.genetic_fitness, ("estimator", "retrain"))
     for name in cu.heuristics:
         _choice("curriculum.heuristics", name, ("reverse", "easy_to_hard", "hard_to_easy"))
@@ -407,8 +387,75 @@ def validate(cfg: Any) -> None:
                               f"{T} batches (0..{T - 1}, record.num_batches={T}).")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
-    if p.method == "gblm" and not c.gradients:
-        raise ConfigError("prune.method=gblm needs calibrate.gradients=true (GBLM scores use the gradient norms).")
+
+
+def validate_estimators(e: Any, memorize: Any, curriculum: Any) -> None:
+    """Estimator choices and options against the estimator registry: every name is registered,
+    options are given only for the estimators that run and are each one's own, memorization uses
+    one that gives parameters, curriculum proposers propose. Typed options are written back."""
+    chosen = list(e.estimators)
+    for name in chosen:
+        order_registry.get(name, "estimate.estimators")
+    opts = _plain(e.options)
+    for name, values in opts.items():
+        est = order_registry.get(name, "estimate.options: the estimator")
+        typed = dataclasses.asdict(est.make_options(values))
+        if name not in chosen and typed != dataclasses.asdict(est.make_options()):
+            changed = next(k for k in typed if typed[k] != getattr(est.options(), k))
+            raise ConfigError(f"estimate.options.{name}.{changed}={typed[changed]!r} is set but {name} is not in "
+                              f"estimate.estimators ({', '.join(chosen) or 'none'}).")
+    _write_back(e, "options", {n: dataclasses.asdict(order_registry.get(n).make_options(opts.get(n))) for n in chosen})
+    est = order_registry.get(memorize.estimator, "memorize.estimator")
+    if not est.gives_params:
+        raise ConfigError(f"memorize.estimator={est.name} gives losses, not parameters; memorization needs the "
+                          f"final weights (one of {', '.join(order_registry.names(gives_params=True))}).")
+    _write_back(memorize, "options",
+                dataclasses.asdict(est.make_options(_plain(memorize.options), key="memorize.options")))
+    est = order_registry.get(curriculum.estimator, "curriculum.estimator")
+    _write_back(curriculum, "options",
+                dataclasses.asdict(est.make_options(_plain(curriculum.options), key="curriculum.options")))
+    for name in curriculum.proposers:
+        if not order_registry.get(name, "curriculum.proposers").proposes_order:
+            proposing = [n for n in order_registry.names() if order_registry.get(n).proposes_order]
+            raise ConfigError(f"curriculum.proposers: {name} proposes no order (those that do: "
+                              f"{', '.join(proposing) or 'none'}).")
+
+
+def _write_back(node: Any, key: str, value: Any) -> None:
+    """Fill in the typed defaults, so two spellings of the same options plan the same stage."""
+    try:
+        node[key] = value
+    except ReadonlyConfigError:
+        pass
+
+
+def validate_prune(p: Any, calibrate: Any) -> Any:
+    """The prune section against the method registry: the method exists, its options are its own
+    (a key of another method is an error) and fit the pattern, and what it needs is computed.
+    The typed options are written back (defaults filled in), so ``prune=sparsegpt`` and
+    ``prune.method=sparsegpt`` plan the same stage. Returns the typed options."""
+    method = pruning_registry.get(p.method)
+    opts = method.make_options(_plain(p.options))
+    if p.sparsity is not None and not (0.0 < p.sparsity < 1.0):
+        raise ConfigError(f"prune.sparsity={p.sparsity} must lie strictly between 0 and 1 (0.5 = half the weights).")
+    nm = parse_pattern(p.pattern)
+    if nm is not None:
+        fixed = pattern_sparsity(nm)
+        if p.sparsity is not None and abs(p.sparsity - fixed) > 1e-9:
+            raise ConfigError(f"prune.pattern={p.pattern} fixes the sparsity at {fixed:g}, but prune.sparsity={p.sparsity} "
+                              f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
+    check_method(method, nm, p.pattern, opts)
+    _positive("prune.batch_size", p.batch_size)
+    if method.needs_gradients and not calibrate.gradients:
+        raise ConfigError(f"prune.method={p.method} needs calibrate.gradients=true (its scores use the gradient norms).")
+    _write_back(p, "options", dataclasses.asdict(opts))
+    return opts
+
+
+def _plain(node: Any) -> Dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node or {})
 
 
 def effective_sparsity(prune_cfg: Any) -> float:

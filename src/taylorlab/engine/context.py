@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Sequence
 
+from taylorlab.engine.fanout import fan_out
 from taylorlab.errors import ArtifactError
 from taylorlab.io import read_json
 
@@ -22,6 +23,15 @@ class StageContext:
     log: logging.Logger
     progress: bool = True
     dist: Any = None  # taylorlab.training.distributed.DistInfo of this task (rank 0 of 1 by default)
+    launcher: Dict[str, Any] = field(default_factory=dict)  # the pipeline's launcher section
+    resources: Dict[str, Any] = field(default_factory=dict)  # this stage's resources
+
+    def fan_out(self, name: str, fn: Callable, *arg_lists: Sequence) -> List[Any]:
+        """``fn`` over the argument lists as sub-jobs of this stage, through the pipeline's launcher
+        (in process / local processes / a Slurm array), each with this stage's resources; their
+        submitit folders under ``<stage>/<name>/``."""
+        return fan_out(self.dir / name, self.launcher or {"name": "local"}, self.resources, f"{self.node}-{name}",
+                       fn, *arg_lists)
 
     def parent_manifest(self, role: str) -> Dict[str, Any]:
         if role not in self.parents:

@@ -4,14 +4,23 @@ submitted at once and chained with Slurm's own ``afterok`` dependencies)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import signal
+import subprocess
+import threading
 import time
 from typing import Callable, Dict, List
 
+import psutil
+import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from taylorlab.engine.fanout import resource_parameters
 from taylorlab.engine.graph import Graph
-from taylorlab.engine.runner import Plan, PlannedStage, failure_cause, make_job
+from taylorlab.engine.rundir import StageDir
+from taylorlab.engine.runner import Plan, PlannedStage, check_devices, failure_cause, make_job, make_plan
 from taylorlab.errors import ConfigError, StageFailed
 from taylorlab.io import atomic_write_json
 
@@ -30,8 +39,6 @@ def run_inline(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
 
 
 def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
-    import submitit
-
     lc = cfg.launcher
     pending: List[PlannedStage] = plan.to_run()
     running: Dict[str, tuple] = {}
@@ -70,7 +77,7 @@ def run_local(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
                     finished.add(name)
                     log.info("finished %s", name)
                 except Exception as exc:  # noqa: BLE001 - the cause is in the stage's FAILED marker
-                    cause = failure_cause(ps.dir) if (ps.dir / "FAILED").exists() else died_without_cause(ps.dir, exc)
+                    cause = failure_cause(ps.dir) if StageDir(ps.dir).failed() else died_without_cause(ps.dir, exc)
                     failed[name] = f"stage {name} failed: {cause} (log: {ps.dir / 'stage.log'})"
                     log.error(failed[name])
     except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the stage processes too, never leave them running
@@ -96,9 +103,6 @@ def died_without_cause(stage_dir, exc: BaseException) -> str:
 def _raise_on_sigterm() -> Callable[[], None]:
     """SIGTERM (kill, a batch system, a closing terminal) raises KeyboardInterrupt in the driver, so
     its clean-up runs; returns the function that restores the previous handler."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
@@ -114,10 +118,6 @@ def _cancel_local(running: Dict[str, tuple], wait_s: float = 20.0) -> None:
     (a shell that starts the driver in the background makes its children ignore SIGINT, so the
     controller may not pass it on; the stage restores Python's handler), then SIGKILL for whatever
     is left after ``wait_s``. The stages resume from their checkpoints on the next run."""
-    import signal
-
-    import psutil
-
     procs = []
     for name, (job, _) in running.items():
         log.error("interrupted: stopping %s (local job %s)", name, job.job_id)
@@ -148,22 +148,8 @@ def _cancel_local(running: Dict[str, tuple], wait_s: float = 20.0) -> None:
 
 
 def slurm_parameters(ps: PlannedStage, cfg: DictConfig) -> Dict:
-    lc = cfg.launcher
-    r = ps.resources
-    params = dict(
-        slurm_job_name=f"{cfg.run}-{ps.node}",
-        timeout_min=int(r["timeout_min"]),
-        nodes=int(r["nodes"]),
-        tasks_per_node=int(r["tasks_per_node"]),
-        cpus_per_task=int(r["cpus"]),
-        slurm_mem=f"{int(float(r['mem_gb']) * 1024)}M",
-    )
-    if int(r["gpus"]) > 0:
-        params["slurm_gres"] = f"{lc.gres_name}:{int(r['gpus'])}"
-    for key in ("partition", "account", "qos", "constraint"):
-        if lc[key]:
-            params[f"slurm_{key}"] = lc[key]
-    return params
+    return resource_parameters(ps.resources, OmegaConf.to_container(cfg.launcher, resolve=True),
+                               f"{cfg.run}-{ps.node}")
 
 
 LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -173,8 +159,6 @@ LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "R
 def slurm_job_state(job_id: str) -> str:
     """The job's state: squeue first (slurmctld knows a new job at once; sacct learns of it through
     slurmdbd a moment later), then sacct for ended jobs; ``UNKNOWN`` when neither answers."""
-    import subprocess
-
     for cmd in (["squeue", "-h", "-j", str(job_id), "-o", "%T"],
                 ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"]):
         try:
@@ -192,11 +176,6 @@ class _Submitted:
 
 
 def run_slurm(graph: Graph, plan: Plan, cfg: DictConfig) -> None:
-    import json
-    import shutil
-
-    import submitit
-
     missing = [tool for tool in ("sbatch", "squeue") if shutil.which(tool) is None]
     if missing and plan.to_run():
         raise ConfigError(f"launcher=slurm needs Slurm's {' and '.join(missing)} on PATH, and this machine has none; "
@@ -250,20 +229,20 @@ def wait_for_slurm(plan: Plan, job_ids: Dict[str, str], poll_s: float) -> None:
     while pending:
         for name, jid in list(pending.items()):
             d = plan.stages[name].dir
-            if (d / "DONE").exists():
+            if StageDir(d).done_marker() is not None:
                 del pending[name]
                 continue
             state = slurm_job_state(jid)
             if state not in LIVE_STATES and state != "UNKNOWN":
-                if state != "COMPLETED" or not (d / "DONE").exists():
+                if state != "COMPLETED" or StageDir(d).done_marker() is None:
                     failed.append((name, state))
                 del pending[name]
         time.sleep(max(poll_s, 0.5))
-    real = [(n, s) for n, s in failed if (plan.stages[n].dir / "FAILED").exists()] or failed
+    real = [(n, s) for n, s in failed if StageDir(plan.stages[n].dir).failed()] or failed
     if real:
         name, state = real[0]
         d = plan.stages[name].dir
-        cause = failure_cause(d) if (d / "FAILED").exists() else f"Slurm job ended {state}"
+        cause = failure_cause(d) if StageDir(d).failed() else f"Slurm job ended {state}"
         others = ", ".join(n for n, _ in failed if n != name)
         raise StageFailed(f"stage {name} failed: {cause} (log: {d / 'stage.log'})"
                           + (f"; cancelled or not run because of it: {others}" if others else ""))
@@ -276,3 +255,27 @@ def get(name: str) -> Callable:
     if name not in _EXECUTORS:
         raise ConfigError(f"launcher.name={name!r} is not one of {', '.join(_EXECUTORS)}.")
     return _EXECUTORS[name]
+
+
+def execute(graph: Graph, cfg: DictConfig) -> Plan:
+    """Plan, then run what is not done with the configured launcher. Returns the plan."""
+    plan = make_plan(graph, cfg)
+    for s in plan.stages.values():
+        if s.action == "skip":
+            log.info("skip %s: done with the same hash (%s)", s.node, s.dir.name)
+    if cfg.dry_run:
+        print(plan.describe())
+        return plan
+    check_devices(plan, cfg.launcher.name)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(plan.run_dir / "plans.jsonl", "a", encoding="utf-8") as fh:  # cache hits for the report
+        fh.write(json.dumps({"time": time.time(), "launcher": cfg.launcher.name,
+                             "actions": {s.dir.name: s.action for s in plan.stages.values()}}) + "\n")
+    for s in plan.to_run():
+        if s.reason == "(forced)":
+            # force means start over: the marker and any checkpoints of an earlier attempt go
+            StageDir(s.dir).clear_markers()
+            shutil.rmtree(s.dir / "checkpoints", ignore_errors=True)
+    get(cfg.launcher.name)(graph, plan, cfg)
+    return plan
+

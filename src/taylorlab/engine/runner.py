@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -23,19 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import submitit
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 import taylorlab
 from taylorlab.engine import provenance
 from taylorlab.engine.context import StageContext
-from taylorlab.engine.graph import Graph
+from taylorlab.engine.graph import Graph, StageSpec
+from taylorlab.engine.rundir import StageDir
 from taylorlab.errors import ConfigError, DeviceError, StageFailed, TaylorlabError
 from taylorlab.io import atomic_write_json, atomic_write_text, clean_stale_temporaries, read_json
+from taylorlab.tracking import Tracker
+from taylorlab.training import distributed
 
 log = logging.getLogger("taylorlab.engine")
 
-DONE = "DONE"
-FAILED = "FAILED"
 
 
 @dataclass
@@ -77,15 +79,7 @@ def stage_hash(stage: str, cfg: Dict[str, Any], parent_hashes: Dict[str, str]) -
 
 
 def is_done(stage_dir: Path, expected_hash: str) -> bool:
-    marker = stage_dir / DONE
-    if not marker.exists():
-        return False
-    try:
-        done = json.loads(marker.read_text())
-        json.loads((stage_dir / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return done.get("hash") == expected_hash
+    return StageDir(Path(stage_dir)).is_done(expected_hash)
 
 
 def _node_config(cfg: DictConfig, key: str) -> Dict[str, Any]:
@@ -112,7 +106,7 @@ def make_plan(graph: Graph, cfg: DictConfig) -> Plan:
         node = graph.nodes[name]
         node_cfg = _node_config(cfg, node.config_key)
         h = stage_hash(node.spec.name, node_cfg, {r: plan.stages[p].hash for r, p in parents.items()})
-        d = run_dir / f"{name}-{h}"
+        d = StageDir.of(run_dir, name, h).path
         ps = PlannedStage(
             node=name, stage=node.spec.name, hash=h, dir=d, parents=dict(parents), cfg=node_cfg,
             resources=OmegaConf.to_container(cfg[node.config_key].resources, resolve=True),
@@ -123,9 +117,9 @@ def make_plan(graph: Graph, cfg: DictConfig) -> Plan:
             ps.action, ps.reason = "skip", "(done)"
         elif any(plan.stages[p].action == "run" for p in parents.values()):
             ps.reason = "(parent runs)"
-        elif (d / FAILED).exists():
+        elif StageDir(d).failed():
             ps.reason = "(failed before: retry)"
-        elif (d / "checkpoints").exists():
+        elif StageDir(d).has_checkpoints():
             ps.reason = "(resume from checkpoint)"
         else:
             ps.reason = "(new)"
@@ -140,8 +134,6 @@ def check_devices(plan: Plan, launcher: str) -> None:
     wants = [s for s in plan.to_run() if str(s.cfg.get("device", "")).startswith("cuda") or s.resources.get("gpus", 0) > 0]
     if not wants:
         return
-    import torch
-
     if not torch.cuda.is_available():
         s = wants[0]
         raise DeviceError(
@@ -170,20 +162,18 @@ class StageJob:
     progress: bool = True
     distributed: bool = False
     threads: Optional[int] = None  # torch CPU threads: the stage's resources.cpus under local/slurm
+    launcher: Dict[str, Any] = field(default_factory=dict)  # how sub-jobs fan out (ctx.fan_out)
+    resources: Dict[str, Any] = field(default_factory=dict)
 
     def __call__(self) -> Dict[str, Any]:
         return run_stage_job(self)
 
     def checkpoint(self):  # submitit: on preemption/timeout requeue the same job; it resumes itself
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self)
 
 
 def _job_id() -> Optional[str]:
     try:
-        import submitit
-
         return str(submitit.JobEnvironment().job_id)
     except Exception:
         return os.environ.get("SLURM_JOB_ID")
@@ -199,7 +189,7 @@ class _SilentTracker:
 def _context(job: StageJob, tracker, log, progress: bool, dist) -> StageContext:
     return StageContext(node=job.node, stage=job.stage, cfg=OmegaConf.create(job.cfg), dir=Path(job.dir),
                         parents={r: Path(p) for r, p in job.parents.items()}, tracker=tracker, log=log,
-                        progress=progress, dist=dist)
+                        progress=progress, dist=dist, launcher=job.launcher, resources=job.resources)
 
 
 def _follow(job: StageJob, spec, info) -> Dict[str, Any]:
@@ -213,18 +203,13 @@ def _follow(job: StageJob, spec, info) -> Dict[str, Any]:
 
 
 def run_stage_job(job: StageJob) -> Dict[str, Any]:
-    from taylorlab.engine.graph import StageSpec
-    from taylorlab.tracking import Tracker
-    from taylorlab.training import distributed
-
     spec = StageSpec(job.stage, job.function, distributed=job.distributed)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         # started from a background shell job, SIGINT is inherited as ignored: restore Python's
         # handler so that Ctrl-C / a cancelling driver stops the stage (FAILED written, lock released)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if job.threads:  # stages running side by side must not each take every core (oversubscribed
-        import torch  # OpenMP threads made two 2-thread stages on 2 cores ~4x slower)
-
+        # OpenMP threads: two stages side by side on 2 cores each taking both ran several times slower
         torch.set_num_threads(job.threads)
     info = distributed.detect()
     if not info.is_main:
@@ -232,14 +217,14 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
     if info.enabled and not spec.distributed:
         info = distributed.DistInfo()  # other tasks return at once; this one runs the stage alone
     d = Path(job.dir)
+    sd = StageDir(d)
     d.mkdir(parents=True, exist_ok=True)
     lock_fh = open(d / ".lock", "w")
     fcntl.flock(lock_fh, fcntl.LOCK_EX)  # a concurrent sweep member running the same stage waits here
     try:
         if is_done(d, job.hash):
             return read_json(d / "manifest.json")
-        for stale in (DONE, FAILED):
-            (d / stale).unlink(missing_ok=True)
+        sd.clear_markers()
         clean_stale_temporaries(d)
         handler = logging.FileHandler(d / "stage.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -266,8 +251,7 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
             tracker = None
             manifest = {"node": job.node, "stage": job.stage, "hash": job.hash, "artifacts": artifacts,
                         "parents": {r: Path(p).name for r, p in job.parents.items()}, "wall_s": elapsed}
-            atomic_write_json(d / "manifest.json", manifest)
-            atomic_write_json(d / DONE, {"hash": job.hash, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            sd.mark_done(job.hash, manifest)
             slog.info("stage %s done in %.1f s", job.node, elapsed)
             return manifest
         except BaseException as exc:
@@ -275,9 +259,9 @@ def run_stage_job(job: StageJob) -> Dict[str, Any]:
             slog.error("stage %s failed: %s\n%s", job.node, cause, traceback.format_exc())
             clean_stale_temporaries(d)  # on a full disk this frees the half-written files first
             try:
-                atomic_write_json(d / FAILED, {"cause": cause, "hash": job.hash})
+                sd.mark_failed(cause, job.hash)
             except OSError as write_error:  # a full or read-only disk: the cause still reaches the user
-                slog.error("could not record the failure in %s: %s", d / FAILED, write_error)
+                slog.error("could not record the failure in %s: %s", d, write_error)
             if tracker is not None:
                 try:
                     tracker.finish(failed=True)
@@ -334,38 +318,9 @@ def make_job(graph: Graph, plan: Plan, ps: PlannedStage, cfg: DictConfig) -> Sta
         wandb=OmegaConf.to_container(cfg.wandb, resolve=True), progress=bool(cfg.progress),
         distributed=graph.nodes[ps.node].spec.distributed,
         threads=None if cfg.launcher.name == "inline" else max(1, int(ps.resources.get("cpus", 1))),
+        launcher=OmegaConf.to_container(cfg.launcher, resolve=True), resources=dict(ps.resources),
     )
 
 
 def failure_cause(stage_dir: Path) -> str:
-    try:
-        return json.loads((stage_dir / FAILED).read_text())["cause"]
-    except (OSError, ValueError, KeyError):
-        return "no cause recorded (the process was killed?)"
-
-
-def execute(graph: Graph, cfg: DictConfig) -> Plan:
-    """Plan, then run what is not done with the configured launcher. Returns the plan."""
-    from taylorlab.engine import executors
-
-    plan = make_plan(graph, cfg)
-    for s in plan.stages.values():
-        if s.action == "skip":
-            log.info("skip %s: done with the same hash (%s)", s.node, s.dir.name)
-    if cfg.dry_run:
-        print(plan.describe())
-        return plan
-    check_devices(plan, cfg.launcher.name)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(plan.run_dir / "plans.jsonl", "a", encoding="utf-8") as fh:  # cache hits for the report
-        fh.write(json.dumps({"time": time.time(), "launcher": cfg.launcher.name,
-                             "actions": {s.dir.name: s.action for s in plan.stages.values()}}) + "\n")
-    for s in plan.to_run():
-        if s.reason == "(forced)":
-            # force means start over: the marker and any checkpoints of an earlier attempt go
-            if (s.dir / DONE).exists():
-                (s.dir / DONE).unlink()
-            shutil.rmtree(s.dir / "checkpoints", ignore_errors=True)
-    executors.get(cfg.launcher.name)(graph, plan, cfg)
-    return plan
-
+    return StageDir(Path(stage_dir)).failure_cause()

@@ -1,8 +1,8 @@
 """Curriculum design: candidate orders scored by an estimator, the best few retrained for real.
 
 Candidates are the named curricula (reverse, easy-to-hard, hard-to-easy by each batch's loss at the
-end of the reference run), ``num_random`` random orders, with ``additive_proposal`` the order that
-minimises the additive surrogate (an exact linear assignment) and, with ``genetic``, the best orders
+end of the reference run), ``num_random`` random orders, the order each of the ``proposers`` (registered
+estimators that propose one, e.g. ``additive``) proposes and, with ``genetic``, the best orders
 of the paper's genetic search (order crossover, swap/insert mutation, elite) whose fitness is the
 estimator (``genetic_fitness="estimator"``) or real retraining (``"retrain"``: the truth as fitness,
 batched on GPUs, where it is cheaper than an exact-HVP estimator sweep; its orders come out already
@@ -14,35 +14,37 @@ curriculum is the best *verified* one and the estimate's ranking can be checked 
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional
-
-import torch
-
-from taylorlab.order.estimators import (additive_scores, best_order, estimate, estimated_losses, final_batch_losses,
-                                        heuristic_orders, random_orders, timed)
-from taylorlab.order.trajectory import Trajectory, retrain
+from typing import Any, Dict, List, Optional, Sequence
 
 
-def candidate_orders(flat, traj: Trajectory, batches, num_random: int, seed: int,
+from taylorlab.order.queries import final_batch_losses, heuristic_orders, random_orders, timed
+from taylorlab.order.recorded import Record
+from taylorlab.order.registry import estimate
+from taylorlab.order.trajectory import retrain
+
+
+def candidate_orders(rec: Record, num_random: int, seed: int,
                      heuristics=("reverse", "easy_to_hard", "hard_to_easy")) -> Dict[str, List[int]]:
-    heur = heuristic_orders(final_batch_losses(flat, traj, batches))
-    out = {"reference": list(range(traj.T)), **{h: heur[h] for h in heuristics}}
-    out.update((f"random-{k}", o) for k, o in enumerate(random_orders(traj.T, num_random, seed)))
+    heur = heuristic_orders(final_batch_losses(rec.flat, rec.traj, rec.batches))
+    out = {"reference": list(range(rec.T)), **{h: heur[h] for h in heuristics}}
+    out.update((f"random-{k}", o) for k, o in enumerate(random_orders(rec.T, num_random, seed)))
     return out
 
 
-def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.Tensor, reference_loss: float,
-                      candidates: Dict[str, List[int]], estimator: str = "fut-carry", verify_top: int = 3,
-                      additive_proposal: bool = False, retrain_batched: bool = False,
-                      genetic: Optional[Dict] = None, genetic_fitness: str = "estimator", **options) -> Dict:
+def design_curriculum(rec: Record, candidates: Dict[str, List[int]], estimator: str = "fut-carry",
+                      options: Any = None, verify_top: int = 3, proposers: Sequence[str] = (),
+                      retrain_batched: bool = False, genetic: Optional[Dict] = None,
+                      genetic_fitness: str = "estimator") -> Dict:
     """Rank ``candidates`` by ``estimator``'s validation loss; retrain the ``verify_top`` best and the
     reference order; return every candidate's estimate, the verified ones' true loss and the best
     verified order (ties and all: never an unverified claim)."""
+    flat, traj, batches, val = rec.flat, rec.traj, rec.batches, rec.val
     cands = dict(candidates)
     proposal_s = 0.0
-    if additive_proposal:
-        S, proposal_s = timed(lambda: additive_scores(flat, traj, batches, val))
-        cands["additive-optimum"] = best_order(S)
+    for name in proposers:  # each proposer's own best order joins the candidates
+        out, wall = timed(lambda: estimate(name, rec, [list(range(rec.T))]))
+        proposal_s += wall
+        cands[f"{name}-proposal"] = list(out.proposal["order"])
     search_s, search_scored, already_true = 0.0, 0, {}
     if genetic:  # the estimator (or retraining) as fitness; the best few orders it finds join the candidates
         def score(orders):
@@ -50,8 +52,7 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
                 trained = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=retrain_batched,
                                   reference=traj)
                 return [flat.eval_loss(p, val) for p in trained]
-            return estimated_losses(flat, estimate(estimator, flat, traj, batches, orders, val=val,
-                                                   reference_loss=reference_loss, **options), val)
+            return estimate(estimator, rec, orders, options).losses(rec)
 
         g = dict(genetic)
         keep = int(g.pop("keep", 3))
@@ -63,9 +64,8 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
             if genetic_fitness == "retrain":
                 already_true[f"genetic-{k}"] = loss
     names = list(cands)
-    out = estimate(estimator, flat, traj, batches, [cands[n] for n in names], val=val, reference_loss=reference_loss,
-                   **options)
-    est = estimated_losses(flat, out, val)
+    out = estimate(estimator, rec, [cands[n] for n in names], options)
+    est = out.losses(rec)
     ranked = sorted(range(len(names)), key=lambda i: (est[i] != est[i], est[i]))  # NaN last
     verify = [i for i in ranked if names[i] != "reference" and names[i] not in already_true][:verify_top]
     verify_names = ["reference"] + [names[i] for i in verify]
@@ -78,10 +78,10 @@ def design_curriculum(flat, traj: Trajectory, batches: torch.Tensor, val: torch.
     best = min(true, key=true.get)
     return {"estimator": estimator, "candidates": rows, "best": best, "best_order": cands[best],
             "best_true_loss": true[best], "reference_true_loss": true["reference"],
-            "gain_vs_reference": true["reference"] - true[best], "estimate_wall_s": out["wall_s"],
+            "gain_vs_reference": true["reference"] - true[best], "estimate_wall_s": out.wall_s,
             "proposal_wall_s": proposal_s, "genetic_search_wall_s": search_s, "genetic_orders_scored": search_scored,
             "genetic_fitness": genetic_fitness if genetic else None, "retrain_wall_s": retrain_s, "verified": len(true),
-            "linearisation": out["linearisation"]}
+            "linearisation": out.linearisation}
 
 
 def order_crossover(a: List[int], b: List[int], rng: random.Random) -> List[int]:

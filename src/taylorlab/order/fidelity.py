@@ -6,15 +6,21 @@ from typing import Dict, List
 
 import torch
 
+from taylorlab.order.registry import get as get_estimator, names as estimator_names
 from taylorlab.order.functional import ppl
 from taylorlab.order.trajectory import retrain
+
+
+def _baselines():
+    """The estimators that stand for "no change" (the ratio's denominator)."""
+    return {n for n in estimator_names() if get_estimator(n).baseline}
 
 
 def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], true_params: torch.Tensor,
                    est_params: Dict[str, torch.Tensor], theta0: torch.Tensor, cost: Dict[str, float],
                    retrain_cost: float) -> List[dict]:
     """One row per estimator: Spearman and Pearson of estimated vs true final validation loss,
-    mean |PPL_est - PPL_true| and its ratio to "no change"'s (when ``none`` is in the table), relative
+    mean |PPL_est - PPL_true| and its ratio to "no change"'s (a baseline estimator in the table), relative
     parameter error, cost in retraining-equivalents."""
     from scipy.stats import pearsonr, spearmanr
 
@@ -30,7 +36,7 @@ def fidelity_table(true_loss: List[float], est_loss: Dict[str, List[float]], tru
                if name in est_params else None)  # estimators that give losses only (additive)
         rows.append({"estimator": name, "spearman": sp, "pearson": pe, "mae_ppl": mae, "rel_param_error": rel,
                      "wall_s": cost.get(name), "retrainings_equivalent": (cost.get(name) or 0) / retrain_cost})
-    base = next((r["mae_ppl"] for r in rows if r["estimator"] == "none"), None)
+    base = next((r["mae_ppl"] for r in rows if r["estimator"] in _baselines()), None)
     for r in rows:
         r["mae_ratio_to_none"] = r["mae_ppl"] / base if base else None
     return rows

@@ -135,3 +135,13 @@ class FlatModel:
 def ppl(loss: float) -> float:
     """exp(loss), inf for a diverged estimate (no OverflowError)."""
     return math.exp(loss) if loss < 700 else float("inf")
+def grads_at(flat: FlatModel, theta: torch.Tensor, batches: torch.Tensor, ids, chunk: int = 16) -> torch.Tensor:
+    """Gradients at one theta for several batches [n, d]: vmapped in chunks on a GPU (many small
+    kernels become few), one at a time on the CPU (bitwise the reference run's own gradients)."""
+    ids = list(ids)
+    if theta.device.type != "cuda":
+        return torch.stack([flat.grad(theta, batches[b]) for b in ids])
+    g = vmap(flat.grad, in_dims=(None, 0))
+    return torch.cat([g(theta, batches[ids[i:i + chunk]]) for i in range(0, len(ids), chunk)])
+
+

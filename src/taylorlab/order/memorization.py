@@ -7,12 +7,15 @@ batches, generalization by position too: G[i, j] = held-out loss at the end for 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from taylorlab.order.estimators import estimate
-from taylorlab.order.trajectory import Trajectory, retrain
+from scipy.stats import spearmanr
+
+from taylorlab.order.recorded import Record
+from taylorlab.order.registry import estimate
+from taylorlab.order.trajectory import retrain
 
 
 def moved_order(T: int, i: int, j: int) -> List[int]:
@@ -21,18 +24,18 @@ def moved_order(T: int, i: int, j: int) -> List[int]:
     return rest[:j] + [i] + rest[j:]
 
 
-def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Sequence[Tuple[int, int]],
-                        estimator: str = "fut-carry", with_retraining: bool = True, val=None,
-                        retrain_batched: bool = False, **options) -> Dict:
+def memorization_matrix(rec: Record, cells: Sequence[Tuple[int, int]], estimator: str = "fut-carry",
+                        options: Any = None, with_retraining: bool = True, retrain_batched: bool = False) -> Dict:
     """Estimated (and retrained) M over ``cells`` [(i, j), ...]; NaN where a cell was not asked for.
     With ``val``, G (held-out loss) as well, under ``generalization``. The truth starts each moved order
     from the recorded state after the min(i, j) steps it shares with the reference; ``retrain_batched``
     trains the cells' orders together (vmap; on a GPU)."""
-    from scipy.stats import spearmanr
-
+    flat, traj, batches, val = rec.flat, rec.traj, rec.batches, rec.val
     T = traj.T
     orders = [moved_order(T, i, j) for i, j in cells]
-    est = estimate(estimator, flat, traj, batches, orders, **options)
+    est = estimate(estimator, rec, orders, options)
+    if est.params is None:
+        raise ValueError(f"memorization needs final parameters; {estimator} gives losses only")
     true = (retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=retrain_batched, reference=traj)
             if with_retraining else None)
     none_loss = {i: float(flat.loss(traj.final, batches[i]).detach()) for i in {i for i, _ in cells}}
@@ -40,7 +43,7 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
     M = {k: torch.full((T, T), math.nan, dtype=torch.float64) for k in ("est", "true", "none")}
     G = {k: torch.full((T, T), math.nan, dtype=torch.float64) for k in ("est", "true", "none")}
     for k, (i, j) in enumerate(cells):
-        runs = {"est": est["params"][k], **({"true": true[k]} if true is not None else {})}
+        runs = {"est": est.params[k], **({"true": true[k]} if true is not None else {})}
         M["none"][i, j] = none_loss[i]
         G["none"][i, j] = ref_val if val is not None else math.nan
         for name, theta in runs.items():
@@ -51,17 +54,17 @@ def memorization_matrix(flat, traj: Trajectory, batches: torch.Tensor, cells: Se
     def result(R):
         out = {"estimated": R["est"], "no_change": R["none"]}
         if true is not None:
-            out.update(true=R["true"], **_agreement(R["est"], R["true"], R["none"], spearmanr))
+            out.update(true=R["true"], **_agreement(R["est"], R["true"], R["none"]))
         return out
 
-    out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est["wall_s"], **result(M),
-           "linearisation": est["linearisation"]}
+    out = {"cells": list(map(list, cells)), "estimator": estimator, "estimate_wall_s": est.wall_s, **result(M),
+           "linearisation": est.linearisation}
     if val is not None:
         out["generalization"] = result(G)
     return out
 
 
-def _agreement(est, true, none, spearmanr) -> Dict:
+def _agreement(est, true, none) -> Dict:
     mask = ~torch.isnan(true)
     rho = spearmanr(est[mask].numpy(), true[mask].numpy()).statistic if int(mask.sum()) > 1 else math.nan
     return {"mae": float((est - true)[mask].abs().mean()), "mae_no_change": float((none - true)[mask].abs().mean()),

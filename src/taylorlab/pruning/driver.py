@@ -5,82 +5,63 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from taylorlab.errors import ConfigError
-from taylorlab.pruning import rules
-from taylorlab.pruning.masks import check_blocksize, parse_pattern
+from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning.registry import Calibration, LayerTask, Method, get as get_method
 from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
 
 log = logging.getLogger("taylorlab.pruning")
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "gblm")
-
 
 @torch.no_grad()
 def prune_model(
     model: torch.nn.Module,
-    *,
     method: str,
+    *,
     sparsity: float = 0.5,
     pattern: str = "unstructured",
-    windows: Optional[torch.Tensor] = None,
-    gradients: Optional[Dict[str, torch.Tensor]] = None,
-    grad_nsamples: Optional[int] = None,
-    grad_norm: str = "l2",
-    alpha: float = 1.0,
-    gblm_normalization: str = "reference",
-    percdamp: float = 0.01,
-    blocksize: int = 128,
+    options: Any = None,
+    calibration: Optional[Calibration] = None,
     batch_size: int = 8,
     device: torch.device = torch.device("cpu"),
     offload: bool = False,
     progress: bool = False,
 ) -> torch.nn.Module:
-    """Prune every nn.Linear inside the decoder blocks of ``model`` in place and return it.
+    """Prune every prunable layer inside the decoder blocks of ``model`` in place with the
+    registered ``method`` and return it.
 
-    ``windows`` [N, L] are calibration token windows (not needed for magnitude); ``gradients`` maps
-    qualified linear names to GBLM's accumulated per-sequence gradient statistic.
+    ``options``: the method's options (its dataclass, or a mapping checked against it).
+    ``calibration``: the calibration windows (and gradient statistics) methods that need them use.
     """
-    from tqdm.auto import tqdm
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}")
+    m = get_method(method)
+    opts = m.make_options(options)
     nm = parse_pattern(pattern)
-    check_prunable(model, pattern, blocksize=blocksize if method == "sparsegpt" else None)
-    prefix, layers = find_decoder_layers(model)
-    if method == "magnitude":
-        for lin in block_linears(model).values():
-            w = weight_matrix(lin)
-            rules.apply_mask_(lin, rules.score_magnitude(w.to(device)), sparsity, nm, per_row=False)
+    check_prunable(model, pattern, method=m, options=opts)
+    cal = calibration or Calibration()
+    if not m.needs_calibration:
+        for name, lin in block_linears(model).items():  # each layer visits the device, then goes back
+            home = lin.weight.device
+            m.prune_layer(LayerTask(name, lin.to(device), None, cal, sparsity, nm, opts))
+            lin.to(home)
         return model
-    if windows is None:
+    if cal.windows is None:
         raise ValueError(f"{method} needs calibration windows")
-    if method == "gblm" and gradients is None:
-        raise ValueError("gblm needs the gradient statistics of the calibrate stage")
-    n = windows.shape[0]
-    walk = walk_blocks(model, windows, batch_size=batch_size, device=device, offload=offload,
-                       hessian=(method == "sparsegpt"))
+    if m.needs_gradients and cal.gradients is None:
+        raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
+    prefix, layers = find_decoder_layers(model)
+    walk = walk_blocks(model, cal.windows, batch_size=batch_size, device=device, offload=offload,
+                       hessian=m.needs_hessian)
     for i, block, linears, stats in tqdm(walk, total=len(layers), desc=f"prune {method}", disable=not progress,
                                          leave=False):
         for name, lin in linears.items():
-            s = stats.pop(name)
-            w = weight_matrix(lin)
-            if method == "sparsegpt":
-                rules.sparsegpt_prune_(lin, s.hessian, sparsity, nm, blocksize=blocksize, percdamp=percdamp)
-            elif method == "wanda":
-                rules.apply_mask_(lin, rules.score_wanda(w, s.act_norm()), sparsity, nm, per_row=True)
-            else:
-                key = f"{prefix}.{i}.{name}"
-                if key not in gradients:
-                    raise KeyError(f"no gradient statistic for {key}")
-                g = rules.gblm_gradient_term(gradients[key].to(w.device), grad_nsamples or n, grad_norm,
-                                             gblm_normalization)
-                rules.apply_mask_(lin, rules.score_gblm(w, s.act_norm(), g, alpha), sparsity, nm, per_row=True)
+            m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lin, stats.pop(name), cal, sparsity, nm, opts))
     return model
 
 
@@ -143,24 +124,35 @@ def calibration_statistics(model: torch.nn.Module, windows: torch.Tensor, *, bat
     return out
 
 
-def check_prunable(model: torch.nn.Module, pattern: str, blocksize: Optional[int] = None) -> None:
-    """Before anything is pruned: the model has prunable layers in its blocks, and an N:M pattern
-    fits every one of them (M divides each input width; SparseGPT's block size is a multiple of M).
-    Raises ConfigError naming the first layer that does not fit."""
+def check_prunable(model: torch.nn.Module, pattern: str, method: Optional[Method] = None, options: Any = None) -> None:
+    """Before anything is pruned: the model has prunable layers in its blocks, the method supports
+    the pattern and its options fit it (e.g. SparseGPT's block size holds whole N:M groups), and an
+    N:M pattern fits every layer (M divides each input width).
+    Raises ConfigError naming the first thing that does not fit."""
     nm = parse_pattern(pattern)
     try:
         linears = block_linears(model)
     except ValueError as exc:
         raise ConfigError(f"{exc}.") from None
+    if method is not None:
+        check_method(method, nm, pattern, options)
     if nm is None:
         return
     m = nm[1]
-    if blocksize is not None:
-        check_blocksize(blocksize, nm)
     for name, lin in linears.items():
         if in_features(lin) % m:
             raise ConfigError(f"prune.pattern={pattern}: M={m} does not divide the input width {in_features(lin)} "
                               f"of {name}; choose an M that divides every layer's input width (e.g. 2:4 or 4:8).")
+
+
+def check_method(method: Method, nm, pattern: str, options: Any) -> None:
+    """The method supports the pattern and its options fit it (used by the config check too)."""
+    kind = "unstructured" if nm is None else "n:m"
+    if kind not in method.patterns:
+        raise ConfigError(f"prune.method={method.name} does not support prune.pattern={pattern} "
+                          f"(it supports: {', '.join(method.patterns)}).")
+    if method.check is not None:
+        method.check(options, nm)
 
 
 def _move_non_block_modules(model, layers, device):

@@ -82,5 +82,5 @@ def check_blocksize(blocksize: int, nm: Optional[tuple[int, int]]) -> None:
     """SparseGPT chooses N:M groups inside each column block: the block must hold whole groups."""
     if nm is not None and blocksize % nm[1]:
         n, m = nm
-        raise ConfigError(f"prune.blocksize={blocksize} is not a multiple of M={m}: SparseGPT's column blocks must "
-                          f"hold whole {n}:{m} groups; use prune.blocksize={max(m, blocksize // m * m)}.")
+        raise ConfigError(f"prune.options.blocksize={blocksize} is not a multiple of M={m}: SparseGPT's column blocks must "
+                          f"hold whole {n}:{m} groups; use prune.options.blocksize={max(m, blocksize // m * m)}.")

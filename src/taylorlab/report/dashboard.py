@@ -11,7 +11,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from taylorlab.engine.rundir import finished
+from taylorlab.io import atomic_write_text
+from taylorlab.report.palette import estimator_colors, method_colors
 from taylorlab.report.summary import collect_results, stage_status
+from taylorlab.tracking.metrics import read_metrics
 
 MAX_CURVE_POINTS = 200
 
@@ -24,8 +28,6 @@ def _read_json(path: Path, default=None):
 
 
 def _curve(stage_dir: Path) -> List[List[float]]:
-    from taylorlab.tracking.metrics import read_metrics
-
     pts = [[r["step"], r["train/loss"]] for r in read_metrics(stage_dir)
            if "train/loss" in r and "step" in r and not r.get("summary")]
     if len(pts) > MAX_CURVE_POINTS:
@@ -49,14 +51,15 @@ def _cache_hits(run_dir: Path) -> Dict[str, int]:
     return hits
 
 
-def _done_json(run_dirs: List[Path], pattern: str, name: str) -> List[Dict[str, Any]]:
-    """The JSON result ``name`` of every finished stage directory matching ``pattern``, run by run."""
+def _done_json(run_dirs: List[Path], stage: str, artifact: str) -> List[Dict[str, Any]]:
+    """The JSON artifact ``artifact`` of every finished ``stage`` (by its manifest), run by run."""
     out = []
     for rd in run_dirs:
-        for d in sorted(Path(rd).glob(pattern)):
-            data = _read_json(d / name) if (d / "DONE").exists() else None
+        for sd in finished([rd], stage=stage):
+            path = sd.artifact(artifact)
+            data = _read_json(path) if path is not None else None
             if data:
-                out.append({"run": Path(rd).name, "stage": d.name, **data})
+                out.append({"run": Path(rd).name, "stage": sd.name, **data})
     return out
 
 
@@ -78,9 +81,10 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
             if s["node"] == "train" and s["state"] == "done":
                 curves.append({"run": rd.name, "stage": d.name, "points": _curve(d)})
     return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
-                    "order_estimates": _done_json(run_dirs, "estimate-*", "estimates.json"),
-                    "memorization": _done_json(run_dirs, "memorize-*", "memorization.json"),
-                    "curriculum": _done_json(run_dirs, "curriculum-*", "curriculum.json")})
+                    "order_estimates": _done_json(run_dirs, "estimate", "estimates"),
+                    "memorization": _done_json(run_dirs, "memorize", "memorization"),
+                    "curriculum": _done_json(run_dirs, "curriculum", "curriculum"),
+                    "colors": {"methods": method_colors(), "estimators": estimator_colors()}})
 
 
 def _finite(obj):
@@ -104,7 +108,7 @@ td,th{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right}.done{color:
 
 _SCRIPT = r"""
 const D = JSON.parse(document.getElementById('taylorlab-data').textContent);
-const COLORS = {dense:'#000', magnitude:'#d62728', wanda:'#1f77b4', sparsegpt:'#2ca02c', gblm:'#9467bd'};
+const COLORS = D.colors.methods;
 const NS = 'http://www.w3.org/2000/svg';
 function el(tag, attrs, parent, text){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e;}
 function h(tag, attrs, parent, text){const e=document.createElement(tag);for(const k in (attrs||{}))e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e;}
@@ -137,7 +141,7 @@ function drawSparsity(){
     const k=JSON.stringify([r.run,r.method,String(r.pattern)]); (groups[k]=groups[k]||[]).push([r.sparsity,r.ppl]);});
   const series=Object.entries(groups).map(([k,p])=>{const [run,m,pat]=JSON.parse(k);
     const dense=R.find(r=>r.method==='dense'&&r.run===run); if(dense) p=[[0,dense.ppl],...p]; p.sort((a,b)=>a[0]-b[0]);
-    return {name:(many?run+' ':'')+m+' '+pat,points:p,color:COLORS[m],dash:pat==='unstructured'?'':'4 3'};});
+    return {name:(many?run+' ':'')+m+' '+pat,points:p,color:COLORS[m]||'#555',dash:pat==='unstructured'?'':'4 3'};});
   if(!series.length) R.filter(r=>r.method==='dense').forEach(d=>series.push({name:d.run+' dense',points:[[0,d.ppl]],color:'#000'}));
   chart(box,series,'sparsity','perplexity',true);
 }
@@ -192,8 +196,8 @@ function drawOrders(){
     h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
     (E.sensitivity||[]).forEach(x=>h('p',{class:'sensitivity'},box,'The truth against itself: the random orders retrained from initial weights nudged by '+Number(x.relative_perturbation).toExponential()+' (relative) rank with Spearman '+f(x.spearman_true_vs_perturbed)+' against the unnudged truth; their final weights moved by '+f(x.median_rel_param_difference)+' of the training displacement (median). No estimator built from one run ranks better than this.'));
     Object.entries(E.linearisation||{}).forEach(([k,x])=>h('p',{class:'linearisation','data-estimator':k},box,k+' checked itself (no retraining): along the estimated runs its linearised gradient misses '+f(x.median_residual)+' of the change of the exact gradient'+(x.curvature&&x.curvature!=='hvp'&&x.median_first_order!=null?' (the exact first-order expansion: '+f(x.median_first_order)+')':'')+' (median of '+x.checks.length+' checks; 0 is exact, 1 no better than ignoring curvature; above 0.5 compare it with retraining before trusting its ranking: every from-scratch benchmark run failed there, continued training from a checkpoint still ranked up to 0.83).'));
-    if(E.additive){const a=E.additive; h('p',{},box,'additive surrogate: '+a.search_orders+' random orders scored in '+f(a.search_score_s)+' s after a '+f(a.precompute_s)+' s precompute; its optimum (a linear assignment), retrained for real: validation loss '+f(a.best_order_true_loss)+' against '+f(a.random_true_loss_median)+' for the median and '+f(a.random_true_loss_min)+' for the best of the random orders.');}
-    const cols={'none':'#999','fut':'#d62728','fut2':'#ff7f0e','fut-carry':'#1f77b4','additive':'#2ca02c'};
+    Object.entries(E.proposals||{}).forEach(([k,a])=>h('p',{class:'proposal','data-estimator':k},box,k+' proposed an order ('+(a.how||'its optimum')+(a.search_orders?'; '+a.search_orders+' random orders scored in '+f(a.search_score_s)+' s':'')+(a.precompute_s!=null?' after a '+f(a.precompute_s)+' s precompute':'')+'); retrained for real: validation loss '+f(a.true_loss)+' against '+f(a.random_true_loss_median)+' for the median and '+f(a.random_true_loss_min)+' for the best of the random orders.'));
+    const cols=D.colors.estimators;
     const series=E.fidelity.map(r=>({name:r.estimator,color:cols[r.estimator]||'#555',dash:'0 10000',
       points:E.orders.map(o=>[Math.exp(o.true_loss),Math.exp(o[r.estimator+'_loss'])]).filter(p=>isFinite(p[1])&&p[1]>0&&p[1]<1e6)}));
     const all=E.orders.map(o=>Math.exp(o.true_loss)); series.push({name:'perfect',color:'#ccc',points:[[Math.min(...all),Math.min(...all)],[Math.max(...all),Math.max(...all)]]});
@@ -270,7 +274,9 @@ def render(run_dirs: List[Path], title: str = "taylorlab results") -> str:
 
 
 def write_dashboard(run_dirs: List[Path], path: Path, title: str = "taylorlab results") -> Path:
-    from taylorlab.io import atomic_write_text
-
+    """The self-contained results page over ``run_dirs``, written atomically."""
     atomic_write_text(path, render([Path(r) for r in run_dirs], title))
     return path
+
+
+write_html = write_dashboard

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
-COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green", "gblm": "tab:purple"}
+from taylorlab.report.palette import method_colors
 
 
 def _plt():
@@ -36,13 +36,14 @@ def perplexity_vs_sparsity(rows: List[Dict], path: Path) -> Optional[Path]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     dense = [r for r in rows if r["method"] == "dense"]
+    colors = method_colors()
     groups: Dict[tuple, list] = {}
     for r in rows:
         if r["method"] != "dense":
             groups.setdefault((r["method"], str(r["pattern"])), []).append((r["sparsity"], r["ppl"]))
     for (method, pattern), pts in sorted(groups.items()):
         pts = sorted(([(0.0, dense[0]["ppl"])] if dense else []) + pts)
-        ax.plot(*zip(*pts), marker="o", color=COLORS.get(method), linestyle="-" if pattern == "unstructured" else "--",
+        ax.plot(*zip(*pts), marker="o", color=colors.get(method), linestyle="-" if pattern == "unstructured" else "--",
                 label=f"{method} {pattern}")
     if dense and not groups:
         ax.plot([0], [dense[0]["ppl"]], "ko", label="dense")

@@ -1,50 +1,37 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, List
 
+from taylorlab.engine.executors import slurm_job_state
+from taylorlab.engine.rundir import finished, stage_dirs
 
-def _stage_dirs(run_dir: Path):
-    return sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and "-" in p.name and not p.name.startswith("."))
+from taylorlab.pruning import registry as pruning_registry
 
 
 def _slurm_state(job_id) -> str:
-    import shutil
-
     if not shutil.which("squeue"):
         return "submitted"
-    from taylorlab.engine.executors import slurm_job_state
-
     return slurm_job_state(job_id)
 
 
 def stage_status(run_dir: Path) -> List[Dict]:
     """One row per stage directory: node, hash, state (done / failed / submitted / running / incomplete)."""
     rows = []
-    for d in _stage_dirs(run_dir):
-        node, _, h = d.name.rpartition("-")
-        state, detail = "incomplete", ""
-        if (d / "DONE").exists():
-            state = "done"
-            try:
-                detail = f"{json.loads((d / 'manifest.json').read_text()).get('wall_s', 0):.1f} s"
-            except (OSError, ValueError):
-                state = "corrupt"
-        elif (d / "FAILED").exists():
-            state = "failed"
-            try:
-                detail = json.loads((d / "FAILED").read_text()).get("cause", "")
-            except (OSError, ValueError):
-                pass
-        elif (d / "submission.json").exists():
-            job_id = json.loads((d / "submission.json").read_text()).get("job_id")
+    for sd in stage_dirs(run_dir):
+        state, detail = sd.state(), ""
+        if state == "done":
+            detail = f"{(sd.manifest() or {}).get('wall_s', 0):.1f} s"
+        elif state == "failed":
+            detail = sd.failure_cause()
+        elif state == "submitted":
+            job_id = (sd.submission() or {}).get("job_id")
             state = f"slurm {_slurm_state(job_id).lower()}"
             detail = f"job {job_id}"
-        elif (d / "checkpoints").exists():
-            state = "interrupted (resumable)"
-        rows.append({"node": node, "hash": h, "state": state, "detail": detail, "dir": str(d),
-                     "log": str(d / "stage.log")})
+        rows.append({"node": sd.node, "hash": sd.hash, "state": state, "detail": detail, "dir": str(sd.path),
+                     "log": str(sd.path / "stage.log")})
     return rows
 
 
@@ -53,10 +40,11 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
     rows = []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
-        for d in _stage_dirs(run_dir):
-            res = d / "result.json"
-            if not (d / "DONE").exists() or not res.exists():
+        for sd in finished([run_dir], stage="evaluate"):
+            res = sd.artifact("result")
+            if res is None:
                 continue
+            d = sd.path
             r = json.loads(res.read_text())
             recipe = r.get("recipe", {})
             rows.append({
@@ -67,7 +55,7 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
                 "zero_shot": {f"{t}/{k}": v for t, m in (r.get("zero_shot") or {}).items() for k, v in m.items()
                               if k in ("acc", "acc_norm")},
             })
-    order = {"dense": 0, "magnitude": 1, "wanda": 2, "sparsegpt": 3, "gblm": 4}
+    order = {"dense": 0, **{name: i + 1 for i, name in enumerate(pruning_registry.names())}}
     rows.sort(key=lambda r: (r["run"], r["pattern"] != "-", r["pattern"], r["sparsity"], order.get(r["method"], 9)))
     return rows
 
@@ -84,10 +72,3 @@ def format_table(rows: List[Dict]) -> str:
         lines.append(f"{r['run'][:14]:14s} {r['method']:10s} {str(r['pattern']):12s} {float(r['sparsity']):8.2f} "
                      f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}{extra}")
     return "\n".join(lines)
-
-
-def write_html(run_dirs: List[Path], path: Path, title: str = "taylorlab results") -> Path:
-    """The self-contained results page (see taylorlab.report.dashboard)."""
-    from taylorlab.report.dashboard import write_dashboard
-
-    return write_dashboard(run_dirs, path, title)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from taylorlab.data import load_text_split, tokenize_texts
-from taylorlab.io import atomic_path, read_json
+from taylorlab.io import atomic_path
 
 
 def split_tokens(ctx, split: str, tokenizer) -> torch.Tensor:
@@ -29,24 +29,6 @@ def count_parameters(model) -> int:
 
 def record_paths(ctx) -> dict:
     return {k: str(ctx.artifact("record", k)) for k in ("meta", "trajectory", "model")}
-
-
-def load_record(paths: dict, device):
-    """The recorded run from its artifacts: (flat model, trajectory, batches, validation, meta)."""
-    from safetensors.torch import load_file
-
-    from taylorlab.models import load_model_artifact
-    from taylorlab.order import AdamHP, FlatModel, Trajectory
-
-    meta = read_json(paths["meta"])
-    tensors = {k: v.to(device) for k, v in load_file(str(paths["trajectory"])).items()}
-    model, _ = load_model_artifact(paths["model"])
-    model = model.to(device=device, dtype=tensors["theta.0"].dtype)
-    flat = FlatModel(model)
-    hp = AdamHP(betas=tuple(meta["betas"]), eps=meta["eps"], weight_decay=meta["weight_decay"], grad_clip=meta["grad_clip"])
-    batches, val = tensors.pop("batches"), tensors.pop("validation")
-    traj = Trajectory.from_tensors(tensors, meta["order"], meta["lrs"], hp, meta.get("checkpoint_every", 1), flat, batches)
-    return flat, traj, batches, val, meta
 
 
 # Set on the CPU test model (median 0.14 / 0.39 at Spearman 1.0 / 0.98, 0.88 / 1.05 at 0.52 / -0.12) and

@@ -1,27 +1,29 @@
 """curriculum: design a training order — candidate curricula (named heuristics, random orders, the
-best orders of a genetic search whose fitness is the estimator and, optionally, the additive
-surrogate's optimum) ranked by an estimator, the best few and the
+best orders of a genetic search whose fitness is the estimator and the orders proposed by the
+``proposers``) ranked by an estimator, the best few and the
 reference retrained for real; the recommended order is the best verified one (``order.json``)."""
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from taylorlab.io import atomic_write_json
 from taylorlab.models import resolve_device
+from taylorlab.order import Record
 from taylorlab.order.curriculum import candidate_orders, design_curriculum
-from taylorlab.stages.common import check_linearisation, load_record, record_paths
+from taylorlab.stages.common import check_linearisation, record_paths
 
 
 def run(ctx):
     c = ctx.cfg
     device = resolve_device(c.device)
-    flat, traj, batches, val, meta = load_record(record_paths(ctx), device)
-    cands = candidate_orders(flat, traj, batches, c.num_random, c.seed, tuple(c.heuristics))
+    rec = Record.load(record_paths(ctx), device)
+    cands = candidate_orders(rec, c.num_random, c.seed, tuple(c.heuristics))
     genetic = ({"generations": c.genetic_generations, "population": c.genetic_population, "keep": c.genetic_keep,
                 "seed": c.seed} if c.genetic_generations else None)
-    res = design_curriculum(flat, traj, batches, val, meta["reference_validation_loss"], cands, estimator=c.estimator,
-                            verify_top=c.verify_top, additive_proposal=c.additive_proposal,
-                            retrain_batched=device.type == "cuda", genetic=genetic,
-                            genetic_fitness=c.genetic_fitness, curvature=c.curvature)
+    res = design_curriculum(rec, cands, estimator=c.estimator, options=OmegaConf.to_container(c.options, resolve=True),
+                            verify_top=c.verify_top, proposers=list(c.proposers), retrain_batched=device.type == "cuda",
+                            genetic=genetic, genetic_fitness=c.genetic_fitness)
     check_linearisation(ctx, c.estimator, res["linearisation"])
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],

@@ -5,6 +5,7 @@ built from the held-out test split; other names are lm-eval's own tasks)."""
 from __future__ import annotations
 
 from taylorlab.evaluation import perplexity
+from taylorlab.data import load_text_split
 from taylorlab.io import atomic_write_json, read_json
 from taylorlab.models import context_length, load_model_artifact, resolve_device
 from taylorlab.stages.common import split_tokens
@@ -21,7 +22,7 @@ def run(ctx):
     recipe = read_json(recipe_path) if recipe_path else {"method": "dense"}
     result = {**res, "split": c.split, "model_stage": ctx.parents["model"].name, "recipe": recipe}
     if c.zero_shot_tasks:
-        from taylorlab.data import load_text_split
+        # local: zero_shot imports lm-eval, an optional extra (pip install .[eval]) most runs never need
         from taylorlab.evaluation.zero_shot import LOCAL_TASK, build_cloze_task, run_lm_eval
 
         task_dir = None

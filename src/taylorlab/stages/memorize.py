@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import OmegaConf
 
 from taylorlab.errors import ConfigError
 from taylorlab.io import atomic_path, atomic_write_json
@@ -15,7 +16,8 @@ from taylorlab.models import resolve_device
 from taylorlab.order.curriculum import memorization_cells
 from taylorlab.order.memorization import memorization_matrix
 from taylorlab.report import figures
-from taylorlab.stages.common import check_linearisation, load_record, record_paths
+from taylorlab.order import Record
+from taylorlab.stages.common import check_linearisation, record_paths
 
 
 def _plain(x):
@@ -30,15 +32,16 @@ def _plain(x):
 def run(ctx):
     c = ctx.cfg
     device = resolve_device(c.device)
-    flat, traj, batches, val, _ = load_record(record_paths(ctx), device)
+    rec = Record.load(record_paths(ctx), device)
+    traj = rec.traj
     bad = [i for i in c.batches if not 0 <= i < traj.T]
     if bad:
         raise ConfigError(f"memorize.batches has ids {bad} outside the recorded run's 0..{traj.T - 1}.")
     cells = memorization_cells(traj.T, list(c.batches), c.num_batches, c.num_positions)
     ctx.log.info("memorization: %d cells (batch, position) by %s%s", len(cells), c.estimator,
                  " and by retraining" if c.with_retraining else "")
-    res = memorization_matrix(flat, traj, batches, cells, estimator=c.estimator, with_retraining=c.with_retraining,
-                              val=val, curvature=c.curvature, retrain_batched=device.type == "cuda")
+    res = memorization_matrix(rec, cells, estimator=c.estimator, options=OmegaConf.to_container(c.options, resolve=True),
+                              with_retraining=c.with_retraining, retrain_batched=device.type == "cuda")
     check_linearisation(ctx, c.estimator, res["linearisation"])
     out = {"T": traj.T, **_plain(res)}
     if "true" in res:

@@ -3,9 +3,11 @@ save_pretrained, a per-layer sparsity report and the recipe that made it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -13,7 +15,7 @@ from taylorlab.config.schema import effective_sparsity
 from taylorlab.errors import ArtifactError, ConfigError
 from taylorlab.io import atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
-from taylorlab.pruning import prune_model, sparsity_report
+from taylorlab.pruning import Calibration, prune_model, registry, sparsity_report
 from taylorlab.stages.common import save_model
 
 
@@ -29,29 +31,30 @@ def _load_safetensors(path):
 def run(ctx):
     c = ctx.cfg
     device = resolve_device(c.device)
+    method = registry.get(c.method)
+    options = method.make_options(OmegaConf.to_container(c.options, resolve=True))
     model, tok = load_model_artifact(ctx.artifact("model", "model"), device="cpu", dtype=c.dtype)
     windows, wmeta = _load_safetensors(ctx.artifact("calibrate", "windows"))
     gradients, gmeta = None, {}
-    if c.method == "gblm":
+    if method.needs_gradients:
         gpath = ctx.artifact("calibrate", "gradients", required=False)
         if gpath is None:
-            raise ConfigError("prune.method=gblm needs gradient norms, but the calibrate stage ran with "
+            raise ConfigError(f"prune.method={c.method} needs gradient norms, but the calibrate stage ran with "
                               "calibrate.gradients=false; set it to true.")
         gradients, gmeta = _load_safetensors(gpath)
+    calibration = Calibration(windows=windows["windows"], gradients=gradients,
+                              gradient_samples=int(gmeta.get("num_samples", 0)) or None,
+                              gradient_norm=gmeta.get("norm", "l2"))
     sparsity = effective_sparsity(c)
     t0 = time.time()
-    prune_model(
-        model, method=c.method, sparsity=sparsity, pattern=c.pattern, windows=windows["windows"],
-        gradients=gradients, grad_nsamples=int(gmeta.get("num_samples", 0)) or None, grad_norm=gmeta.get("norm", "l2"),
-        alpha=c.alpha, gblm_normalization=c.gblm_normalization, percdamp=c.percdamp, blocksize=c.blocksize,
-        batch_size=c.batch_size, device=device, offload=c.offload, progress=ctx.progress,
-    )
+    prune_model(model, c.method, sparsity=sparsity, pattern=c.pattern, options=options, calibration=calibration,
+                batch_size=c.batch_size, device=device, offload=c.offload, progress=ctx.progress)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - t0
     report = sparsity_report(model)
-    recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "mask_device": device.type, "alpha": c.alpha,
-              "gblm_normalization": c.gblm_normalization, "calibration": wmeta,
+    recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "mask_device": device.type,
+              "options": dataclasses.asdict(options), "calibration": wmeta,
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
     save_model(model.cpu(), tok, ctx.dir / "model")

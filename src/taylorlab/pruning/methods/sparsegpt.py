@@ -1,46 +1,30 @@
-"""The per-layer rules: scores for magnitude, Wanda and GBLM; SparseGPT's OBS update."""
+"""SparseGPT (Frantar & Alistarh 2023): OBS pruning with lazy block updates of the kept weights."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
-from taylorlab.pruning.masks import check_blocksize, make_mask
+from taylorlab.errors import ConfigError
+from taylorlab.pruning.masks import check_blocksize
+from taylorlab.pruning.registry import LayerTask, Method, register
 from taylorlab.pruning.structure import weight_matrix
 
 log = logging.getLogger("taylorlab.pruning")
 
-GBLM_REFERENCE_SCALE = 100.0
 
+@dataclass
+class SparseGPTOptions:
+    percdamp: float = 0.01  # damping, a fraction of mean(diag H)
+    blocksize: int = 128  # column block of the lazy updates
 
-def score_magnitude(w: torch.Tensor) -> torch.Tensor:
-    return w.abs().float()
-
-
-def score_wanda(w: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
-    return w.abs().float() * act_norm.reshape(1, -1)
-
-
-def gblm_gradient_term(grad_stat: torch.Tensor, nsamples: int, norm: str, normalization: str) -> torch.Tensor:
-    """G from the accumulated per-sequence gradient statistic (sum g^2 for l2, sum |g| for l1).
-
-    reference: ``100 * sqrt(sum_n g_n^2)`` (l2) or ``100 * sum_n |g_n|`` (l1) — the GBLM code's scale,
-    not divided by N, so its balance against the activation term shifts with N.
-    rms: ``sqrt(mean_n g_n^2)`` (l2) or ``mean_n |g_n|`` (l1) — independent of N; with
-    ``alpha = 100 * sqrt(N)`` (l2) it equals the reference at that N.
-    """
-    g = grad_stat.float()
-    if norm == "l2":
-        g = torch.sqrt(g) if normalization == "reference" else torch.sqrt(g / nsamples)
-    else:
-        g = g if normalization == "reference" else g / nsamples
-    return g * GBLM_REFERENCE_SCALE if normalization == "reference" else g
-
-
-def score_gblm(w: torch.Tensor, act_norm: torch.Tensor, grad_term: torch.Tensor, alpha: float) -> torch.Tensor:
-    wa = w.abs().float()
-    return wa * act_norm.reshape(1, -1) + alpha * wa * grad_term.to(wa.device)
+    def validate(self) -> None:
+        if self.blocksize <= 0:
+            raise ConfigError(f"blocksize={self.blocksize} must be positive.")
+        if self.percdamp < 0:
+            raise ConfigError(f"percdamp={self.percdamp} must be 0 or more.")
 
 
 def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
@@ -108,12 +92,12 @@ def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: fl
     target.copy_(W.to(target.dtype))
 
 
-def apply_mask_(layer: torch.nn.Module, scores: torch.Tensor, sparsity: float, nm, per_row: bool) -> None:
-    """Zero the weights ``make_mask`` selects from ``scores`` ([out, in], on any device)."""
-    mask = make_mask(scores, sparsity, nm, per_row)
-    w = weight_matrix(layer)
-    w[mask.to(w.device)] = 0
+def prune_layer(task: LayerTask) -> None:
+    o = task.options
+    sparsegpt_prune_(task.layer, task.stats.hessian, task.sparsity, task.nm, blocksize=o.blocksize,
+                     percdamp=o.percdamp)
 
 
-__all__ = ["score_magnitude", "score_wanda", "score_gblm", "gblm_gradient_term", "sparsegpt_prune_",
-           "apply_mask_"]
+METHOD = register(Method("sparsegpt", prune_layer, SparseGPTOptions, needs_hessian=True,
+                         check=lambda o, nm: check_blocksize(o.blocksize, nm),
+                         rank=30, summary="OBS with lazy block updates of the kept weights"))

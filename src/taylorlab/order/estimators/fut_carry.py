@@ -1,0 +1,160 @@
+"""``fut-carry`` — this project's accuracy estimator: ``g(gamma_t, B_l) ~ g(theta_t, B_l) +
+H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``), the
+paper's secant diagonal (``"secant"``, cost independent of K once K >> T) or none (``"none"``, the
+cheap variant), and Adam's m, v and step computed exactly from that gradient along the new order
+(moments carried, never linearised). ``"hvp2"`` expands the gradient to second order, adding
+``1/2 D^3 L(theta_t, B_l)[delta, delta]`` (the third derivative of the loss along the deviation,
+exact, from a forward-over-forward-over-reverse pass): lower parameter error at larger deviations,
+not always a better ranking (benchmarks/order_effects). Streams over t, advancing all K orders
+together (memory K x 3d). Returns the reference run exactly for the reference order."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch.func import jvp, vmap
+
+from taylorlab.errors import ConfigError
+from taylorlab.order.estimators.fut import _secant
+from taylorlab.order.functional import FlatModel, adam_step, grads_at
+from taylorlab.order.recorded import Record
+from taylorlab.order.registry import Estimate, Estimator, register
+
+CURVATURES = ("hvp", "hvp2", "secant", "none")
+
+
+@dataclass
+class FutCarryOptions:
+    curvature: str = "hvp"  # hvp | hvp2 | secant | none
+    chunk: int = 16  # orders per vmapped pass on a GPU
+    check_steps: int = 4  # self-check: steps at which the linearised gradient is compared with the exact one
+    check_orders: int = 2  # ... for this many orders
+
+    def validate(self) -> None:
+        if self.curvature not in CURVATURES:
+            raise ConfigError(f"curvature={self.curvature!r} is not one of {', '.join(CURVATURES)}.")
+        if self.chunk <= 0 or self.check_steps < 0 or self.check_orders < 0:
+            raise ConfigError("chunk must be positive, check_steps and check_orders 0 or more.")
+
+
+def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor,
+                  second: bool = False) -> torch.Tensor:
+    """g(theta) + H(theta) vec (one forward-over-reverse pass), plus 1/2 D^3 L(theta)[vec, vec] with
+    ``second`` (forward over forward over reverse): the gradient at theta + vec to first or second order."""
+    def g_hvp(x):
+        return jvp(lambda y: flat.grad(y, batch), (x,), (vec,))
+
+    if not second:
+        g, h = g_hvp(theta)
+        return g + h
+    (g, h), (_, third) = jvp(g_hvp, (theta,), (vec,))
+    return g + h + 0.5 * third
+
+
+def linearisation_residual(flat: FlatModel, theta: torch.Tensor, gamma: torch.Tensor, batch: torch.Tensor,
+                           g_est: torch.Tensor, first_order: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """How much of the change of a batch's gradient between the reference state ``theta`` and an
+    estimated state ``gamma`` the estimate ``g_est`` misses: ||g(gamma) - g_est|| / ||g(gamma) - g(theta)||
+    (0: exact; 1: no better than ignoring the change, as the ``none`` curvature does) -- ``residual``;
+    and the same for the exact first-order expansion g(theta) + H (gamma - theta) -- ``first_order``:
+    ``g_est`` itself where it is that (``hvp``), else computed here, so that every curvature reports
+    the quantity the warning threshold was calibrated on."""
+    g_true = flat.grad(gamma, batch)
+    if first_order is None:  # g(theta) and H (gamma - theta) from one forward-over-reverse pass
+        g_ref, h = jvp(lambda y: flat.grad(y, batch), (theta,), (gamma - theta,))
+        first_order = g_ref + h
+    else:
+        g_ref = flat.grad(theta, batch)
+    den = torch.linalg.vector_norm(g_true - g_ref)
+
+    def miss(g):
+        return float(torch.linalg.vector_norm(g_true - g) / den) if den > 0 else float("nan")
+
+    return {"residual": miss(g_est), "first_order": miss(first_order)}
+
+
+def est_fut_carry(rec: Record, orders, opts: FutCarryOptions) -> Estimate:
+    """``curvature``: ``hvp`` (exact; on a GPU each order's gradient and Hessian-vector product come
+    from one vmapped forward-over-reverse pass), ``hvp2`` (the same plus the third-derivative term:
+    1.4-2x the cost on the CPU; lower parameter error, but not always a better loss ranking — worse at
+    T = 32 on the CPU benchmark model — so not the default), ``secant`` (the paper's diagonal from the gradients
+    of the step's batches at the current and previous reference states: 2 gradients per distinct
+    batch of a step, previous states' gradients reused, so for K >> T the cost is about T gradients
+    per step whatever K) or ``none``.
+
+    A self-check that needs no retraining: at ``check_steps`` steps spread over the run, for the first
+    ``check_orders`` orders that have left the reference, the exact gradient at the estimated state is
+    computed and compared with the linearised one (``linearisation_residual``; 2 gradients per check,
+    one of them with its HVP for curvatures other than ``hvp``, inside the timed cost). Returned as
+    ``linearisation``: per check and the medians of the estimator's own residual and of the exact
+    first-order expansion's (``median_first_order``, what the stages' warning was calibrated on); a
+    median near 1 says the expansion is out of its range and the ranking should not be trusted."""
+    flat, traj, batches = rec.flat, rec.traj, rec.batches
+    curvature, chunk, check_steps, check_orders = opts.curvature, opts.chunk, opts.check_steps, opts.check_orders
+    K = len(orders)
+    T = traj.T
+    check_at = sorted({min(T - 1, max(1, round((j + 1) * T / (check_steps + 1)))) for j in range(check_steps)})
+    checks = []
+    gamma = traj.theta0.expand(K, -1).clone()
+    m, v = torch.zeros_like(gamma), torch.zeros_like(gamma)
+    cuda = gamma.device.type == "cuda"
+    if cuda:
+        expanded_many = vmap(lambda th, b, vec: expanded_grad(flat, th, b, vec, curvature == "hvp2"),
+                             in_dims=(None, 0, 0))
+    prev_table, prev_theta = {}, None
+    for t in range(traj.T):
+        theta = traj.theta(t)
+        ids = [o[t] for o in orders]
+        uniq = sorted(set(ids))
+        delta = gamma - theta
+        moved = ((delta != 0).any(dim=1).tolist()  # one sync: only where the CPU path or a check needs it
+                 if t in check_at or (not cuda and curvature in ("hvp", "hvp2")) else None)
+        if curvature in ("hvp", "hvp2") and cuda:  # gradient and H delta (...) together, K orders in chunks
+            g = torch.empty_like(gamma)
+            for lo in range(0, K, chunk):
+                idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
+                g[lo:lo + chunk] = expanded_many(theta, batches[idx], delta[lo:lo + chunk])
+        elif curvature in ("hvp", "hvp2"):  # CPU, one order at a time: g and H delta (...) from one pass
+            # orders that have not left the reference yet: the reference gradient, once per batch
+            unmoved = {b: flat.grad(theta, batches[b]) for k, b in enumerate(ids) if not moved[k]}
+            g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], curvature == "hvp2")
+                             if moved[k] else unmoved[b] for k, b in enumerate(ids)])
+        else:  # secant / none: each distinct batch's gradient once per step
+            table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
+            g = torch.stack([table[b] for b in ids])
+            if curvature == "secant" and t > 0:
+                missing = [b for b in uniq if b not in prev_table]
+                if missing:
+                    prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))
+                dtheta = theta - prev_theta
+                h = {b: _secant(table[b], prev_table[b], dtheta) for b in uniq}
+                g = g + torch.stack([h[b] for b in ids]) * delta
+            if curvature == "secant":
+                prev_table, prev_theta = table, theta
+        if t in check_at:
+            checks += [{"step": t, "order": k,
+                        **linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k],
+                                                 g[k] if curvature == "hvp" else None)}
+                       for k in [k for k in range(K) if moved[k]][:check_orders]]
+        # one order at a time: the functional step's temporaries (about ten) are then [d], not [K, d],
+        # which is what ran a real model's K streams out of memory; the arithmetic is the same per
+        # element, so the reference order still reproduces the reference run bit for bit
+        del delta
+        for k in range(K):
+            gamma[k], m[k], v[k] = adam_step(gamma[k], m[k], v[k], g[k], t + 1, traj.lrs[t], traj.hp)
+    return Estimate(params=gamma, linearisation={"checks": checks, "curvature": curvature,
+                                                 "median_residual": _finite_median(c["residual"] for c in checks),
+                                                 "median_first_order": _finite_median(c["first_order"] for c in checks)})
+
+
+def _finite_median(values) -> Optional[float]:
+    finite = [x for x in values if not math.isnan(x)]
+    return statistics.median(finite) if finite else None
+
+
+ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, rank=20,
+                               summary="linearised gradients, Adam's moments and step exact along the order"))

@@ -1,0 +1,117 @@
+"""The order estimators, registered once: name, typed options, capabilities and the function.
+
+An estimator is one module under ``taylorlab.order.estimators`` that calls ``register``; config
+choices and validation, the stages and the results page read this registry, so adding one touches
+that module, its config and its tests, nothing else::
+
+    @dataclass
+    class ShrinkOptions:
+        factor: float = 0.5
+
+    def shrink(rec: Record, orders, opts) -> Estimate:   # halfway between theta_0 and theta_T
+        theta = rec.traj.theta0 + opts.factor * (rec.traj.final - rec.traj.theta0)
+        return Estimate(params=theta.expand(len(orders), -1).clone())
+
+    register(Estimator("shrink", shrink, ShrinkOptions))
+
+Every estimator takes the ``Record`` and a list of orders (permutations of the T batch ids) and
+returns an ``Estimate``; ``estimate`` validates the orders, times the call and measures its memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from taylorlab.errors import ConfigError
+from taylorlab.order.queries import timed
+from taylorlab.order.recorded import Record
+from taylorlab.order.trajectory import validate_orders
+from taylorlab.options import NoOptions, make_options
+
+
+@dataclass
+class Estimate:
+    """One estimator's answer for K orders: final parameters [K, d] (estimators that produce them)
+    or final validation losses; its own self-check (``linearisation``: no retraining needed); an
+    order it proposes (``proposal``: ``{"order": [...], "predicted_loss": ...}`` and details), the
+    truth of which the caller checks by retraining."""
+
+    params: Optional[torch.Tensor] = None
+    loss: Optional[List[float]] = None
+    linearisation: Optional[Dict[str, Any]] = None
+    proposal: Optional[Dict[str, Any]] = None
+    name: str = ""
+    wall_s: Optional[float] = None
+    peak_gib: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def losses(self, rec: Record) -> List[float]:
+        """Final validation losses: given directly, or of the estimated parameters."""
+        if self.loss is not None:
+            return list(self.loss)
+        return [rec.flat.eval_loss(p, rec.val) for p in self.params]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    fn: Callable[[Record, List[List[int]], Any], Estimate]
+    options: type = NoOptions
+    gives_params: bool = True  # final parameters per order (else losses only)
+    proposes_order: bool = False  # returns a best order under its own model (``Estimate.proposal``)
+    self_check: bool = False  # returns ``Estimate.linearisation``
+    baseline: bool = False  # "no change": the row every table is compared with
+    summary: str = ""
+    rank: int = 100  # where tables list it (lower first)
+
+    def make_options(self, values: Optional[Mapping[str, Any]] = None, key: Optional[str] = None) -> Any:
+        return make_options(self.options, values, key or f"estimate.options.{self.name}", self.name)
+
+
+_ESTIMATORS: Dict[str, Estimator] = {}
+
+
+def register(est: Estimator) -> Estimator:
+    if est.name in _ESTIMATORS and _ESTIMATORS[est.name] is not est:
+        raise ValueError(f"an order estimator named {est.name!r} is already registered")
+    if not dataclasses.is_dataclass(est.options):
+        raise TypeError(f"{est.name}: options must be a dataclass type")
+    _ESTIMATORS[est.name] = est
+    return est
+
+
+def unregister(name: str) -> None:
+    _ESTIMATORS.pop(name, None)
+
+
+def get(name: str, key: str = "estimator") -> Estimator:
+    if name not in _ESTIMATORS:
+        raise ConfigError(f"{key}={name!r} is not one of {', '.join(names())}.")
+    return _ESTIMATORS[name]
+
+
+def names(gives_params: Optional[bool] = None) -> Tuple[str, ...]:
+    """The registered estimators in display order (optionally only those that give parameters)."""
+    sel = [n for n, e in _ESTIMATORS.items() if gives_params is None or e.gives_params == gives_params]
+    return tuple(sorted(sel, key=lambda n: (_ESTIMATORS[n].rank, n)))
+
+
+def estimate(name: str, rec: Record, orders: List[List[int]], options: Any = None) -> Estimate:
+    """Run one registered estimator over K orders: its ``Estimate`` with the wall time and, on a
+    GPU, the peak memory. ``options``: its options dataclass or a mapping checked against it."""
+    est = get(name)
+    opts = est.make_options(options)
+    orders = validate_orders(orders, rec.T)
+    cuda = rec.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    out, wall = timed(lambda: est.fn(rec, orders, opts))
+    out.name, out.wall_s = name, wall
+    out.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if out.params is None and out.loss is None:
+        raise ValueError(f"estimator {name} returned neither parameters nor losses")
+    return out
