@@ -7,7 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from taylorlab.engine import Graph, Node, StageSpec
-from taylorlab.engine.runner import execute, make_plan
+from taylorlab.engine.executors import execute
+from taylorlab.engine.runner import make_plan
 from taylorlab.errors import ConfigError, StageFailed
 
 ROOT = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ def grads(model, w):
     return per_sequence_gradient_stats(model, w, batch_size=3)
 
 
-@pytest.mark.parametrize("method", ["wanda", "gblm"])
+@pytest.mark.parametrize("method", ["wanda", "gblm", "ria"])
 def test_every_row_has_exactly_the_target_sparsity(tiny_llama, method):
     w = windows()
     g = grads(tiny_llama, w) if method == "gblm" else None
@@ -34,7 +34,7 @@ def test_every_row_has_exactly_the_target_sparsity(tiny_llama, method):
         assert torch.all(zeros_per_row == int(lin.in_features * 0.5)), name
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "gblm"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "gblm", "ria"])
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
 def test_saved_nm_weights_have_at_most_n_nonzeros_per_group(tiny_llama, method, pattern, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -227,3 +227,21 @@ def test_ties_are_broken_by_the_lower_index_first():
 
     assert mask_per_matrix(scores.reshape(2, 4), 0.25).tolist() == [[True, False, False, False],
                                                                      [False, False, True, False]]
+
+
+def test_ria_score_formula_and_its_invariance_to_the_matrix_scale():
+    """RIA: (|W|/row sum + |W|/column sum) x ||X||^a; relative importance is unchanged when the whole
+    matrix is scaled, so the mask is too; a = 0 drops the activations."""
+    from taylorlab.pruning.methods.ria import score as score_ria
+
+    w = torch.tensor([[1.0, -3.0], [2.0, 2.0]])
+    act = torch.tensor([4.0, 1.0])
+    expected = torch.tensor([[1 / 4 + 1 / 3, 3 / 4 + 3 / 5], [2 / 4 + 2 / 3, 2 / 4 + 2 / 5]]) * act.sqrt()
+    torch.testing.assert_close(score_ria(w, act, 0.5), expected)
+    torch.testing.assert_close(score_ria(7 * w, act, 0.5), expected)
+    torch.testing.assert_close(score_ria(w, act, 0.0), expected / act.sqrt())
+    g = torch.Generator().manual_seed(0)
+    big, a = torch.randn(16, 32, generator=g), torch.rand(32, generator=g)
+    assert torch.equal(mask_per_row(score_ria(big, a, 0.5), 0.5), mask_per_row(score_ria(3 * big, a, 0.5), 0.5))
+    # not Wanda: the relative importance re-weights columns whose weights are large everywhere
+    assert not torch.equal(mask_per_row(score_ria(big, a, 0.5), 0.5), mask_per_row(score_wanda(big, a), 0.5))

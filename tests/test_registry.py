@@ -5,6 +5,7 @@ the method libraries spells a method's or an estimator's name; no import cycle i
 import ast
 import collections
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,6 @@ def test_no_source_outside_the_method_libraries_spells_a_method_or_estimator_nam
             continue
         for text in _strings(ast.parse(f.read_text())):
             low = text.lower()
-            hits = [n for n in names if n in low]
+            hits = [n for n in names if re.search(rf"(?<![a-z0-9_]){re.escape(n)}(?![a-z0-9_])", low)]
             found += [f"{rel}: {h!r} in {text[:60]!r}" for h in hits]
     assert found == []

@@ -21,7 +21,8 @@ import torch
 
 from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.order import FlatModel, record, retrain
-from taylorlab.order.estimators import additive_scores, best_order, random_orders, score_orders, timed
+from taylorlab.order.estimators.additive import additive_scores, best_order, score_orders
+from taylorlab.order.queries import random_orders, timed
 
 
 def main():

@@ -18,7 +18,7 @@ import torch
 from setup_order import DTYPES, HP, conf_llama, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.order import FlatModel, record, retrain, shared_prefix
 from taylorlab.order.curriculum import memorization_cells
-from taylorlab.order.estimators import timed
+from taylorlab.order.queries import timed
 from taylorlab.order.memorization import moved_order
 
 

@@ -21,7 +21,7 @@ import torch
 
 from setup_order import HP, conf_llama, parser, record_json  # first: sets sys.path
 from taylorlab.order import FlatModel, retrain
-from taylorlab.order.estimators import timed
+from taylorlab.order.queries import timed
 
 
 def plain_loop(model, batches, orders, lrs, hp) -> torch.Tensor:

@@ -22,10 +22,9 @@ import torch
 
 from setup_order import DTYPES, HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import build_llama
-from taylorlab.order import FlatModel, estimate, fidelity_table, record, retrain
+from taylorlab.order import FlatModel, Record, estimate, fidelity_table, record, retrain
 from taylorlab.order.fidelity import truth_sensitivity
-from taylorlab.order.estimators import (additive_search, estimated_losses, final_batch_losses, heuristic_orders,
-                                        random_orders, timed)
+from taylorlab.order.queries import final_batch_losses, heuristic_orders, random_orders, timed
 
 
 _PRETRAINED = {}
@@ -82,26 +81,27 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
         if name == "fut-carry":
             opts["chunk"] = a.hvp2_chunk if label == "fut-carry-hvp2" else a.carry_chunk
         if name == "additive":
-            opts = {"chunk": a.additive_chunk}
+            opts = {"chunk": a.additive_chunk, "search_orders": 100_000, "search_seed": 2}
         try:
-            out = estimate(name, flat, traj, train, orders, val=val, reference_loss=ref_loss, **opts)
+            out = estimate(name, Record(flat, traj, train, val, {"reference_validation_loss": ref_loss}), orders, opts)
         except Exception as exc:  # one estimator failing (e.g. out of memory) must not lose the cell
             extra.setdefault("errors", {})[label] = f"{type(exc).__name__}: {exc}"[:500]
             print(f"  {label}: FAILED {exc}", flush=True)
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
             continue
-        cost[label], peak[label] = out["wall_s"], out["peak_gib"]
-        if out.get("linearisation"):  # fut-carry's own check, to calibrate its warning against the truth
-            lin[label] = out["linearisation"]
-        est_loss[label] = estimated_losses(flat, out, val)
-        if out["params"] is not None:
-            est_params[label] = out.pop("params")
-        if label == "additive":
-            search = additive_search(flat, traj, train, val, out["S"], ref_loss, n_orders=100_000, seed=2)
+        cost[label], peak[label] = out.wall_s, out.peak_gib
+        if out.linearisation:  # fut-carry's own check, to calibrate its warning against the truth
+            lin[label] = out.linearisation
+        est_loss[label] = out.losses(Record(flat, traj, train, val))
+        if out.params is not None:
+            est_params[label] = out.params
+        if out.proposal is not None:
+            best = retrain(flat, traj.theta0, train, [out.proposal["order"]], lrs, hp, batched=False)[0]
             rand = sorted(true_loss[: a.K])
-            extra["additive"] = {"precompute_s": out["precompute_s"], "score_100k_orders_s": search["search_score_s"],
-                                 "best_order_true_loss": search["best_order_true_loss"],
-                                 "random_median_true_loss": rand[len(rand) // 2], "random_min_true_loss": rand[0]}
+            extra[label] = {"precompute_s": out.proposal["precompute_s"],
+                            "score_100k_orders_s": out.proposal["search_score_s"],
+                            "best_order_true_loss": flat.eval_loss(best, val),
+                            "random_median_true_loss": rand[len(rand) // 2], "random_min_true_loss": rand[0]}
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         print(f"  {label}: {cost[label]:.1f} s", flush=True)
     rand_idx = list(range(a.K))

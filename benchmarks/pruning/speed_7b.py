@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record  # noqa: E402
-from taylorlab.pruning import per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
+from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
 
 
 def build(layers: int):
@@ -108,8 +108,8 @@ def main():
         if method.startswith("llmc-"):
             llmc_prune(model, method, windows)
         else:
-            prune_model(model, method=method, sparsity=0.5, windows=windows, gradients=grads,
-                        grad_nsamples=args.nsamples, batch_size=8, device=torch.device("cuda"), offload=offload)
+            prune_model(model, method, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
+                        calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
         wall = time.time() - t0
         del grads
