@@ -73,3 +73,18 @@ def test_checkpoint_without_meta_is_ignored(tiny_llama, tmp_path):
     (tmp_path / "step-0000004").mkdir()  # half-written: no meta.json
     out = train(tiny_llama, data(), list(range(6)), TrainSettings(checkpoint_every=100), ckpt_dir=tmp_path)
     assert out["resumed_from"] == 0
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (1, 10), (3, 10), (4, 5), (2, 2)])
+def test_the_schedule_reaches_its_peak_once_and_its_floor_at_the_last_step(warmup, total):
+    from taylorlab.training.trainer import lr_lambda
+
+    s = TrainSettings(lr=1.0, warmup_steps=warmup, min_lr_ratio=0.1, schedule="cosine")
+    f = lr_lambda(s, total)
+    values = [f(t) for t in range(total)]
+    assert values.count(1.0) == 1 and values.index(1.0) == max(warmup - 1, 0)
+    if total - 1 > max(warmup - 1, 0):
+        assert values[-1] == pytest.approx(0.1, abs=1e-12)
+    after = values[max(warmup - 1, 0):]
+    assert all(a > b for a, b in zip(after, after[1:]))  # strictly decreasing after the peak
+    assert all(a < b for a, b in zip(values[:warmup], values[1:warmup]))  # strictly rising in the warmup

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
+from taylorlab.data import userfiles
 from taylorlab.errors import ConfigError
 from taylorlab.order import registry as order_registry
 from taylorlab.pruning import check_method, registry as pruning_registry
@@ -47,6 +48,11 @@ class DataConfig:
     # domains of the training text, interleaved in blocks of block_chars characters (order matters)
     domains: List[str] = field(default_factory=lambda: ["wiki", "shakespeare", "austen"])
     block_chars: int = 2000
+    # your own text instead of the embedded corpus: plain text (a document per paragraph) or JSON-lines
+    # with a "text" field; test and validation split off by holdout (taylorlab.data.userfiles)
+    files: List[str] = field(default_factory=list)
+    holdout: float = 0.1
+    files_digest: str = ""  # filled in by the config check from the files' contents (the cache key)
     resources: Resources = field(default_factory=Resources)
 
 
@@ -340,6 +346,7 @@ def validate(cfg: Any) -> None:
     _positive("calibrate.batch_size", c.batch_size)
     _choice("calibrate.grad_norm", c.grad_norm, ("l2", "l1"))
     validate_prune(cfg.prune, cfg.calibrate)
+    validate_data_files(cfg)
     for d in cfg.data.domains:
         _choice("data.domains", d, ("wiki", "shakespeare", "austen"))
     if not cfg.data.domains:
@@ -387,6 +394,30 @@ def validate(cfg: Any) -> None:
                               f"{T} batches (0..{T - 1}, record.num_batches={T}).")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
+
+
+ORDER_STAGES = ("record", "estimate", "memorize", "curriculum")
+
+
+def validate_data_files(cfg: Any) -> None:
+    """``data.files``: every file readable, UTF-8, with text, and enough of it for training (and for
+    the order stages when they run), before anything runs; the contents' digest becomes the key."""
+    d = cfg.data
+    if not 0 < d.holdout < 0.5:
+        raise ConfigError(f"data.holdout={d.holdout} must lie in (0, 0.5): the fraction of documents for each of "
+                          "the test and validation splits.")
+    if not d.files:
+        return
+    infos = userfiles.inspect_files(list(d.files))
+    t, r = cfg.train, cfg.record
+    needs = {f"train (batch_size {t.batch_size} x seq_len {t.seq_len} x {t.max_batches or 1} batches)":
+             t.batch_size * t.seq_len * (t.max_batches or 1)}
+    if not cfg.stages or any(s in ORDER_STAGES for s in cfg.stages):
+        needs["record ((skip_batches + num_batches) x batch_size x seq_len)"] = (
+            (r.skip_batches + r.num_batches) * r.batch_size * r.seq_len)
+    userfiles.check_size(infos, d.holdout, needs)
+    _write_back(d, "files", [str(i.path.resolve()) for i in infos])  # stage processes may run elsewhere
+    _write_back(d, "files_digest", userfiles.digest(infos))
 
 
 def validate_estimators(e: Any, memorize: Any, curriculum: Any) -> None:

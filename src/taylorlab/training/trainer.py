@@ -55,13 +55,18 @@ def batch_order(num_batches: int, kind: str = "shuffled", seed: int = 0) -> List
 
 
 def lr_lambda(s: TrainSettings, total: int) -> Callable[[int], float]:
+    """The multiplier of the peak learning rate at each of the ``total`` steps: linear warmup to the
+    peak, reached once (at the last warmup step, or at step 0 without warmup), then constant or a
+    cosine that reaches ``min_lr_ratio`` exactly at the last step."""
+    peak = max(s.warmup_steps - 1, 0)
+    span = max(1, total - 1 - peak)
+
     def f(step: int) -> float:
         if s.warmup_steps > 0 and step < s.warmup_steps:
             return (step + 1) / s.warmup_steps
         if s.schedule == "constant":
             return 1.0
-        span = max(1, total - s.warmup_steps)
-        progress = min(1.0, (step - s.warmup_steps) / span)
+        progress = min(1.0, (step - peak) / span)
         return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
