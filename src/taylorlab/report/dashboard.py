@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 from taylorlab.engine.rundir import finished
 from taylorlab.io import atomic_write_text
 from taylorlab.report.palette import estimator_colors, method_colors
+from taylorlab.report.verdicts import judge
 from taylorlab.report.summary import collect_results, stage_status
 from taylorlab.tracking.metrics import read_metrics
 
@@ -28,8 +29,11 @@ def _read_json(path: Path, default=None):
 
 
 def _curve(stage_dir: Path) -> List[List[float]]:
-    pts = [[r["step"], r["train/loss"]] for r in read_metrics(stage_dir)
-           if "train/loss" in r and "step" in r and not r.get("summary")]
+    by_step = {}  # after a resume a step may have been logged twice: the last write is the one kept
+    for r in read_metrics(stage_dir):
+        if "train/loss" in r and "step" in r and not r.get("summary"):
+            by_step[r["step"]] = r["train/loss"]
+    pts = [[k, v] for k, v in sorted(by_step.items())]
     if len(pts) > MAX_CURVE_POINTS:
         stride = len(pts) / MAX_CURVE_POINTS
         pts = [pts[int(i * stride)] for i in range(MAX_CURVE_POINTS)] + [pts[-1]]
@@ -80,8 +84,11 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
             })
             if s["node"] == "train" and s["state"] == "done":
                 curves.append({"run": rd.name, "stage": d.name, "points": _curve(d)})
+    estimates = _done_json(run_dirs, "estimate", "estimates")
+    for E in estimates:
+        E["judged"] = judge(E)
     return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
-                    "order_estimates": _done_json(run_dirs, "estimate", "estimates"),
+                    "order_estimates": estimates,
                     "memorization": _done_json(run_dirs, "memorize", "memorization"),
                     "curriculum": _done_json(run_dirs, "curriculum", "curriculum"),
                     "colors": {"methods": method_colors(), "estimators": estimator_colors()}})
@@ -103,7 +110,8 @@ body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}h1{margin-bott
 h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;font-size:14px}
 td,th{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right}.done{color:#070}.failed{color:#a00}
 .empty{color:#777;font-style:italic}.filters label{margin-right:1em}svg text{font-size:11px}
-.best{font-weight:bold;background:#e8f5e9}details pre{background:#f6f6f6;padding:.5em;max-width:90em;overflow:auto}
+.best{font-weight:bold;background:#e8f5e9}td.flagged{background:#fdecea;color:#a00}
+.verdict.ranks{color:#070;font-weight:bold}.verdict.does-not-rank{color:#a00;font-weight:bold}.why{font-size:11px;color:#555;font-weight:normal}details pre{background:#f6f6f6;padding:.5em;max-width:90em;overflow:auto}
 """
 
 _SCRIPT = r"""
@@ -150,10 +158,11 @@ function drawTable(){
   if(!R.length){empty('method-table','No evaluate stage has finished yet.');return;}
   const cols=[...new Set(R.filter(r=>r.method!=='dense').map(r=>r.pattern+' @'+r.sparsity))].sort();
   const t=h('table',{id:'method-pattern-table'},box);
-  const hr=h('tr',{},t); h('th',{},hr,'run'); h('th',{},hr,'method'); cols.forEach(c=>h('th',{},hr,c+' (ppl, ×dense)'));
+  const hr=h('tr',{},t); h('th',{},hr,'run'); h('th',{},hr,'method'); h('th',{},hr,'model'); h('th',{},hr,'calibration'); cols.forEach(c=>h('th',{},hr,c+' (ppl, ×dense)'));
   [...new Set(R.map(r=>r.run))].forEach(run=>{const RR=R.filter(r=>r.run===run); const dense=RR.find(r=>r.method==='dense');
     const best={}; cols.forEach(c=>{best[c]=Math.min(...RR.filter(r=>r.pattern+' @'+r.sparsity===c).map(r=>r.ppl));});
     [...new Set(RR.map(r=>r.method))].forEach(m=>{const tr=h('tr',{'data-method':m,'data-run':run},t); h('td',{},tr,run); h('td',{},tr,m);
+      const one=RR.find(r=>r.method===m); h('td',{},tr,one.model||''); h('td',{},tr,m==='dense'?'–':(one.calibration||''));
       if(m==='dense'){h('td',{class:'num',colspan:Math.max(cols.length,1)},tr,dense.ppl.toFixed(3));return;}
       cols.forEach(c=>{const r=RR.find(r=>r.method===m&&r.pattern+' @'+r.sparsity===c);
         h('td',{class:'num'+(r&&r.ppl===best[c]?' best':'')},tr, r?(r.ppl.toFixed(3)+(dense?'  ×'+(r.ppl/dense.ppl).toFixed(2):'')):'–');});});});
@@ -189,17 +198,24 @@ function drawOrders(){
   D.order_estimates.forEach(E=>{
     h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
     const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
-    ['estimator','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','wall s','s / query','peak GiB','× one retraining'].forEach(x=>h('th',{},hr,x));
-    const f=v=>v==null?'–':Number(v).toPrecision(3);
-    E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); h('td',{},tr,r.estimator);
-      [r.spearman,r.pearson,r.mae_ppl,r.mae_ratio_to_none,r.rel_param_error,r.wall_s,r.s_per_query,r.peak_gib,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+    ['estimator','verdict','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','absurd estimates','wall s','s / query','peak GiB','× one retraining'].forEach(x=>h('th',{},hr,x));
+    const f=v=>v==null?'–':Number(v).toPrecision(3); const J=E.judged||{verdicts:{},flags:{},plot:{}};
+    E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); const V=J.verdicts[r.estimator]||{verdict:'not checked',why:''};
+      const F=J.flags[r.estimator]||{absurd:0}; h('td',{},tr,r.estimator+(F.relative?' (relative)':''));
+      const vt=h('td',{class:'verdict '+V.verdict.replace(/ /g,'-'),title:V.why},tr,V.verdict); h('div',{class:'why'},vt,V.why);
+      [r.spearman,r.pearson].forEach(v=>h('td',{class:'num'},tr,f(v)));
+      [r.mae_ppl,r.mae_ratio_to_none].forEach(v=>h('td',{class:'num'},tr,F.relative?'(relative)':f(v)));
+      h('td',{class:'num'},tr,f(r.rel_param_error)); h('td',{class:'num'+(F.absurd?' flagged':'')},tr,String(F.absurd||0));
+      [r.wall_s,r.s_per_query,r.peak_gib,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
     h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
     (E.sensitivity||[]).forEach(x=>h('p',{class:'sensitivity'},box,'The truth against itself: the random orders retrained from initial weights nudged by '+Number(x.relative_perturbation).toExponential()+' (relative) rank with Spearman '+f(x.spearman_true_vs_perturbed)+' against the unnudged truth; their final weights moved by '+f(x.median_rel_param_difference)+' of the training displacement (median). No estimator built from one run ranks better than this.'));
     Object.entries(E.linearisation||{}).forEach(([k,x])=>h('p',{class:'linearisation','data-estimator':k},box,k+' checked itself (no retraining): along the estimated runs its linearised gradient misses '+f(x.median_residual)+' of the change of the exact gradient'+(x.curvature&&x.curvature!=='hvp'&&x.median_first_order!=null?' (the exact first-order expansion: '+f(x.median_first_order)+')':'')+' (median of '+x.checks.length+' checks; 0 is exact, 1 no better than ignoring curvature; above 0.5 compare it with retraining before trusting its ranking: every from-scratch benchmark run failed there, continued training from a checkpoint still ranked up to 0.83).'));
     Object.entries(E.proposals||{}).forEach(([k,a])=>h('p',{class:'proposal','data-estimator':k},box,k+' proposed an order ('+(a.how||'its optimum')+(a.search_orders?'; '+a.search_orders+' random orders scored in '+f(a.search_score_s)+' s':'')+(a.precompute_s!=null?' after a '+f(a.precompute_s)+' s precompute':'')+'); retrained for real: validation loss '+f(a.true_loss)+' against '+f(a.random_true_loss_median)+' for the median and '+f(a.random_true_loss_min)+' for the best of the random orders.'));
     const cols=D.colors.estimators;
-    const series=E.fidelity.map(r=>({name:r.estimator,color:cols[r.estimator]||'#555',dash:'0 10000',
-      points:E.orders.map(o=>[Math.exp(o.true_loss),Math.exp(o[r.estimator+'_loss'])]).filter(p=>isFinite(p[1])&&p[1]>0&&p[1]<1e6)}));
+    const series=E.fidelity.map(r=>({name:r.estimator+((J.flags[r.estimator]||{}).relative?' (relative)':''),color:cols[r.estimator]||'#555',dash:'0 10000',
+      points:E.orders.map((o,i)=>[Math.exp(o.true_loss),(J.plot[r.estimator]||[])[i]]).filter(p=>p[1]!=null).map(p=>[p[0],Math.exp(p[1])]).filter(p=>isFinite(p[1]))}));
+    const off=E.fidelity.filter(r=>(J.flags[r.estimator]||{}).absurd).map(r=>r.estimator+': '+J.flags[r.estimator].absurd);
+    if(off.length) h('p',{class:'flagged-note'},box,'Kept off the scatter (not finite, a negative loss, or more than '+10+' nats from the truth): '+off.join(', ')+'.');
     const all=E.orders.map(o=>Math.exp(o.true_loss)); series.push({name:'perfect',color:'#ccc',points:[[Math.min(...all),Math.min(...all)],[Math.max(...all),Math.max(...all)]]});
     chart(box,series,'true perplexity','estimated perplexity',true);});
 }

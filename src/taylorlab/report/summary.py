@@ -9,6 +9,7 @@ from taylorlab.engine.executors import slurm_job_state
 from taylorlab.engine.rundir import finished, stage_dirs
 
 from taylorlab.pruning import registry as pruning_registry
+from taylorlab.report.verdicts import pruned_model_kind
 
 
 def _slurm_state(job_id) -> str:
@@ -52,6 +53,9 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
                 "pattern": recipe.get("pattern", "-"), "sparsity": recipe.get("sparsity", 0.0),
                 "mask_device": recipe.get("mask_device"), "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
+                # the model the row's weights come from: for a pruned row, the model that was pruned
+                "model": pruned_model_kind(recipe.get("model_stage") or r.get("model_stage")),
+                "calibration": _calibration(recipe.get("calibration")),
                 "zero_shot": {f"{t}/{k}": v for t, m in (r.get("zero_shot") or {}).items() for k, v in m.items()
                               if k in ("acc", "acc_norm")},
             })
@@ -60,15 +64,22 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
     return rows
 
 
+def _calibration(meta) -> str:
+    if not meta:
+        return "-"
+    return f"{meta.get('num_samples', '?')}x{meta.get('seq_len', '?')} {meta.get('split', '')}".strip()
+
+
 def format_table(rows: List[Dict]) -> str:
     if not rows:
         return "(no finished evaluate stages)"
     zs = sorted({k for r in rows for k in r.get("zero_shot", {})})
     head = (f"{'run':14s} {'method':10s} {'pattern':12s} {'sparsity':>8s} {'split':6s} {'seq':>5s} {'perplexity':>11s}"
-            + "".join(f" {k:>24s}" for k in zs))
+            f"  {'model':10s} {'calibration':18s}" + "".join(f" {k:>24s}" for k in zs))
     lines = [head, "-" * len(head)]
     for r in rows:
         extra = "".join(f" {r['zero_shot'][k]:24.3f}" if k in r.get("zero_shot", {}) else f" {'-':>24s}" for k in zs)
         lines.append(f"{r['run'][:14]:14s} {r['method']:10s} {str(r['pattern']):12s} {float(r['sparsity']):8.2f} "
-                     f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}{extra}")
+                     f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}"
+                     f"  {r['model'][:10]:10s} {r['calibration'][:18]:18s}{extra}")
     return "\n".join(lines)
