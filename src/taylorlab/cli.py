@@ -264,10 +264,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from taylorlab.report import collect_results, format_table, write_html
+    from taylorlab.report import collect_results, format_table, plain_summary, write_html
 
     dirs = [_run_dir(p) for p in args.run_dirs]
     print(format_table(collect_results(dirs)))
+    print("\n" + plain_summary(dirs))
     out = Path(args.output) if args.output else dirs[0] / "report" / "index.html"
     try:
         write_html(dirs, out, title=args.title)

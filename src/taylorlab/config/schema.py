@@ -20,7 +20,7 @@ from omegaconf.errors import ReadonlyConfigError
 from taylorlab.data import userfiles
 from taylorlab.errors import ConfigError
 from taylorlab.order import registry as order_registry
-from taylorlab.pruning import check_method, registry as pruning_registry
+from taylorlab.pruning import Profile, check_method, registry as pruning_registry
 from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
 
 
@@ -138,6 +138,9 @@ class PruneConfig:
     sparsity: Optional[float] = None
     pattern: str = "unstructured"  # unstructured | N:M (2:4, 4:8, ...)
     options: Dict[str, Any] = field(default_factory=dict)  # the method's own, checked against its dataclass
+    profile: str = "uniform"  # uniform | owl: the spread of the sparsity over the blocks (any method)
+    owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the block's mean score
+    owl_lambda: float = 0.08  # owl: the block sparsities span 2 x owl_lambda around the mean, prune.sparsity
     offload: bool = False  # keep the model on CPU, one decoder block on the device
     batch_size: int = 8  # calibration windows per block forward
     device: str = "auto"
@@ -477,6 +480,18 @@ def validate_prune(p: Any, calibrate: Any) -> Any:
                               f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
     check_method(method, nm, p.pattern, opts)
     _positive("prune.batch_size", p.batch_size)
+    Profile(p.profile, p.owl_m, p.owl_lambda)  # a known profile
+    if p.profile != "owl" and (p.owl_m != 5.0 or p.owl_lambda != 0.08):
+        raise ConfigError(f"prune.owl_m / prune.owl_lambda apply to prune.profile=owl, not {p.profile}.")
+    if p.profile == "owl":
+        if nm is not None:
+            raise ConfigError("prune.profile=owl sets a sparsity per block, but prune.pattern="
+                              f"{p.pattern} fixes it; use prune.pattern=unstructured with OWL.")
+        _positive("prune.owl_m", p.owl_m)
+        sparsity = effective_sparsity(p)
+        if not 0 <= 2 * p.owl_lambda < min(sparsity, 1 - sparsity):
+            raise ConfigError(f"prune.owl_lambda={p.owl_lambda} must lie in [0, {min(sparsity, 1 - sparsity) / 2:g}) at "
+                              f"sparsity {sparsity:g}, so every block's sparsity stays between 0 and 1.")
     if method.needs_gradients and not calibrate.gradients:
         raise ConfigError(f"prune.method={p.method} needs calibrate.gradients=true (its scores use the gradient norms).")
     _write_back(p, "options", dataclasses.asdict(opts))

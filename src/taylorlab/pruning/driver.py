@@ -5,6 +5,7 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -12,12 +13,29 @@ from tqdm.auto import tqdm
 
 from taylorlab.errors import ConfigError
 from taylorlab.pruning.masks import parse_pattern
+from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
 from taylorlab.pruning.registry import Calibration, LayerTask, Method, get as get_method
 from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
 
 log = logging.getLogger("taylorlab.pruning")
+
+
+@dataclass
+class Profile:
+    """How the target sparsity is spread over the blocks (``taylorlab.pruning.profiles``)."""
+
+    name: str = "uniform"  # uniform | owl
+    m: float = 5.0  # owl: outlier threshold, a multiple of the mean score
+    lmbda: float = 0.08  # owl: the block sparsities span 2 x lmbda
+
+    def __post_init__(self):
+        if self.name not in PROFILES:
+            raise ConfigError(f"prune.profile={self.name!r} is not one of {', '.join(PROFILES)}.")
+
+
+PROFILES = ("uniform", "owl")
 
 
 @torch.no_grad()
@@ -29,40 +47,64 @@ def prune_model(
     pattern: str = "unstructured",
     options: Any = None,
     calibration: Optional[Calibration] = None,
+    profile: Optional[Profile] = None,
     batch_size: int = 8,
     device: torch.device = torch.device("cpu"),
     offload: bool = False,
     progress: bool = False,
-) -> torch.nn.Module:
+) -> Dict[str, float]:
     """Prune every prunable layer inside the decoder blocks of ``model`` in place with the
-    registered ``method`` and return it.
+    registered ``method``; returns the sparsity asked of each block ({block index: sparsity}).
 
     ``options``: the method's options (its dataclass, or a mapping checked against it).
     ``calibration``: the calibration windows (and gradient statistics) methods that need them use.
+    ``profile``: the spread of ``sparsity`` over the blocks (uniform, or OWL's outlier-weighted one).
     """
     m = get_method(method)
     opts = m.make_options(options)
     nm = parse_pattern(pattern)
     check_prunable(model, pattern, method=m, options=opts)
     cal = calibration or Calibration()
+    prefix, layers = find_decoder_layers(model)
+    per_block = block_sparsities(model, sparsity, nm, profile or Profile(), cal, batch_size=batch_size, device=device)
     if not m.needs_calibration:
-        for name, lin in block_linears(model).items():  # each layer visits the device, then goes back
-            home = lin.weight.device
-            m.prune_layer(LayerTask(name, lin.to(device), None, cal, sparsity, nm, opts))
-            lin.to(home)
-        return model
+        for i, block in enumerate(layers):
+            for name, lin in find_linears(block).items():  # each layer visits the device, then goes back
+                home = lin.weight.device
+                m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lin.to(device), None, cal, per_block[i], nm, opts))
+                lin.to(home)
+        return per_block
     if cal.windows is None:
         raise ValueError(f"{method} needs calibration windows")
     if m.needs_gradients and cal.gradients is None:
         raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
-    prefix, layers = find_decoder_layers(model)
     walk = walk_blocks(model, cal.windows, batch_size=batch_size, device=device, offload=offload,
                        hessian=m.needs_hessian)
     for i, block, linears, stats in tqdm(walk, total=len(layers), desc=f"prune {method}", disable=not progress,
                                          leave=False):
         for name, lin in linears.items():
-            m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lin, stats.pop(name), cal, sparsity, nm, opts))
-    return model
+            m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lin, stats.pop(name), cal, per_block[i], nm, opts))
+    return per_block
+
+
+def block_sparsities(model: torch.nn.Module, sparsity: float, nm, profile: Profile, cal: Calibration, *,
+                     batch_size: int = 8, device: torch.device = torch.device("cpu")) -> Dict[int, float]:
+    """{block index: sparsity} under ``profile``; OWL reads the dense model's activations (one pass)."""
+    _, layers = find_decoder_layers(model)
+    if profile.name == "uniform":
+        return {i: sparsity for i in range(len(layers))}
+    if nm is not None:
+        raise ConfigError("prune.profile=owl sets a sparsity per block, but an N:M pattern fixes it; use "
+                          "prune.pattern=unstructured with OWL.")
+    if cal.windows is None:
+        raise ValueError("the OWL profile needs calibration windows (the dense model's activations)")
+    home = next(model.parameters()).device
+    stats = calibration_statistics(model, cal.windows, batch_size=batch_size, device=device)
+    ratios = outlier_ratios(model, stats, profile.m)
+    model.to(home)
+    out = owl_sparsities(ratios, sparsity, profile.lmbda)
+    log.info("OWL block sparsities (m=%g, lambda=%g): %s", profile.m, profile.lmbda, ", ".join(f"{x:.3f}" for x in out))
+    return dict(enumerate(out))
 
 
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,

@@ -9,7 +9,7 @@ from taylorlab.engine.executors import slurm_job_state
 from taylorlab.engine.rundir import finished, stage_dirs
 
 from taylorlab.pruning import registry as pruning_registry
-from taylorlab.report.verdicts import pruned_model_kind
+from taylorlab.report.verdicts import judge, pruned_model_kind
 
 
 def _slurm_state(job_id) -> str:
@@ -49,7 +49,9 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
             r = json.loads(res.read_text())
             recipe = r.get("recipe", {})
             rows.append({
-                "run": run_dir.name, "stage": d.name, "method": recipe.get("method", "dense"),
+                "run": run_dir.name, "stage": d.name,
+                "method": recipe.get("method", "dense") + ("+owl" if (recipe.get("profile") or {}).get("name") == "owl"
+                                                           else ""),
                 "pattern": recipe.get("pattern", "-"), "sparsity": recipe.get("sparsity", 0.0),
                 "mask_device": recipe.get("mask_device"), "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
@@ -83,3 +85,41 @@ def format_table(rows: List[Dict]) -> str:
                      f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}"
                      f"  {r['model'][:10]:10s} {r['calibration'][:18]:18s}{extra}")
     return "\n".join(lines)
+
+
+def plain_summary(run_dirs: List[Path]) -> str:
+    """What the runs found, in plain words, and which numbers to trust (the terminal's summary)."""
+    lines = []
+    rows = [r for r in collect_results(run_dirs) if r.get("split") in ("test", None)]
+    for run in sorted({r["run"] for r in rows}):
+        rr = [r for r in rows if r["run"] == run]
+        for dense in [r for r in rr if r["method"] == "dense"]:
+            pruned = [r for r in rr if r["method"] != "dense" and r["model_stage"] == dense["model_stage"]]
+            lines.append(f"Pruning ({dense['model']} model, test perplexity {dense['ppl']:.2f} dense):")
+            for (pattern, sparsity) in sorted({(r["pattern"], r["sparsity"]) for r in pruned}, key=str):
+                cell = sorted((r for r in pruned if (r["pattern"], r["sparsity"]) == (pattern, sparsity)),
+                              key=lambda r: r["ppl"])
+                text = ", ".join(f"{r['method']} {r['ppl']:.1f} ({r['ppl'] / dense['ppl']:.1f}x)" for r in cell)
+                worse = all(r["ppl"] > dense["ppl"] for r in cell)
+                lines.append(f"  {pattern} at {float(sparsity):.0%}: {text}"
+                             + ("" if worse else "  -- a pruned model beat the dense one: check the evaluation size"))
+    for sd in finished(run_dirs, stage="estimate"):
+        path = sd.artifact("estimates")
+        if path is None:
+            continue
+        E = json.loads(path.read_text())
+        J = judge(E)
+        sens = [s["spearman_true_vs_perturbed"] for s in E.get("sensitivity") or []]
+        where = f"{sd.path.parent.name}/{sd.name}: K={E['speed']['K']} random orders, T={E['speed']['T']}"
+        lines.append(f"Order effects ({where}" + (f"; the truth re-ranks itself at Spearman {sens[0]:.2f} under a "
+                                                 f"1e-6 nudge" if sens and sens[0] == sens[0] else "") + "):")
+        for row in E["fidelity"]:
+            v = J["verdicts"][row["estimator"]]
+            if v["verdict"] == "baseline":
+                continue
+            advice = {"ranks": "trust its ranking", "does not rank": "retrain instead",
+                      "not checked": "no verdict"}[v["verdict"]]
+            cost = row.get("retrainings_equivalent")
+            lines.append(f"  {row['estimator']}: {v['verdict']} ({v['why']}); {advice}"
+                         + (f"; it cost {cost:.1f} retrainings" if isinstance(cost, (int, float)) else ""))
+    return "\n".join(lines) if lines else "(nothing finished to summarise)"

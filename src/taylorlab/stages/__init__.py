@@ -32,7 +32,8 @@ GRAPH = Graph(
         Node("calibrate", CALIBRATE, parents={"data": ("data",), "model": STUDIED}),
         Node("prune", PRUNE, parents={"calibrate": ("calibrate",), "model": STUDIED}),
         Node("evaluate_pruned", EVALUATE, parents={"data": ("data",), "model": ("prune",)}, config="evaluate"),
-        Node("record", RECORD, parents={"data": ("data",), "model": ("base_model",)}),
+        # order studies continue from the model under study: the trained model when train runs too
+        Node("record", RECORD, parents={"data": ("data",), "model": STUDIED}),
         Node("estimate", ESTIMATE, parents={"record": ("record",)}),
         Node("memorize", MEMORIZE, parents={"record": ("record",)}),
         Node("curriculum", CURRICULUM, parents={"record": ("record",)}),

@@ -15,7 +15,7 @@ from taylorlab.config.schema import effective_sparsity
 from taylorlab.errors import ArtifactError, ConfigError
 from taylorlab.io import atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
-from taylorlab.pruning import Calibration, prune_model, registry, sparsity_report
+from taylorlab.pruning import Calibration, Profile, prune_model, registry, sparsity_report
 from taylorlab.stages.common import save_model
 
 
@@ -47,14 +47,17 @@ def run(ctx):
                               gradient_norm=gmeta.get("norm", "l2"))
     sparsity = effective_sparsity(c)
     t0 = time.time()
-    prune_model(model, c.method, sparsity=sparsity, pattern=c.pattern, options=options, calibration=calibration,
-                batch_size=c.batch_size, device=device, offload=c.offload, progress=ctx.progress)
+    profile = Profile(c.profile, c.owl_m, c.owl_lambda)
+    per_block = prune_model(model, c.method, sparsity=sparsity, pattern=c.pattern, options=options,
+                            calibration=calibration, profile=profile, batch_size=c.batch_size, device=device,
+                            offload=c.offload, progress=ctx.progress)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - t0
     report = sparsity_report(model)
     recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "mask_device": device.type,
               "options": dataclasses.asdict(options), "calibration": wmeta,
+              "profile": dataclasses.asdict(profile), "block_sparsity": [per_block[i] for i in sorted(per_block)],
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
     save_model(model.cpu(), tok, ctx.dir / "model")
