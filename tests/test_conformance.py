@@ -114,7 +114,7 @@ def _gradients(model, w):
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "sparsegpt", "gblm"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "sparsegpt", "wanda++", "gblm"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_prunes_every_family(family, method, pattern, models, tmp_path):
     from transformers import AutoModelForCausalLM

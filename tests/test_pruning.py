@@ -297,3 +297,39 @@ def test_owl_config_errors(overrides, words):
         cfg = compose(config_name="pipeline", overrides=overrides)
     with pytest.raises(ConfigError, match=words):
         validate(cfg)
+
+
+def test_regional_gradients_equal_a_per_sequence_autograd_loop(tiny_llama):
+    """Wanda++'s statistic from one batched block backward equals sum_n (d ||block(x_n)||^2 / dW)^2
+    computed sequence by sequence with autograd, whatever the batch."""
+    from taylorlab.pruning.gradients import regional_gradient_stats
+    from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block
+
+    w = windows(n=6)
+    _, layers = find_decoder_layers(tiny_llama)
+    block = layers[1]
+    linears = find_linears(block)
+    hidden, calls = capture_block_calls(tiny_llama, w, 6, torch.device("cpu"))
+    batched = regional_gradient_stats(block, linears, hidden, calls[1])
+    one_hidden, one_calls = capture_block_calls(tiny_llama, w, 1, torch.device("cpu"))
+    expected = {n: torch.zeros_like(b) for n, b in batched.items()}
+    for x, call in zip(one_hidden, one_calls[1]):
+        with torch.enable_grad():
+            out = run_block(block, x, call)
+            grads = torch.autograd.grad(out.float().pow(2).sum(), [lin.weight for lin in linears.values()])
+        for n, g in zip(linears, grads):
+            expected[n] += g.float() ** 2
+    for n in batched:
+        torch.testing.assert_close(batched[n], expected[n], rtol=1e-4, atol=1e-8)
+    assert all(p.grad is None for p in block.parameters())
+
+
+def test_wandapp_with_alpha_zero_is_wanda_and_its_regional_term_changes_the_masks(tiny_llama):
+    w = windows()
+    a, b, c = (copy.deepcopy(tiny_llama) for _ in range(3))
+    prune_with(a, "wanda", windows=w)
+    prune_with(b, "wanda++", windows=w, alpha=0.0)
+    prune_with(c, "wanda++", windows=w, alpha=1e4)
+    za = [p == 0 for p in a.parameters()]
+    assert all(torch.equal(x, p == 0) for x, p in zip(za, b.parameters()))
+    assert not all(torch.equal(x, p == 0) for x, p in zip(za, c.parameters()))

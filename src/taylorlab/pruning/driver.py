@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from taylorlab.errors import ConfigError
+from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
 from taylorlab.pruning.registry import Calibration, LayerTask, Method, get as get_method
@@ -79,7 +80,7 @@ def prune_model(
     if m.needs_gradients and cal.gradients is None:
         raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
     walk = walk_blocks(model, cal.windows, batch_size=batch_size, device=device, offload=offload,
-                       hessian=m.needs_hessian)
+                       hessian=m.needs_hessian, regional=m.needs_regional_gradients)
     for i, block, linears, stats in tqdm(walk, total=len(layers), desc=f"prune {method}", disable=not progress,
                                          leave=False):
         for name, lin in linears.items():
@@ -108,13 +109,17 @@ def block_sparsities(model: torch.nn.Module, sparsity: float, nm, profile: Profi
 
 
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
-                device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False):
+                device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False,
+                regional: bool = False):
     """Yield ``(index, block, layers, stats)`` for every decoder block in turn: ``stats`` holds the
     ``InputStats`` of the block's prunable ``layers`` over the calibration windows, gathered with
     the block called exactly as the model calls it. Whatever the consumer does to the block before
     asking for the next one (pruning it) is what the next block's inputs come from.
 
-    With ``offload`` the model stays on the CPU and one block at a time visits ``device``.
+    With ``offload`` the model stays on the CPU and one block at a time visits ``device``. With
+    ``regional`` every ``InputStats`` also gets ``regional``: the sum over calibration sequences of
+    the squared gradient of the sequence's squared block-output norm with respect to the layer's
+    weight (Wanda++'s regional gradient), from one block-local backward per call.
     """
     _, layers = find_decoder_layers(model)
     if offload:
@@ -141,6 +146,9 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             finally:
                 for h in handles:
                     h.remove()
+            if regional:
+                for name, g in regional_gradient_stats(block, linears, hidden, calls[i]).items():
+                    stats[name].regional = g
             yield i, block, linears, stats
             # the (possibly pruned) outputs of this block are the next block's inputs
             if i + 1 < len(layers):

@@ -15,7 +15,7 @@ from typing import Dict
 
 import torch
 
-from taylorlab.pruning.structure import block_linears, weight_matrix
+from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
 
 
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
@@ -70,4 +70,49 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
         for n, p in model.named_parameters():
             p.requires_grad_(requires[n])
         model.train(was_training)
+    return acc
+
+
+def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.Module], hidden, calls,
+                            ) -> Dict[str, torch.Tensor]:
+    """{layer name: sum_n g_n^2} (fp32) with g_n the gradient of ||block(x_n)||^2 (sequence n's own
+    block output, squared l2 norm over its tokens and features) with respect to the layer's weight:
+    Wanda++'s regional gradient. Per-sequence gradients come from each layer's saved input and output
+    gradient inside a tensor hook (as in ``per_sequence_gradient_stats``); one backward per block call,
+    no parameter ``.grad`` allocated."""
+    acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=weight_matrix(m).device)
+           for name, m in linears.items()}
+    batch = [0]
+
+    def forward_hook(name):
+        def hook(mod, inp, out):
+            x = inp[0].detach()
+
+            def grad_hook(gy, x=x):
+                b = batch[0]
+                xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
+                g = torch.bmm(gs.transpose(1, 2), xs).float()
+                acc[name].add_((g * g).sum(0))
+
+            if out.requires_grad:
+                out.register_hook(grad_hook)
+
+        return hook
+
+    handles = [m.register_forward_hook(forward_hook(n)) for n, m in linears.items()]
+    requires = {p: p.requires_grad for p in block.parameters()}
+    for p in requires:  # gradients flow from the input; no parameter .grad is allocated
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            for x, call in zip(hidden, calls):
+                batch[0] = x.shape[0]
+                inp = x.detach().requires_grad_(True)  # the graph starts at the block's input
+                out = run_block(block, inp, call)
+                out.float().pow(2).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
     return acc

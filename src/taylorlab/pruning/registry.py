@@ -78,6 +78,7 @@ class Method:
     needs_calibration: bool = True  # block inputs of calibration windows (else: weights only)
     needs_gradients: bool = False  # the calibrate stage's per-sequence gradient statistic
     needs_hessian: bool = False  # InputStats.hessian (2/N X^T X) per layer
+    needs_regional_gradients: bool = False  # InputStats.regional: block-local gradients (Wanda++)
     patterns: Tuple[str, ...] = ("unstructured", "n:m")
     summary: str = ""
     rank: int = 100  # where tables and plots list it (lower first)
