@@ -3,10 +3,11 @@ pipeline (`pipelines/run.py`), so the numbers are what a user's `-m` sweep produ
 
 Protocol (conf/experiment/smollm2_prune.yaml): calibration 128 windows of 2048 tokens (seed 0) from the
 Wikipedia-leads calibration split; perplexity on the full-articles test split, non-overlapping
-windows of 2048 tokens; 50% unstructured, 2:4 and 4:8.
+windows of 2048 tokens; 50% unstructured, 2:4 and 4:8 (``--grid beyond``: every registered method at
+50 / 60 / 70% unstructured with the uniform and the OWL profile, and at 2:4 and 4:8).
 
     python benchmarks/pruning/quality_smollm2.py --out quality_smollm2_pipeline.json \
-        [--device cuda] [--cpu-masks magnitude] [--gguf /abs/path.gguf] [--set key=value ...]
+        [--device cuda] [--cpu-masks magnitude] [--gguf /abs/path.gguf] [--grid seeds|beyond] [--set key=value ...]
 
 ``--cpu-masks M`` also runs method M with ``prune.device=cpu`` (masks chosen on the CPU, the rest on
 ``--device``) and records whether its perplexities equal the device's.
@@ -40,6 +41,7 @@ def rows_of(run_dir):
     rows = []
     for r in collect_results([run_dir]):
         rows.append({"method": r["method"], "pattern": r["pattern"], "sparsity": r["sparsity"], "ppl": r["ppl"],
+                     "stage": r["stage"],
                      "mask_device": r.get("mask_device"), "split": r.get("split"), "seq_len": r.get("seq_len"),
                      "windows": r.get("windows")})
     return sorted(rows, key=lambda r: (r["method"] != "dense", str(r["pattern"]), r["method"]))
@@ -55,7 +57,11 @@ def main():
     ap.add_argument("--cpu-masks", default="", help="methods also run with prune.device=cpu")
     ap.add_argument("--gguf", default=None, help="absolute path of the GGUF file (default: the embedded package's)")
     ap.add_argument("--set", nargs="*", default=[], help="further pipeline overrides")
+    ap.add_argument("--grid", default="seeds", choices=["seeds", "beyond"],
+                    help="seeds: --methods x --patterns; beyond: every method x 50/60/70%% (uniform, OWL), 2:4, 4:8")
     args = ap.parse_args()
+    if args.grid == "beyond":
+        return beyond(args)
     common = [f"calibrate.device={args.device}", f"evaluate.device={args.device}", *args.set]
     if args.gguf:
         common.append(f"model.gguf_file={args.gguf}")
@@ -79,6 +85,32 @@ def main():
     for name, r in results["runs"].items():
         for row in r["rows"]:
             print(f"{name:10s} {row['method']:10s} {str(row['pattern']):12s} {row['ppl']:9.2f}")
+    sys.exit(max(r["returncode"] for r in results["runs"].values()))
+
+
+def beyond(args):
+    """Every registered method: 50 / 60 / 70% unstructured with and without OWL, and 2:4 / 4:8."""
+    from taylorlab.pruning import registry
+
+    methods = ",".join(registry.names())
+    common = [f"calibrate.device={args.device}", f"evaluate.device={args.device}", f"prune.device={args.device}",
+              "run=smollm2-beyond", *args.set]
+    if args.gguf:
+        common.append(f"model.gguf_file={args.gguf}")
+    sweeps = {"nm": [f"prune.method={methods}", "prune.pattern=2:4,4:8"],
+              "unstructured": [f"prune.method={methods}", "prune.pattern=unstructured", "prune.sparsity=0.5,0.6,0.7",
+                               "prune.profile=uniform,owl"]}
+    results = {"protocol": "conf/experiment/smollm2_prune.yaml", "overrides": common, "sweeps": sweeps, "runs": {}}
+    run_dir = Path(args.out_dir) / "smollm2-beyond"
+    for name, sweep in sweeps.items():
+        rc, wall = run(common + sweep, args.out_dir)
+        results["runs"][name] = {"returncode": rc, "wall_s": round(wall, 1)}
+        results["rows"] = rows_of(run_dir)
+        record(Path(args.out), results)
+    rows = results["rows"]
+    print(f"\n{'method':14s} {'pattern':12s} {'sparsity':>8s} {'ppl':>9s}")
+    for row in rows:
+        print(f"{row['method']:14s} {str(row['pattern']):12s} {row['sparsity']:8.2f} {row['ppl']:9.2f}")
     sys.exit(max(r["returncode"] for r in results["runs"].values()))
 
 

@@ -5,6 +5,9 @@
 #   PART=b     join it with .gguf/part-b, install the carried wheels (.whl), start the pipeline-driven
 #              quality benchmark in the background, run the GPU tests, then wait (up to WAIT_S) for it
 #   PART=wait  wait again (up to WAIT_S) for the benchmark
+#   PART=c     join and install as in b; in the background the "beyond the seeds" grid (every registered
+#              method x 50/60/70% with and without OWL, 2:4, 4:8; quality_smollm2.py --grid beyond), in
+#              the foreground the GPU tests; then wait for the grid
 #   PART=b2    join and install as in b; in the background the 2:4 / 4:8 cells again with the batch sizes
 #              of the earlier library-level benchmark (prune 16, gradients 8: how far rounding moves them);
 #              in the foreground every order stage (train, record, estimate, memorize, curriculum) on
@@ -60,6 +63,15 @@ case "${PART:-}" in
     for f in outputs/smollm2-orders/estimate-*/estimates.json outputs/smollm2-orders/memorize-*/memorization.json \
              outputs/smollm2-orders/curriculum-*/curriculum.json; do [ -e "$f" ] && cp "$f" "$RES/orders_gpu_$(basename "$f")"; done
     wait_for; cat "$RES/quality_b16_table.log" ;;
+  c)
+    setup_machine
+    rm -f "$RES/DONE"
+    setsid nohup bash -c "python3 benchmarks/pruning/quality_smollm2.py --grid beyond \
+        --out $RES/quality_beyond_smollm2_h200.json --device cuda --gguf $GGUF \
+        --set wandb.mode=disabled evaluate.batch_size=8 >$RES/quality.log 2>&1; echo \$? >$RES/DONE" >/dev/null 2>&1 &
+    python3 -m pytest -q -p no:cacheprovider tests/gpu >"$RES/gpu_tests_h200.log" 2>&1
+    tail -n 15 "$RES/gpu_tests_h200.log"
+    wait_for ;;
   wait) wait_for ;;
 esac
 collect

@@ -7,7 +7,7 @@ import torch
 
 from helpers import prune_with
 
-from taylorlab.pruning import per_sequence_gradient_stats, prune_model
+from taylorlab.pruning import Calibration, Profile, per_sequence_gradient_stats, prune_model
 from taylorlab.pruning.structure import block_linears
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -45,11 +45,16 @@ def test_offload_on_gpu_equals_resident_on_gpu(method):
         assert torch.allclose(la.weight.cpu(), lb.weight.cpu(), atol=1e-5), n
 
 
-def test_wanda_masks_on_gpu_match_cpu():
+@pytest.mark.parametrize("method, profile", [("wanda", "uniform"), ("ria", "uniform"), ("wanda++", "uniform"),
+                                             ("wanda", "owl")])
+def test_masks_on_gpu_match_cpu(method, profile):
+    torch.backends.cuda.matmul.allow_tf32 = False
     m, w = _model(), _windows()
     a, b = copy.deepcopy(m), copy.deepcopy(m)
-    prune_with(a, method="wanda", sparsity=0.5, windows=w)
-    prune_with(b, method="wanda", sparsity=0.5, windows=w, device=torch.device("cuda"))
+    pa = prune_model(a, method, sparsity=0.6, calibration=Calibration(w), profile=Profile(profile, 5.0, 0.05))
+    pb = prune_model(b, method, sparsity=0.6, calibration=Calibration(w), profile=Profile(profile, 5.0, 0.05),
+                     device=torch.device("cuda"))
+    assert pa == pytest.approx(pb)
     agree = [float(((la.weight == 0) == (lb.weight.cpu() == 0)).float().mean())
              for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
     assert min(agree) > 0.999

@@ -76,12 +76,12 @@ def format_table(rows: List[Dict]) -> str:
     if not rows:
         return "(no finished evaluate stages)"
     zs = sorted({k for r in rows for k in r.get("zero_shot", {})})
-    head = (f"{'run':14s} {'method':10s} {'pattern':12s} {'sparsity':>8s} {'split':6s} {'seq':>5s} {'perplexity':>11s}"
+    head = (f"{'run':14s} {'method':14s} {'pattern':12s} {'sparsity':>8s} {'split':6s} {'seq':>5s} {'perplexity':>11s}"
             f"  {'model':10s} {'calibration':18s}" + "".join(f" {k:>24s}" for k in zs))
     lines = [head, "-" * len(head)]
     for r in rows:
         extra = "".join(f" {r['zero_shot'][k]:24.3f}" if k in r.get("zero_shot", {}) else f" {'-':>24s}" for k in zs)
-        lines.append(f"{r['run'][:14]:14s} {r['method']:10s} {str(r['pattern']):12s} {float(r['sparsity']):8.2f} "
+        lines.append(f"{r['run'][:14]:14s} {r['method'][:14]:14s} {str(r['pattern']):12s} {float(r['sparsity']):8.2f} "
                      f"{str(r['split']):6s} {int(r['seq_len'] or 0):5d} {float(r['ppl']):11.3f}"
                      f"  {r['model'][:10]:10s} {r['calibration'][:18]:18s}{extra}")
     return "\n".join(lines)

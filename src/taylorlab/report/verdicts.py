@@ -86,4 +86,4 @@ def summary_lines(E: Dict[str, Any], verdicts: Dict[str, Dict[str, str]]) -> Lis
 def pruned_model_kind(model_stage: Optional[str]) -> str:
     """Which model a pruning row pruned, from its model stage's node name."""
     node = (model_stage or "").rpartition("-")[0]
-    return {"train": "trained", "base_model": "base (untrained here)"}.get(node, node or "?")
+    return {"train": "trained", "base_model": "base"}.get(node, node or "?")
