@@ -54,7 +54,7 @@ def test_bad_sensitivity_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("override, words", [
     ("estimate.retrain_launcher=cloud", "estimate.retrain_launcher"),  # the pipeline's launcher fans out now
     ("estimate.options.fut-carry.curvature=cubic", "estimate.options.fut-carry.curvature='cubic'"),
-    ("estimate.options.none.curvature=hvp", "estimate.options.none.curvature does not apply to none"),
+    ("+estimate.options.none.curvature=hvp", "estimate.options.none.curvature does not apply to none"),
     ("estimate.options.fut.chunk=4", "estimate.options.fut.chunk=4 is set but fut is not in estimate.estimators"),
     ("memorize.estimator=additive", "memorize.estimator=additive gives losses"),
     ("curriculum.proposers=[fut-carry]", "fut-carry proposes no order"),
