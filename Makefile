@@ -34,7 +34,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python pipelines/run.py -m experiment=demo_prune $(QUIET)
 	$(BIN)/python pipelines/run.py experiment=demo_orders $(QUIET)
-	$(BIN)/python pipelines/run.py experiment=demo_orders record.lr=3e-3 stages=[train,estimate] $(QUIET)
+	$(BIN)/python pipelines/run.py experiment=demo_orders record.lr=3e-3 stages=[train,estimate] estimate.sensitivity=[] $(QUIET)
 	$(BIN)/taylorlab report outputs/demo
 
 # the default tier first (minutes), then the real model, SmolLM2-135M, through the pipeline (slower)

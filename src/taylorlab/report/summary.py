@@ -57,6 +57,7 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
                 # the model the row's weights come from: for a pruned row, the model that was pruned
                 "model": pruned_model_kind(recipe.get("model_stage") or r.get("model_stage")),
+                "source_stage": recipe.get("model_stage") or r.get("model_stage"),  # the dense model behind the row
                 "calibration": _calibration(recipe.get("calibration")),
                 "zero_shot": {f"{t}/{k}": v for t, m in (r.get("zero_shot") or {}).items() for k, v in m.items()
                               if k in ("acc", "acc_norm")},
@@ -94,7 +95,7 @@ def plain_summary(run_dirs: List[Path]) -> str:
     for run in sorted({r["run"] for r in rows}):
         rr = [r for r in rows if r["run"] == run]
         for dense in [r for r in rr if r["method"] == "dense"]:
-            pruned = [r for r in rr if r["method"] != "dense" and r["model_stage"] == dense["model_stage"]]
+            pruned = [r for r in rr if r["method"] != "dense" and r["source_stage"] == dense["source_stage"]]
             lines.append(f"Pruning ({dense['model']} model, test perplexity {dense['ppl']:.2f} dense):")
             for (pattern, sparsity) in sorted({(r["pattern"], r["sparsity"]) for r in pruned}, key=str):
                 cell = sorted((r for r in pruned if (r["pattern"], r["sparsity"]) == (pattern, sparsity)),
