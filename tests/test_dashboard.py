@@ -1,6 +1,7 @@
 """The results page, rendered in a real headless Chromium from a real small pipeline run."""
 
 import json
+import math
 import re
 import shutil
 import struct
@@ -43,6 +44,18 @@ def sweep(tmp_path_factory):
     return out, page
 
 
+def axis_spans(dom: str):
+    """Orders of magnitude each chart's y axis spans (its tick labels, drawn at x=4)."""
+    spans = []
+    for svg in re.findall(r"<svg[^>]*>(.*?)</svg>", dom, flags=re.S):
+        ticks = [float(v) for v in re.findall(r'<text x="4" y="[^"]+">([^<]+)</text>', svg)
+                 if re.fullmatch(r"[-+0-9.e]+", v)]
+        pos = [t for t in ticks if t > 0]
+        if len(pos) >= 2:
+            spans.append(math.log10(max(pos) / min(pos)))
+    return spans
+
+
 def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     out, page = sweep
     results = [json.loads(p.read_text()) for p in (out / "dash").glob("evaluate_*/result.json")]
@@ -58,6 +71,11 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
     for est in ("none", "fut", "fut2", "fut-carry", "additive"):  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
+    # every estimator row carries a plain verdict; whatever they returned, no axis runs away
+    verdicts = re.findall(r'<td class="verdict ([a-z-]+)"', dom.stdout)
+    assert len(verdicts) == 5 and set(verdicts) <= {"baseline", "ranks", "does-not-rank", "not-checked"}
+    spans = axis_spans(dom.stdout)
+    assert spans and max(spans) <= 6, spans
     (est,) = [json.loads(p.read_text()) for p in (out / "dash").glob("estimate-*/estimates.json")]
     (sens,) = est["sensitivity"]  # debug=fast nudges the initial weights once
     mantissa, exponent = f"{sens['relative_perturbation']:.12e}".split("e")  # as JavaScript's toExponential()

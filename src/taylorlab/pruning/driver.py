@@ -118,7 +118,7 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
 
     With ``offload`` the model stays on the CPU and one block at a time visits ``device``. With
     ``regional`` every ``InputStats`` also gets ``regional``: the sum over calibration sequences of
-    the squared gradient of the sequence's squared block-output norm with respect to the layer's
+    the squared gradient of the sequence's block-output l2 norm with respect to the layer's
     weight (Wanda++'s regional gradient), from one block-local backward per call.
     """
     _, layers = find_decoder_layers(model)

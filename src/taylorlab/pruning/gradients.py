@@ -75,9 +75,9 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
 
 def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.Module], hidden, calls,
                             ) -> Dict[str, torch.Tensor]:
-    """{layer name: sum_n g_n^2} (fp32) with g_n the gradient of ||block(x_n)||^2 (sequence n's own
-    block output, squared l2 norm over its tokens and features) with respect to the layer's weight:
-    Wanda++'s regional gradient. Per-sequence gradients come from each layer's saved input and output
+    """{layer name: sum_n g_n^2} (fp32) with g_n the gradient of ||block(x_n)||_2 (sequence n's own
+    block output, l2 norm over its tokens and features, not squared: the gradient's scale does not
+    grow with the output's) with respect to the layer's weight: Wanda++'s regional gradient. Per-sequence gradients come from each layer's saved input and output
     gradient inside a tensor hook (as in ``per_sequence_gradient_stats``); one backward per block call,
     no parameter ``.grad`` allocated."""
     acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=weight_matrix(m).device)
@@ -109,7 +109,8 @@ def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.
                 batch[0] = x.shape[0]
                 inp = x.detach().requires_grad_(True)  # the graph starts at the block's input
                 out = run_block(block, inp, call)
-                out.float().pow(2).sum().backward()
+                # the sum of per-sequence norms: each sequence's gradient is that of its own norm
+                out.float().flatten(1).norm(dim=1).sum().backward()
     finally:
         for h in handles:
             h.remove()

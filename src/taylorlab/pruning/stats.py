@@ -23,7 +23,7 @@ class InputStats:
         self.sq_sum = torch.zeros(cols, dtype=torch.float32, device=dev)
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=dev) if hessian else None
         self.nsamples = 0
-        self.regional = None  # set by walk_blocks(regional=True): sum_n (d ||block_n(x)||^2 / dW)^2
+        self.regional = None  # set by walk_blocks(regional=True): sum_n (d ||block_n(x)||_2 / dW)^2
 
     def add(self, x: torch.Tensor, sequences: Optional[int] = None) -> None:
         """Add one call's input. ``sequences`` is how many calibration sequences the call holds; it

@@ -3,13 +3,14 @@ decoder block's own output, not the whole model's loss:
 
     S_ij = (alpha * G_ij + ||X_j||_2) * |W_ij|,   G_ij = sqrt(mean_n g_{n,ij}^2),
 
-g_n the gradient of ||block(x_n)||^2 (calibration sequence n's block output, squared l2 norm) with
+g_n the gradient of ||block(x_n)||_2 (calibration sequence n's block output, its l2 norm) with
 respect to W, taken on the partly pruned model's block inputs as the walk reaches each block (one
 block-local backward per block call; no full-model backward). Pruned per output row (per N:M group).
 
-Choices where the paper is silent (its code is not public): G is the root mean square over
-sequences (independent of the number of calibration sequences, like GBLM's ``rms``); ``alpha``
-defaults to 100, its value in the paper's score. The paper's optional regional optimisation (a few
+Choices where the paper is silent (its code is not public): as in the community reproduction
+(TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
+square, whose gradient grows with the output and swamps the activation term) and G is the root mean
+square over sequences (independent of their number); ``alpha`` defaults to 100, the paper's value. The paper's optional regional optimisation (a few
 steps that refit the kept weights of a block to the dense block's outputs) is not implemented.
 Published (LLaMA-1-7B, WikiText-2, dense 5.68): 50% 7.02 (Wanda 7.26, GBLM 7.15), 2:4 9.43 (11.53,
 11.33).
