@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar
 
 from taylorlab.errors import ConfigError
 
@@ -60,3 +60,38 @@ def _type_ok(annotation: Any, value: Any) -> bool:
     if isinstance(value, bool) and name != "bool":
         return False
     return isinstance(value, allowed)
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Plug-ins by name (each with ``name``, ``options`` — a dataclass type — and ``rank``):
+    the one table config validation, the stages and the report read."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, T] = {}
+
+    def register(self, item: T) -> T:
+        """Add ``item`` (its name must be new); returns it, so a module can keep a handle."""
+        if item.name in self._items and self._items[item.name] is not item:
+            raise ValueError(f"a {self.kind} named {item.name!r} is already registered")
+        if not dataclasses.is_dataclass(item.options):
+            raise TypeError(f"{item.name}: options must be a dataclass type")
+        self._items[item.name] = item
+        return item
+
+    def unregister(self, name: str) -> None:
+        """Remove one (tests that register a toy clean up with this)."""
+        self._items.pop(name, None)
+
+    def get(self, name: str, key: str) -> T:
+        if name not in self._items:
+            raise ConfigError(f"{key}={name!r} is not one of {', '.join(self.names())}.")
+        return self._items[name]
+
+    def names(self, where: Optional[Callable[[T], bool]] = None) -> Tuple[str, ...]:
+        """The registered names in display order (``rank``, then name)."""
+        sel = [n for n, item in self._items.items() if where is None or where(item)]
+        return tuple(sorted(sel, key=lambda n: (self._items[n].rank, n)))

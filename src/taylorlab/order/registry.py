@@ -20,17 +20,15 @@ returns an ``Estimate``; ``estimate`` validates the orders, times the call and m
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from taylorlab.errors import ConfigError
 from taylorlab.order.queries import timed
 from taylorlab.order.recorded import Record
 from taylorlab.order.trajectory import validate_orders
-from taylorlab.options import NoOptions, make_options
+from taylorlab.options import NoOptions, Registry, make_options
 
 
 @dataclass
@@ -72,32 +70,24 @@ class Estimator:
         return make_options(self.options, values, key or f"estimate.options.{self.name}", self.name)
 
 
-_ESTIMATORS: Dict[str, Estimator] = {}
+_ESTIMATORS: Registry[Estimator] = Registry("order estimator")
 
 
 def register(est: Estimator) -> Estimator:
-    if est.name in _ESTIMATORS and _ESTIMATORS[est.name] is not est:
-        raise ValueError(f"an order estimator named {est.name!r} is already registered")
-    if not dataclasses.is_dataclass(est.options):
-        raise TypeError(f"{est.name}: options must be a dataclass type")
-    _ESTIMATORS[est.name] = est
-    return est
+    return _ESTIMATORS.register(est)
 
 
 def unregister(name: str) -> None:
-    _ESTIMATORS.pop(name, None)
+    _ESTIMATORS.unregister(name)
 
 
 def get(name: str, key: str = "estimator") -> Estimator:
-    if name not in _ESTIMATORS:
-        raise ConfigError(f"{key}={name!r} is not one of {', '.join(names())}.")
-    return _ESTIMATORS[name]
+    return _ESTIMATORS.get(name, key)
 
 
 def names(gives_params: Optional[bool] = None) -> Tuple[str, ...]:
     """The registered estimators in display order (optionally only those that give parameters)."""
-    sel = [n for n, e in _ESTIMATORS.items() if gives_params is None or e.gives_params == gives_params]
-    return tuple(sorted(sel, key=lambda n: (_ESTIMATORS[n].rank, n)))
+    return _ESTIMATORS.names(None if gives_params is None else (lambda e: e.gives_params == gives_params))
 
 
 def estimate(name: str, rec: Record, orders: List[List[int]], options: Any = None) -> Estimate:

@@ -18,6 +18,26 @@ import torch
 from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
 
 
+def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
+    """A forward hook that adds, once the backward pass reaches the layer's output, each sequence's
+    weight gradient ``G_n = dY_n^T X_n`` squared (l2) or absolute (l1) to ``acc``; ``batch[0]`` is how
+    many sequences the pass holds (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])."""
+    def hook(mod, inp, out):
+        x = inp[0].detach()
+
+        def grad_hook(gy, x=x):
+            b = batch[0]
+            xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
+            # per-sequence weight gradients [B, out, in]; bmm in the compute dtype, stats in fp32
+            g = torch.bmm(gs.transpose(1, 2), xs).float()
+            acc.add_((g * g).sum(0) if norm == "l2" else g.abs().sum(0))
+
+        if out.requires_grad:
+            out.register_hook(grad_hook)
+
+    return hook
+
+
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
                                 device: torch.device = torch.device("cpu"), progress: bool = False) -> Dict[str, torch.Tensor]:
     """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``."""
@@ -35,19 +55,7 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     batch = [0]  # sequences in the current pass (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])
 
     def forward_hook(name):
-        def hook(mod, inp, out):
-            x = inp[0].detach()
-
-            def grad_hook(gy, x=x):
-                b = batch[0]
-                xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
-                # per-sequence weight gradients [B, out, in]; bmm in the compute dtype, stats in fp32
-                g = torch.bmm(gs.transpose(1, 2), xs).float()
-                acc[name].add_((g * g).sum(0) if norm == "l2" else g.abs().sum(0))
-
-            out.register_hook(grad_hook)
-
-        return hook
+        return _per_sequence_hook(acc[name], batch, norm)
 
     handles = [m.register_forward_hook(forward_hook(n)) for n, m in linears.items()]
     was_training = model.training
@@ -85,19 +93,7 @@ def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.
     batch = [0]
 
     def forward_hook(name):
-        def hook(mod, inp, out):
-            x = inp[0].detach()
-
-            def grad_hook(gy, x=x):
-                b = batch[0]
-                xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
-                g = torch.bmm(gs.transpose(1, 2), xs).float()
-                acc[name].add_((g * g).sum(0))
-
-            if out.requires_grad:
-                out.register_hook(grad_hook)
-
-        return hook
+        return _per_sequence_hook(acc[name], batch, "l2")
 
     handles = [m.register_forward_hook(forward_hook(n)) for n, m in linears.items()]
     requires = {p: p.requires_grad for p in block.parameters()}

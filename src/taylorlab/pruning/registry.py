@@ -17,14 +17,12 @@ touches that module, its ``conf/prune/<name>.yaml`` and its tests, nothing else:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from taylorlab.errors import ConfigError
-from taylorlab.options import NoOptions, make_options
+from taylorlab.options import NoOptions, Registry, make_options
 from taylorlab.pruning.masks import make_mask
 from taylorlab.pruning.stats import InputStats
 from taylorlab.pruning.structure import weight_matrix
@@ -91,31 +89,23 @@ class Method:
         return make_options(self.options, values, key, self.name)
 
 
-_METHODS: Dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("pruning method")
 
 
 def register(method: Method) -> Method:
     """Add a method (its name must be new); returns it, so a module can keep a handle."""
-    if method.name in _METHODS and _METHODS[method.name] is not method:
-        raise ValueError(f"a pruning method named {method.name!r} is already registered")
-    if not dataclasses.is_dataclass(method.options):
-        raise TypeError(f"{method.name}: options must be a dataclass type")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.register(method)
 
 
 def unregister(name: str) -> None:
-    """Remove a method (tests that register a toy one clean up with this)."""
-    _METHODS.pop(name, None)
+    _METHODS.unregister(name)
 
 
 def get(name: str) -> Method:
-    if name not in _METHODS:
-        raise ConfigError(f"prune.method={name!r} is not one of {', '.join(names())}.")
-    return _METHODS[name]
+    return _METHODS.get(name, "prune.method")
 
 
 def names() -> Tuple[str, ...]:
     """The registered methods in display order (the built-in ones register when
     ``taylorlab.pruning`` is imported)."""
-    return tuple(sorted(_METHODS, key=lambda n: (_METHODS[n].rank, n)))
+    return _METHODS.names()
