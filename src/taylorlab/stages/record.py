@@ -35,8 +35,7 @@ def run(ctx):
     batches = make_batches(tokens[c.skip_batches * per_batch:], c.seq_len, c.batch_size, c.num_batches).to(device)
     val = make_batches(split_tokens(ctx, "validation", tok), c.seq_len, c.batch_size, c.validation_batches).to(device)
     T = batches.shape[0]
-    sched = lr_lambda(TrainSettings(lr=c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule,
-                                    min_lr_ratio=c.min_lr_ratio), T)
+    sched = lr_lambda(TrainSettings.of(c), T)
     lrs = [c.lr * sched(t) for t in range(T)]
     hp = AdamHP(betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
     flat = FlatModel(model)

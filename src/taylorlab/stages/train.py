@@ -30,11 +30,7 @@ def run(ctx):
     order = batch_order(batches.shape[0], c.order, c.order_seed)
     if dist.is_main:
         atomic_write_json(ctx.dir / "order.json", order)
-    settings = TrainSettings(
-        lr=c.lr, min_lr_ratio=c.min_lr_ratio, warmup_steps=c.warmup_steps, schedule=c.schedule,
-        weight_decay=c.weight_decay, betas=list(c.betas), eps=c.eps, grad_clip=c.grad_clip,
-        checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints, seed=c.seed,
-    )
+    settings = TrainSettings.of(c)
     ctx.log.info("training on %d batches of %dx%d tokens on %s (%d task%s)", batches.shape[0], c.batch_size,
                  seq_len, device, dist.world_size, "s" if dist.enabled else "")
     try:

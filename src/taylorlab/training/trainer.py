@@ -4,7 +4,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -30,6 +30,16 @@ class TrainSettings:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
+
+    @classmethod
+    def of(cls, section, **overrides) -> "TrainSettings":
+        """The settings from any config section that has (some of) these keys (the train stage's, the
+        record stage's): one list of fields, here, instead of a copy in every stage."""
+        keys = {f.name for f in fields(cls)}
+        values = {k: section[k] for k in keys if k in section}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**{**values, **overrides})
 
 
 def make_batches(tokens: torch.Tensor, seq_len: int, batch_size: int, max_batches: Optional[int] = None) -> torch.Tensor:
