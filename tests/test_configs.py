@@ -77,7 +77,7 @@ def test_bad_values_fail_validation(override, words):
         (["+prune.options.alpha=2"], "prune.options.alpha does not apply to wanda"),
         (["prune=gblm", "prune.options.alpha=fast"], "prune.options.alpha='fast' is not a float"),
         (["prune=gblm", "prune.options.normalization=cube"], "prune.options.normalization='cube'"),
-        (["prune.method=nosuch"], "prune.method='nosuch' is not one of magnitude, wanda, ria, sparsegpt, gblm"),
+        (["prune.method=nosuch"], "prune.method='nosuch' is not one of magnitude, wanda, ria, sparsegpt, wanda"),
     ],
 )
 def test_cross_key_prune_checks(overrides, words):

@@ -137,7 +137,9 @@ def test_record_continues_from_a_trained_checkpoint_on_the_batches_after_it(tmp_
 
     from taylorlab.order import FlatModel
 
-    run_cli(["debug=fast", "launcher=inline", "stages=[train,record]", "run=base"], tmp_path, check=True)
+    run_cli(["debug=fast", "launcher=inline", "stages=[train]", "run=base"], tmp_path, check=True)
+    # without train in the run, record starts from the base model (the seeded initialisation)
+    run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=base"], tmp_path, check=True)
     (ckpt,) = list((Path(tmp_path) / "base").glob("train-*/model"))
     run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=cont", "model.source=pretrained",
              f"model.name_or_path={ckpt}", "record.skip_batches=2", "record.num_batches=4"], tmp_path, check=True)
@@ -151,6 +153,12 @@ def test_record_continues_from_a_trained_checkpoint_on_the_batches_after_it(tmp_
     trained = FlatModel(AutoModelForCausalLM.from_pretrained(ckpt)).flat().double()
     assert torch.equal(cont["theta.0"], trained)  # theta_0 is the checkpoint, not the seeded initialisation
     assert not torch.equal(base["theta.0"], trained)
+    # with train in the run, record continues from the model under study: the trained one
+    run_cli(["debug=fast", "launcher=inline", "stages=[train,record]", "run=studied"], tmp_path, check=True)
+    (studied,) = list((Path(tmp_path) / "studied").glob("record-*"))
+    (ckpt2,) = list((Path(tmp_path) / "studied").glob("train-*/model"))
+    assert torch.equal(load_file(str(studied / "trajectory.safetensors"))["theta.0"],
+                       FlatModel(AutoModelForCausalLM.from_pretrained(ckpt2)).flat().double())
 
     # more batches than the split has: one line, and the run's finished record is still there
     proc = run_cli(["debug=fast", "launcher=inline", "stages=[record]", "run=cont", "model.source=pretrained",
