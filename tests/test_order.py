@@ -370,3 +370,92 @@ def test_genetic_search_with_retraining_as_fitness_returns_verified_orders():
         assert r["true_loss"] == flat.eval_loss(p, val)
     assert res["verified"] == 1 + 1 + len(found)  # reference + verify_top + the search's own
     assert res["best_true_loss"] == min(r["true_loss"] for r in res["candidates"] if r["true_loss"] is not None)
+
+
+def test_surrogate_fitted_to_retrained_orders_ranks_held_out_orders_and_scores_many_cheaply():
+    """The datamodel: fitted to R retrained orders (its training orders), judged on held-out ones it
+    never saw; anchored at the reference run; its cost is R retrainings whatever the number scored."""
+    from scipy.stats import spearmanr
+
+    flat, batches, val, lrs, hp, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    held = random_orders(16, seed=5)
+    true = [flat.eval_loss(p, val) for p in retrain(flat, traj.theta0, batches, held, lrs, hp, batched=False)]
+    out = estimate("surrogate", rec, [list(range(T))] + held, {"train_orders": 48, "search_orders": 5000})
+    assert out.loss[0] == flat.eval_loss(traj.final, val)  # the anchor: the reference order is the recorded run
+    assert spearmanr(out.loss[1:], true).statistic > 0.8
+    assert out.extra["orders_scored"] == 17 + 5000 and out.extra["retrained_orders"] == 48
+    assert not {tuple(o) for o in held} & {tuple(o) for o in helpers.random_orders(48, T, 10_007)}
+    # the proposal is the surrogate's exact optimum: no random order scores lower under it
+    from taylorlab.order.estimators.additive import score_orders
+    S = out.extra["S"]
+    many = torch.argsort(torch.rand(2000, T, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert out.proposal["predicted_loss"] <= float(score_orders(S, many, out.loss[0]).min()) + 1e-12
+    # with far fewer training orders than features the fit is worse on the held-out orders, not better
+    few = estimate("surrogate", rec, held, {"train_orders": 6, "folds": 2, "search_orders": 0})
+    assert spearmanr(few.loss, true).statistic < spearmanr(out.loss[1:], true).statistic
+
+
+def test_surrogate_with_the_adjoint_prior_and_bad_options():
+    from taylorlab.errors import ConfigError
+
+    flat, batches, val, lrs, hp, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    out = estimate("surrogate", rec, random_orders(4), {"train_orders": 24, "prior": "additive", "search_orders": 0})
+    assert out.extra["prior_s"] > 0 and all(x == x for x in out.loss)
+    for bad, word in [({"train_orders": 2}, "train_orders"), ({"prior": "fut"}, "prior"), ({"ridge": []}, "ridge"),
+                      ({"folds": 1}, "folds"), ({"degree": 0}, "degree")]:
+        with pytest.raises(ConfigError, match=word):
+            estimate("surrogate", rec, random_orders(2), bad)
+
+
+def test_the_study_predicts_costs_first_and_reports_cost_against_batched_retraining():
+    """The cost advisor's prediction beside the measurement: every requested estimator with a cost
+    model has a positive prediction, batched retraining is measured in the same run, and the
+    surrogate's cost is spread over every order it scored."""
+    from taylorlab.order.study import run_study, study_queries
+
+    flat, batches, val, _, _, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    res = run_study(rec, study_queries(rec, 6, 1), {"none": None, "fut-carry": None,
+                                                   "surrogate": {"train_orders": 12, "search_orders": 3000}})
+    pred = res["cost_prediction"]
+    assert pred["retrain_batched_s"] > 0 and pred["estimators"]["fut-carry"] > 0
+    assert pred["estimators"]["none"] == 0 and pred["estimators"]["surrogate"] > 0
+    rows = {r["estimator"]: r for r in res["fidelity"]}
+    per_order = res["speed"]["batched_retrain_s_per_order"]
+    assert per_order > 0
+    fc = rows["fut-carry"]
+    assert fc["orders_scored"] == 6 and fc["cost_vs_batched_retrain"] == pytest.approx(fc["wall_s"] / (6 * per_order))
+    assert rows["surrogate"]["orders_scored"] == 3006 and rows["surrogate"]["predicted_s"] == pred["estimators"]["surrogate"]
+    # fut-carry's prediction within an order of magnitude of what it measured (same device, same passes)
+    assert 0.1 < fc["predicted_s"] / fc["wall_s"] < 10
+
+
+def test_curriculum_screens_many_orders_with_one_fit_and_verifies_the_best():
+    from taylorlab.order.curriculum import candidate_orders, design_curriculum
+
+    flat, batches, val, _, _, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    res = design_curriculum(rec, candidate_orders(rec, 2, 2), estimator="surrogate",
+                            options={"train_orders": 24, "search_orders": 0}, verify_top=2, screen=4000, screen_keep=2)
+    names = [r["name"] for r in res["candidates"]]
+    assert res["screened"] == 4000 and {"screen-0", "screen-1"} <= set(names)
+    assert res["estimator_extra"]["orders_scored"] == 4000 + len(names) - 2 and res["estimator_extra"]["retrained_orders"] == 24
+    screened = [r for r in res["candidates"] if r["name"].startswith("screen-")]
+    others = [r for r in res["candidates"] if not r["name"].startswith("screen-")]
+    assert min(r["estimated_loss"] for r in screened) <= min(r["estimated_loss"] for r in others)
+    assert res["best_true_loss"] == min(r["true_loss"] for r in res["candidates"] if r["true_loss"] is not None)
+
+
+def test_memory_plans_bound_chunks_and_checkpoints(tmp_path):
+    from taylorlab.order.memory import plan_checkpoints, plan_chunk
+
+    cpu = torch.device("cpu")
+    assert plan_chunk("x", 32, cpu, lambda: None).chunk == 32  # the CPU is not probed
+    assert plan_chunk("x", 32, cpu, lambda: None, bound=5).chunk == 5
+    p = plan_checkpoints(10, 1000, cpu, tmp_path, 0)  # planned: every step on the CPU
+    assert p["checkpoint_every"] == 1 and p["stored_states"] == 11 and p["disk_bytes"] == 11000
+    assert plan_checkpoints(10, 1000, cpu, tmp_path, 4)["stored_states"] == 4  # 0, 4, 8 and the last
+    with pytest.raises(TaylorlabError, match="on disk"):
+        plan_checkpoints(10, 2**62, cpu, tmp_path, 1)

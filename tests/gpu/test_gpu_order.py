@@ -85,3 +85,26 @@ def test_compiled_batched_retraining_on_gpu_matches_one_at_a_time_on_cpu():
     flat, batches, _, traj = _setup(torch.device("cpu"))
     cpu = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=False)
     _close_runs(gpu, cpu, traj.theta0)
+
+
+def test_planned_chunks_fit_the_free_memory_and_do_not_change_the_answer():
+    """Chunks planned from a probe of one copy: positive per-copy cost, never above the bound, and
+    the same answer whatever the chunk (planned, bounded to 1, all at once)."""
+    from taylorlab.order.memory import plan_chunk
+    from taylorlab.order.trajectory import plan_retrain_chunk
+
+    flat, batches, val, traj = _setup(torch.device("cuda"))
+    plan = plan_retrain_chunk(flat, traj.theta0, batches, 64)
+    assert plan.per_copy_bytes > 4 * traj.theta0.numel() * 8 and 1 <= plan.chunk <= 64
+    assert plan_retrain_chunk(flat, traj.theta0, batches, 64, bound=3).chunk == 3
+    orders = _orders(6)
+    a = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=True)
+    b = retrain(flat, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=True, chunk=1)
+    _close_runs(a.cpu(), b.cpu(), traj.theta0.cpu())
+    rec = Record(flat, traj, batches, val)
+    planned = estimate("fut-carry", rec, orders)
+    assert planned.extra["memory_plan"]["chunk"] >= 1
+    one = estimate("fut-carry", rec, orders, {"chunk": 1})
+    _close_runs(planned.params.cpu(), one.params.cpu(), traj.theta0.cpu())
+    with pytest.raises(Exception, match="free"):  # more than the GPU holds: one line, not an OOM traceback
+        plan_chunk("x", 4, torch.device("cuda"), lambda: None, state_bytes=2**50)

@@ -166,9 +166,14 @@ class RecordConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     validation_batches: int = 8
-    dtype: str = "float64"
-    checkpoint_every: int = 1  # store the state every k steps; the steps between are replayed exactly
-    device: str = "cpu"
+    # auto: float32 on a GPU, float64 on the CPU. float64 is not float64 throughout: transformers
+    # computes RMSNorm's variance, the eager softmax and the rotary embeddings in float32 whatever
+    # the weights' dtype, so a float64 record is ~16x float32's precision there, not 2^29 x
+    dtype: str = "auto"
+    # store the state every k steps (the steps between are replayed exactly); 0: every step if the
+    # states fit a quarter of the free GPU memory, else the smallest k that does (taylorlab.order.memory)
+    checkpoint_every: int = 0
+    device: str = "auto"
     resources: Resources = field(default_factory=Resources)
 
 
@@ -189,7 +194,7 @@ class EstimateConfig:
     retrain_compile: bool = False  # batched retraining through torch.compile (GPU: faster, a one-off compilation)
     sensitivity: List[float] = field(default_factory=list)  # relative nudges of theta_0: the truth retrained from each
     save_params: bool = False  # also write params.safetensors: every query's estimated (and retrained) final weights
-    device: str = "cpu"
+    device: str = "auto"
     resources: Resources = field(default_factory=Resources)
 
 
@@ -203,7 +208,7 @@ class MemorizeConfig:
     num_batches: int = 3
     num_positions: int = 4  # positions j, spread from the first step to the last
     with_retraining: bool = True  # the true M (one retraining per cell) and the error against it
-    device: str = "cpu"
+    device: str = "auto"
     resources: Resources = field(default_factory=Resources)
 
 
@@ -222,7 +227,9 @@ class CurriculumConfig:
     genetic_keep: int = 2  # its best orders added to the candidates
     genetic_fitness: str = "estimator"  # estimator | retrain (the truth as fitness: batched real retraining)
     verify_top: int = 3  # candidates retrained (besides the reference order)
-    device: str = "cpu"
+    screen: int = 0  # random orders scored by the estimator in the same call (e.g. 10000 with estimator=surrogate)
+    screen_keep: int = 3  # ... of which the best join the candidates
+    device: str = "auto"
     resources: Resources = field(default_factory=Resources)
 
 
@@ -356,9 +363,12 @@ def validate(cfg: Any) -> None:
     _positive("data.block_chars", cfg.data.block_chars)
     r = cfg.record
     _choice("record.schedule", r.schedule, ("cosine", "constant"))
-    _choice("record.dtype", r.dtype, ("float32", "float64"))
-    for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches", "checkpoint_every"):
+    _choice("record.dtype", r.dtype, ("auto", "float32", "float64"))
+    for key in ("seq_len", "batch_size", "num_batches", "lr", "validation_batches"):
         _positive(f"record.{key}", r[key])
+    if r.checkpoint_every < 0:
+        raise ConfigError(f"record.checkpoint_every={r.checkpoint_every}: use 0 (planned from free memory) or a "
+                          "positive number of steps.")
     if r.skip_batches < 0:
         raise ConfigError(f"record.skip_batches={r.skip_batches} must be 0 or more (batches of the training split "
                           "to pass over before the recorded T).")
@@ -384,7 +394,7 @@ def validate(cfg: Any) -> None:
     _positive("memorize.num_batches", mz.num_batches)
     _positive("memorize.num_positions", mz.num_positions)
     _positive("curriculum.verify_top", cu.verify_top)
-    for key in ("num_random", "genetic_generations", "genetic_keep"):
+    for key in ("num_random", "genetic_generations", "genetic_keep", "screen", "screen_keep"):
         if cu[key] < 0:
             raise ConfigError(f"curriculum.{key}={cu[key]} must be 0 or more.")
     if cu.genetic_generations and cu.genetic_population < 4:

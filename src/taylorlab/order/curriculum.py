@@ -34,15 +34,18 @@ def candidate_orders(rec: Record, num_random: int, seed: int,
 def design_curriculum(rec: Record, candidates: Dict[str, List[int]], estimator: str = "fut-carry",
                       options: Any = None, verify_top: int = 3, proposers: Sequence[str] = (),
                       retrain_batched: bool = False, genetic: Optional[Dict] = None,
-                      genetic_fitness: str = "estimator") -> Dict:
+                      genetic_fitness: str = "estimator", screen: int = 0, screen_keep: int = 3,
+                      screen_seed: int = 3) -> Dict:
     """Rank ``candidates`` by ``estimator``'s validation loss; retrain the ``verify_top`` best and the
     reference order; return every candidate's estimate, the verified ones' true loss and the best
-    verified order (ties and all: never an unverified claim)."""
+    verified order (ties and all: never an unverified claim). ``screen`` random orders are scored in
+    the same estimator call (one fit for a fitted estimator such as ``surrogate``) and the
+    ``screen_keep`` best of them join the candidates."""
     flat, traj, batches, val = rec.flat, rec.traj, rec.batches, rec.val
     cands = dict(candidates)
     proposal_s = 0.0
     for name in proposers:  # each proposer's own best order joins the candidates
-        out, wall = timed(lambda: estimate(name, rec, [list(range(rec.T))]))
+        out, wall = timed(lambda: estimate(name, rec, [list(range(rec.T))], options if name == estimator else None))
         proposal_s += wall
         cands[f"{name}-proposal"] = list(out.proposal["order"])
     search_s, search_scored, already_true = 0.0, 0, {}
@@ -64,8 +67,16 @@ def design_curriculum(rec: Record, candidates: Dict[str, List[int]], estimator: 
             if genetic_fitness == "retrain":
                 already_true[f"genetic-{k}"] = loss
     names = list(cands)
-    out = estimate(estimator, rec, [cands[n] for n in names], options)
+    screened = random_orders(rec.T, screen, screen_seed) if screen else []
+    out = estimate(estimator, rec, [cands[n] for n in names] + screened, options)
     est = out.losses(rec)
+    if screened:  # only the best few screened orders become candidates (rows)
+        scores = est[len(names):]
+        top = sorted(range(len(screened)), key=lambda i: (scores[i] != scores[i], scores[i]))[:screen_keep]
+        for k, i in enumerate(top):
+            cands[f"screen-{k}"] = screened[i]
+        names = list(cands)
+        est = est[:len(names) - len(top)] + [scores[i] for i in top]
     ranked = sorted(range(len(names)), key=lambda i: (est[i] != est[i], est[i]))  # NaN last
     verify = [i for i in ranked if names[i] != "reference" and names[i] not in already_true][:verify_top]
     verify_names = ["reference"] + [names[i] for i in verify]
@@ -81,6 +92,8 @@ def design_curriculum(rec: Record, candidates: Dict[str, List[int]], estimator: 
             "gain_vs_reference": true["reference"] - true[best], "estimate_wall_s": out.wall_s,
             "proposal_wall_s": proposal_s, "genetic_search_wall_s": search_s, "genetic_orders_scored": search_scored,
             "genetic_fitness": genetic_fitness if genetic else None, "retrain_wall_s": retrain_s, "verified": len(true),
+            "screened": len(screened), "estimator_extra": {k: v for k, v in out.extra.items()
+                                                           if isinstance(v, (int, float, str, type(None)))},
             "linearisation": out.linearisation}
 
 

@@ -65,6 +65,8 @@ class Estimator:
     baseline: bool = False  # "no change": the row every table is compared with
     summary: str = ""
     rank: int = 100  # where tables list it (lower first)
+    # predicted seconds for K orders of T steps from the probed passes (``costs.Units``): the cost advisor
+    cost: Optional[Callable[[Any, int, int, Any], float]] = None
 
     def make_options(self, values: Optional[Mapping[str, Any]] = None, key: Optional[str] = None) -> Any:
         return make_options(self.options, values, key or f"estimate.options.{self.name}", self.name)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from taylorlab.order import registry  # noqa: I001
+from taylorlab.order import costs, registry  # noqa: I001
 from taylorlab.order.fidelity import fidelity_table, truth_sensitivity
 from taylorlab.order.functional import ppl
 from taylorlab.order.queries import final_batch_losses, heuristic_orders, random_orders, timed
@@ -51,17 +51,31 @@ def local_retrain(rec: Record, batched: bool, chunk: Optional[int] = None, compi
 def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping[str, Any], *,
               retrain_fn: Optional[Retrain] = None, batched: bool = False, chunk: Optional[int] = None,
               compile: bool = False, sensitivity: Sequence[float] = (), jobs: int = 1,
-              on_estimate: Optional[Callable[[registry.Estimate], None]] = None) -> Dict[str, Any]:
+              on_estimate: Optional[Callable[[registry.Estimate], None]] = None, advise: bool = True) -> Dict[str, Any]:
     """Answer ``queries`` with every estimator in ``estimators`` ({name: options}) and with real
     retraining. Returns ``estimates.json``'s content, plus ``params`` ({"true": [K, d], estimator:
-    [K, d]}) for the caller to save or drop."""
+    [K, d]}) for the caller to save or drop. With ``advise`` the cost advisor's prediction for every
+    estimator and for batched retraining is made (and logged) first and kept beside the measurement
+    (``predicted_s``); every row also gets ``cost_vs_batched_retrain``: its wall time over what batched
+    retraining of every order it scored costs, measured in this run."""
     names, orders = list(queries), list(queries.values())
+    prediction = None
+    if advise:
+        prediction = costs.predict(rec, len(orders), estimators)
+        log.info("cost advisor (%d orders, T=%d, on %s): %s", len(orders), rec.T, rec.device, costs.advice(prediction))
     retrain_fn = retrain_fn or local_retrain(rec, batched, chunk, compile)
     true_params, retrain_wall = timed(lambda: retrain_fn(orders))
     true_params = true_params.to(rec.device)
     _, two = timed(lambda: retrain(rec.flat, rec.traj.theta0, rec.batches, orders[:2], rec.traj.lrs, rec.traj.hp,
                                    batched=False))
     one_at_a_time = two / min(2, len(orders))
+    if batched and jobs <= 1:
+        batched_per_order = retrain_wall / len(orders)
+    else:  # retrained one at a time (or fanned out): batched retraining measured on a few orders here
+        few = orders[:min(4, len(orders))]
+        _, wall = timed(lambda: retrain(rec.flat, rec.traj.theta0, rec.batches, few, rec.traj.lrs, rec.traj.hp,
+                                        batched=True, chunk=chunk))
+        batched_per_order = wall / len(few)
     true_loss = [rec.flat.eval_loss(p, rec.val) for p in true_params]
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]
     rand_true = sorted(true_loss[i] for i in rand)
@@ -87,8 +101,17 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
                            true_params[rand], {k: v[rand] for k, v in est_params.items()}, rec.traj.theta0,
                            cost, one_at_a_time)
     for row in table:  # what a query costs: all queries were answered together (K random + the named ones)
+        name = row["estimator"]
+        scored = results[name].extra.get("orders_scored", len(orders))
         row["s_per_query"] = row["wall_s"] / len(orders) if row["wall_s"] is not None else None
-        row["peak_gib"] = peak.get(row["estimator"])
+        row["peak_gib"] = peak.get(name)
+        row["orders_scored"] = scored
+        row["cost_vs_batched_retrain"] = (row["wall_s"] / (batched_per_order * scored)
+                                          if row["wall_s"] is not None and batched_per_order > 0 else None)
+        row["predicted_s"] = prediction["estimators"].get(name) if prediction else None
+        for k in ("cv_spearman", "train_orders", "train_retrain_s", "fit_s"):
+            if k in results[name].extra:
+                row[k] = results[name].extra[k]
     sens = []
     for eps in sensitivity:
         log.info("the truth from initial weights nudged by %g", eps)
@@ -100,8 +123,14 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
                   **{f"{k}_ppl": ppl(est_loss[k][i]) for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
     speed = {"retrain_batched_orders_per_s": len(orders) / retrain_wall if batched else None,
              "retrain_one_at_a_time_orders_per_s": 1 / one_at_a_time, "K": len(rand), "T": rec.T,
-             "one_retraining_s": one_at_a_time, "retrain_jobs": max(1, jobs), "retrain_wall_s": retrain_wall}
+             "one_retraining_s": one_at_a_time, "retrain_jobs": max(1, jobs), "retrain_wall_s": retrain_wall,
+             "batched_retrain_s_per_order": batched_per_order,
+             "predicted_retrain_batched_s": prediction["retrain_batched_s"] if prediction else None,
+             "predicted_retrain_one_at_a_time_s": prediction["retrain_one_at_a_time_s"] if prediction else None,
+             "device": str(rec.device)}
+    memory = {n: r.extra["memory_plan"] for n, r in results.items() if r.extra.get("memory_plan")}
     return {"orders": per_order, "fidelity": table, "speed": speed, "sensitivity": sens,
+            "cost_prediction": prediction, "memory_plans": memory,
             "reference_validation_loss": rec.reference_loss, "proposals": proposals, "linearisation": selfchecks,
             "estimators": {n: {"gives_params": registry.get(n).gives_params, "baseline": registry.get(n).baseline}
                            for n in estimators},

@@ -17,6 +17,7 @@ import torch
 
 from taylorlab.errors import TaylorlabError
 from taylorlab.order.functional import AdamHP, FlatModel, adam_step, adam_step_
+from taylorlab.order.memory import ChunkPlan, plan_chunk
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -143,7 +144,8 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
             reference: Optional[Trajectory] = None) -> torch.Tensor:
     """Ground truth: every order trained for real from theta0. ``batched`` trains the K parameter
     copies together (torch.func.vmap over the gradient, Adam's step in place; ``chunk`` copies at a
-    time to bound memory; equal to one at a time up to rounding); else one after another, with the
+    time at most; on a GPU as many as fit its free memory, ``memory.plan_chunk``; equal to one at a
+    time up to rounding); else one after another, with the
     reference run's own functional step (the reference order gives the recorded run bit for bit).
     ``compile`` runs the batched gradient through torch.compile (fuses the model's elementwise work;
     compiled once per FlatModel and shape, which costs tens of seconds: worth it on a GPU for many
@@ -169,7 +171,7 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
 
     if batched:
         gfn = flat.batched_grad(compile)
-        step = chunk or K
+        step = plan_retrain_chunk(flat, theta0, batches, K, chunk).chunk
         for lo in range(0, K, step):
             ks = by_start[lo:lo + step]  # ascending shared prefix: the copies training at step t come first
             first = [starts[k] for k in ks]
@@ -195,3 +197,13 @@ def retrain(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, orders
             theta, m, v = adam_step(theta, m, v, flat.grad(theta, batches[o[t]]), t + 1, lrs[t], hp)
         out[k] = theta
     return torch.stack(out)
+
+
+def plan_retrain_chunk(flat: FlatModel, theta0: torch.Tensor, batches: torch.Tensor, K: int,
+                       bound: Optional[int] = None) -> ChunkPlan:
+    """How many orders batched retraining trains together: a probe of one copy's (uncompiled: the
+    larger) vmapped gradient plus its parameters, moments and output row (4d)."""
+    gfn = flat.batched_grad(False)
+    state = 4 * theta0.numel() * theta0.element_size()
+    return plan_chunk("batched retraining", K, theta0.device,
+                      lambda: gfn(theta0.unsqueeze(0), batches[:1]), state, bound)

@@ -198,7 +198,7 @@ function drawOrders(){
   D.order_estimates.forEach(E=>{
     h('h3',{},box,E.run+' / '+E.stage+' — K='+E.speed.K+' random orders, T='+E.speed.T);
     const t=h('table',{class:'fidelity'},box); const hr=h('tr',{},t);
-    ['estimator','verdict','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','absurd estimates','wall s','s / query','peak GiB','× one retraining'].forEach(x=>h('th',{},hr,x));
+    ['estimator','verdict','Spearman','Pearson','mean |PPL est − true|','÷ no change','rel. parameter error','absurd estimates','wall s','predicted s','s / query','peak GiB','× one retraining','orders scored','÷ batched retraining of those'].forEach(x=>h('th',{},hr,x));
     const f=v=>v==null?'–':Number(v).toPrecision(3); const J=E.judged||{verdicts:{},flags:{},plot:{}};
     E.fidelity.forEach(r=>{const tr=h('tr',{'data-estimator':r.estimator},t); const V=J.verdicts[r.estimator]||{verdict:'not checked',why:''};
       const F=J.flags[r.estimator]||{absurd:0}; h('td',{},tr,r.estimator+(F.relative?' (relative)':''));
@@ -206,7 +206,8 @@ function drawOrders(){
       [r.spearman,r.pearson].forEach(v=>h('td',{class:'num'},tr,f(v)));
       [r.mae_ppl,r.mae_ratio_to_none].forEach(v=>h('td',{class:'num'},tr,F.relative?'(relative)':f(v)));
       h('td',{class:'num'},tr,f(r.rel_param_error)); h('td',{class:'num'+(F.absurd?' flagged':'')},tr,String(F.absurd||0));
-      [r.wall_s,r.s_per_query,r.peak_gib,r.retrainings_equivalent].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+      [r.wall_s,r.predicted_s,r.s_per_query,r.peak_gib,r.retrainings_equivalent,r.orders_scored,r.cost_vs_batched_retrain].forEach(v=>h('td',{class:'num'},tr,f(v)));});
+    if(E.cost_prediction) h('p',{class:'advisor'},box,'Cost advisor, before the run (from probed passes on '+E.cost_prediction.units.device+'): batched retraining of these orders '+f(E.cost_prediction.retrain_batched_s)+' s predicted, '+f(E.speed.batched_retrain_s_per_order*(E.orders.length))+' s measured; each estimator\'s prediction is the "predicted s" column beside its measured wall time.');
     h('p',{},box,'Ground truth: real retraining ('+f(E.speed.retrain_batched_orders_per_s)+' orders/s batched, '+f(E.speed.retrain_one_at_a_time_orders_per_s)+' one at a time). Points: estimated vs true validation perplexity per order; the diagonal is a perfect estimate.');
     (E.sensitivity||[]).forEach(x=>h('p',{class:'sensitivity'},box,'The truth against itself: the random orders retrained from initial weights nudged by '+Number(x.relative_perturbation).toExponential()+' (relative) rank with Spearman '+f(x.spearman_true_vs_perturbed)+' against the unnudged truth; their final weights moved by '+f(x.median_rel_param_difference)+' of the training displacement (median). No estimator built from one run ranks better than this.'));
     Object.entries(E.linearisation||{}).forEach(([k,x])=>h('p',{class:'linearisation','data-estimator':k},box,k+' checked itself (no retraining): along the estimated runs its linearised gradient misses '+f(x.median_residual)+' of the change of the exact gradient'+(x.curvature&&x.curvature!=='hvp'&&x.median_first_order!=null?' (the exact first-order expansion: '+f(x.median_first_order)+')':'')+' (median of '+x.checks.length+' checks; 0 is exact, 1 no better than ignoring curvature; above 0.5 compare it with retraining before trusting its ranking: every from-scratch benchmark run failed there, continued training from a checkpoint still ranked up to 0.83).'));

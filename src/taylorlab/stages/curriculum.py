@@ -23,7 +23,8 @@ def run(ctx):
                 "seed": c.seed} if c.genetic_generations else None)
     res = design_curriculum(rec, cands, estimator=c.estimator, options=OmegaConf.to_container(c.options, resolve=True),
                             verify_top=c.verify_top, proposers=list(c.proposers), retrain_batched=device.type == "cuda",
-                            genetic=genetic, genetic_fitness=c.genetic_fitness)
+                            genetic=genetic, genetic_fitness=c.genetic_fitness, screen=c.screen,
+                            screen_keep=c.screen_keep, screen_seed=c.seed + 1)
     check_linearisation(ctx, c.estimator, res["linearisation"])
     atomic_write_json(ctx.dir / "curriculum.json", res)
     atomic_write_json(ctx.dir / "order.json", {"order": res["best_order"], "name": res["best"],
@@ -33,6 +34,7 @@ def run(ctx):
                          "curriculum/gain_vs_reference": res["gain_vs_reference"]})
     ctx.tracker.table("curriculum/candidates", ["name", "estimated_loss", "rank_by_estimate", "true_loss"],
                       [[r["name"], r["estimated_loss"], r["rank_by_estimate"], r["true_loss"]] for r in res["candidates"]])
-    ctx.log.info("curriculum: %d candidates ranked by %s; best verified %s, loss %.4f (reference %.4f)",
-                 len(res["candidates"]), c.estimator, res["best"], res["best_true_loss"], res["reference_true_loss"])
+    ctx.log.info("curriculum: %d candidates ranked by %s (%d random orders screened); best verified %s, loss %.4f "
+                 "(reference %.4f)", len(res["candidates"]), c.estimator, res["screened"], res["best"],
+                 res["best_true_loss"], res["reference_true_loss"])
     return {"curriculum": "curriculum.json", "order": "order.json"}

@@ -115,5 +115,12 @@ def est_additive(rec: Record, orders, opts: AdditiveOptions) -> Estimate:
     return Estimate(loss=[float(x) for x in loss], proposal=proposal, extra={"S": S, "query_s": query_s})
 
 
+def cost(u, K: int, T: int, o: AdditiveOptions) -> float:
+    """T (T - 1) gradients for the one-step effects and T double-backward passes (~ an HVP each) for
+    the adjoint, whatever K: the queries themselves are O(T) each."""
+    return T * (T - 1) * u.batched_grad_s + T * u.hvp_s + u.eval_s
+
+
 ESTIMATOR = register(Estimator("additive", est_additive, AdditiveOptions, gives_params=False, proposes_order=True,
-                               rank=30, summary="adjoint one-step effects: any order in O(T), its optimum proposed"))
+                               rank=30, cost=cost,
+                               summary="adjoint one-step effects: any order in O(T), its optimum proposed"))

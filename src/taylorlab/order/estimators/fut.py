@@ -3,7 +3,7 @@ eta_t [Gamma(theta_t, B_l) - Gamma(theta_t, B_t) + Gamma'(g_l) h_l delta_t + wd 
 adds ``1/2 Gamma''(g_l) (h_l delta_t)^2``), Gamma the Adam update with the reference run's moments
 m_t, v_t (frozen), Gamma' its exact elementwise derivative in the gradient, h_l the paper's secant
 (finite-difference) Hessian diagonal of batch l between consecutive checkpoints. T^2 gradient
-evaluations, streamed over t (the T x T table is never stored)."""
+evaluations at most (2 min(K + 1, T) per step), streamed over t (the T x T table is never stored)."""
 
 from __future__ import annotations
 
@@ -66,29 +66,36 @@ def _phi_derivatives(traj: Trajectory, t: int, g: torch.Tensor):
 
 
 def _fut(rec: Record, orders, second_order: bool, chunk: int = 8) -> Estimate:
+    """Streams over t with the gradients of the step's distinct batches only (the queried orders'
+    and the reference's: at most min(K + 1, T), not the T x d row of the table) at theta_t and, for
+    the secant, at theta_{t-1} (the previous step's, reused where the batch was already there)."""
     flat, traj, batches = rec.flat, rec.traj, rec.batches
     K, T = len(orders), traj.T
     delta = torch.zeros(K, traj.dim, dtype=traj.theta0.dtype, device=traj.device)
     wd = traj.hp.weight_decay
-    prev_g, prev_theta = None, None
+    prev, prev_theta = {}, None
     for t in range(T):
         theta = traj.theta(t)
-        g_all = grads_at(flat, theta, batches, range(T))  # one row of the T^2 table
-        if prev_g is None:
-            h = torch.zeros_like(g_all)
-        else:
-            h = _secant(g_all, prev_g, theta - prev_theta)
-        ref_gamma = _phi_derivatives(traj, t, g_all[traj.order[t]])[0]
+        need = sorted({o[t] for o in orders} | {traj.order[t]})
+        table = dict(zip(need, grads_at(flat, theta, batches, need)))
+        if t > 0:
+            missing = [b for b in need if b not in prev]
+            if missing:
+                prev.update(zip(missing, grads_at(flat, prev_theta, batches, missing)))
+            dtheta = theta - prev_theta
+        ref_gamma = _phi_derivatives(traj, t, table[traj.order[t]])[0]
         for lo in range(0, K, chunk):  # orders vectorised in chunks (each temporary is [chunk, d])
             ids = [o[t] for o in orders[lo:lo + chunk]]
             dk = delta[lo:lo + chunk]
-            gam, d1, d2 = _phi_derivatives(traj, t, g_all[ids])
-            dg = h[ids] * dk
+            g = torch.stack([table[b] for b in ids])
+            gam, d1, d2 = _phi_derivatives(traj, t, g)
+            dg = (torch.stack([_secant(table[b], prev[b], dtheta) for b in ids]) * dk if t > 0
+                  else torch.zeros_like(dk))
             change = gam - ref_gamma + d1 * dg + wd * dk
             if second_order:
                 change = change + 0.5 * d2 * dg * dg
             delta[lo:lo + chunk] = dk - traj.lrs[t] * change
-        prev_g, prev_theta = g_all, theta
+        prev, prev_theta = table, theta
     return Estimate(params=traj.final + delta)
 
 
@@ -100,7 +107,12 @@ def _secant(g_now: torch.Tensor, g_prev: torch.Tensor, dtheta: torch.Tensor) -> 
 
 
 
+def cost(u, K: int, T: int, o: FutOptions) -> float:
+    """The distinct batches' gradients at theta_t (and at theta_{t-1} where new): ~min(K + 1, T) per step."""
+    return T * min(K + 1, T) * u.batched_grad_s
+
+
 ESTIMATOR = register(Estimator("fut", lambda rec, orders, o: _fut(rec, orders, False, o.chunk), FutOptions, rank=10,
-                               summary="the paper's first-order recursion (frozen moments, secant diagonal)"))
+                               cost=cost, summary="the paper's first-order recursion (frozen moments, secant diagonal)"))
 ESTIMATOR2 = register(Estimator("fut2", lambda rec, orders, o: _fut(rec, orders, True, o.chunk), FutOptions, rank=11,
-                                summary="the paper's second-order recursion"))
+                                cost=cost, summary="the paper's second-order recursion"))

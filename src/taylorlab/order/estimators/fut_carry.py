@@ -21,6 +21,7 @@ from torch.func import jvp, vmap
 from taylorlab.errors import ConfigError
 from taylorlab.order.estimators.fut import _secant
 from taylorlab.order.functional import FlatModel, adam_step, grads_at
+from taylorlab.order.memory import plan_chunk, require_bytes
 from taylorlab.order.recorded import Record
 from taylorlab.order.registry import Estimate, Estimator, register
 
@@ -30,15 +31,15 @@ CURVATURES = ("hvp", "hvp2", "secant", "none")
 @dataclass
 class FutCarryOptions:
     curvature: str = "hvp"  # hvp | hvp2 | secant | none
-    chunk: int = 16  # orders per vmapped pass on a GPU
+    chunk: int = 0  # orders per vmapped pass on a GPU, at most (0: as many as its free memory holds)
     check_steps: int = 4  # self-check: steps at which the linearised gradient is compared with the exact one
     check_orders: int = 2  # ... for this many orders
 
     def validate(self) -> None:
         if self.curvature not in CURVATURES:
             raise ConfigError(f"curvature={self.curvature!r} is not one of {', '.join(CURVATURES)}.")
-        if self.chunk <= 0 or self.check_steps < 0 or self.check_orders < 0:
-            raise ConfigError("chunk must be positive, check_steps and check_orders 0 or more.")
+        if self.chunk < 0 or self.check_steps < 0 or self.check_orders < 0:
+            raise ConfigError("chunk (0: planned from free memory), check_steps and check_orders must be 0 or more.")
 
 
 def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor,
@@ -99,56 +100,81 @@ def est_fut_carry(rec: Record, orders, opts: FutCarryOptions) -> Estimate:
     T = traj.T
     check_at = sorted({min(T - 1, max(1, round((j + 1) * T / (check_steps + 1)))) for j in range(check_steps)})
     checks = []
-    gamma = traj.theta0.expand(K, -1).clone()
+    theta0 = traj.theta0
+    cuda = theta0.device.type == "cuda"
+    # K streams of (gamma, m, v): one clear line where they cannot fit
+    require_bytes(f"fut-carry's state for {K} orders", 3 * K * theta0.numel() * theta0.element_size(), theta0.device,
+                  "ask for fewer orders at a time (estimate.num_orders) or use a larger GPU")
+    gamma = theta0.expand(K, -1).clone()
     m, v = torch.zeros_like(gamma), torch.zeros_like(gamma)
-    cuda = gamma.device.type == "cuda"
+    plan = None
     if cuda:
         expanded_many = vmap(lambda th, b, vec: expanded_grad(flat, th, b, vec, curvature == "hvp2"),
                              in_dims=(None, 0, 0))
+        if curvature in ("hvp", "hvp2"):
+            plan = plan_chunk("fut-carry's vmapped passes", K, theta0.device,
+                              lambda: expanded_many(theta0, batches[:1], torch.zeros_like(theta0).unsqueeze(0)),
+                              0, opts.chunk or None)
+            chunk = plan.chunk
+    # the CPU computes one order at a time anyway: chunks of 1 keep its temporaries at [d]; secant /
+    # none: batches per vmapped gradient-table pass on a GPU
+    chunk = chunk or (16 if cuda else 1)
     prev_table, prev_theta = {}, None
     for t in range(traj.T):
         theta = traj.theta(t)
         ids = [o[t] for o in orders]
         uniq = sorted(set(ids))
-        delta = gamma - theta
-        moved = ((delta != 0).any(dim=1).tolist()  # one sync: only where the CPU path or a check needs it
-                 if t in check_at or (not cuda and curvature in ("hvp", "hvp2")) else None)
-        if curvature in ("hvp", "hvp2") and cuda:  # gradient and H delta (...) together, K orders in chunks
-            g = torch.empty_like(gamma)
-            for lo in range(0, K, chunk):
-                idx = torch.tensor(ids[lo:lo + chunk], device=batches.device)
-                g[lo:lo + chunk] = expanded_many(theta, batches[idx], delta[lo:lo + chunk])
-        elif curvature in ("hvp", "hvp2"):  # CPU, one order at a time: g and H delta (...) from one pass
-            # orders that have not left the reference yet: the reference gradient, once per batch
-            unmoved = {b: flat.grad(theta, batches[b]) for k, b in enumerate(ids) if not moved[k]}
-            g = torch.stack([expanded_grad(flat, theta, batches[b], delta[k], curvature == "hvp2")
-                             if moved[k] else unmoved[b] for k, b in enumerate(ids)])
-        else:  # secant / none: each distinct batch's gradient once per step
+        need_moved = t in check_at or (not cuda and curvature in ("hvp", "hvp2"))
+        if curvature in ("secant", "none"):  # each distinct batch's gradient once per step
             table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
-            g = torch.stack([table[b] for b in ids])
             if curvature == "secant" and t > 0:
                 missing = [b for b in uniq if b not in prev_table]
                 if missing:
                     prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))
                 dtheta = theta - prev_theta
                 h = {b: _secant(table[b], prev_table[b], dtheta) for b in uniq}
-                g = g + torch.stack([h[b] for b in ids]) * delta
             if curvature == "secant":
                 prev_table, prev_theta = table, theta
-        if t in check_at:
-            checks += [{"step": t, "order": k,
-                        **linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k],
-                                                 g[k] if curvature == "hvp" else None)}
-                       for k in [k for k in range(K) if moved[k]][:check_orders]]
-        # one order at a time: the functional step's temporaries (about ten) are then [d], not [K, d],
-        # which is what ran a real model's K streams out of memory; the arithmetic is the same per
-        # element, so the reference order still reproduces the reference run bit for bit
-        del delta
-        for k in range(K):
-            gamma[k], m[k], v[k] = adam_step(gamma[k], m[k], v[k], g[k], t + 1, traj.lrs[t], traj.hp)
+        unmoved, checked = {}, 0
+        # K orders in chunks: the deviations and gradients ([chunk, d]) live one chunk at a time, so the
+        # K streams cost 3 K d (gamma, m, v) and not 5 K d
+        for lo in range(0, K, chunk):
+            hi = min(K, lo + chunk)
+            delta = gamma[lo:hi] - theta
+            # one sync: only where the CPU path or a check needs it
+            moved = (delta != 0).any(dim=1).tolist() if need_moved else None
+            if curvature in ("hvp", "hvp2") and cuda:  # gradient and H delta (...) together, vmapped
+                idx = torch.tensor(ids[lo:hi], device=batches.device)
+                g = expanded_many(theta, batches[idx], delta)
+            elif curvature in ("hvp", "hvp2"):  # CPU, one order at a time: g and H delta (...) from one pass
+                # orders that have not left the reference yet: the reference gradient, once per batch
+                for k in range(lo, hi):
+                    if not moved[k - lo] and ids[k] not in unmoved:
+                        unmoved[ids[k]] = flat.grad(theta, batches[ids[k]])
+                g = torch.stack([expanded_grad(flat, theta, batches[ids[k]], delta[k - lo], curvature == "hvp2")
+                                 if moved[k - lo] else unmoved[ids[k]] for k in range(lo, hi)])
+            else:
+                g = torch.stack([table[b] for b in ids[lo:hi]])
+                if curvature == "secant" and t > 0:
+                    g = g + torch.stack([h[b] for b in ids[lo:hi]]) * delta
+            if t in check_at:
+                for k in range(lo, hi):
+                    if moved[k - lo] and checked < check_orders:
+                        checked += 1
+                        checks.append({"step": t, "order": k,
+                                       **linearisation_residual(flat, theta, gamma[k], batches[ids[k]], g[k - lo],
+                                                                g[k - lo] if curvature == "hvp" else None)})
+            del delta
+            # one order at a time: the functional step's temporaries (about ten) are then [d], not [K, d],
+            # which is what ran a real model's K streams out of memory; the arithmetic is the same per
+            # element, so the reference order still reproduces the reference run bit for bit
+            for k in range(lo, hi):
+                gamma[k], m[k], v[k] = adam_step(gamma[k], m[k], v[k], g[k - lo], t + 1, traj.lrs[t], traj.hp)
+            del g
     return Estimate(params=gamma, linearisation={"checks": checks, "curvature": curvature,
                                                  "median_residual": _finite_median(c["residual"] for c in checks),
-                                                 "median_first_order": _finite_median(c["first_order"] for c in checks)})
+                                                 "median_first_order": _finite_median(c["first_order"] for c in checks)},
+                    extra={"memory_plan": plan.as_dict() if plan else None})
 
 
 def _finite_median(values) -> Optional[float]:
@@ -156,5 +182,13 @@ def _finite_median(values) -> Optional[float]:
     return statistics.median(finite) if finite else None
 
 
-ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, rank=20,
+def cost(u, K: int, T: int, o: FutCarryOptions) -> float:
+    """hvp: a gradient and an HVP per order and step (vmapped on a GPU), hvp2 about twice that;
+    secant / none: each distinct batch's gradient per step (secant: at the previous state too)."""
+    if o.curvature in ("hvp", "hvp2"):
+        return K * T * u.batched_hvp_s * (2 if o.curvature == "hvp2" else 1)
+    return T * min(K, T) * u.batched_grad_s * (2 if o.curvature == "secant" else 1)
+
+
+ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, rank=20, cost=cost,
                                summary="linearised gradients, Adam's moments and step exact along the order"))

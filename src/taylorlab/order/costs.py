@@ -1,0 +1,99 @@
+"""The cost advisor: before an order study runs, what each requested estimator and the exact
+answer (batched retraining) will cost on this device, from a few probed passes of this model on one
+of its batches, multiplied by the number of passes each needs (each registered estimator states its
+own count, ``Estimator.cost``). Logged before the study, shown beside the measurement afterwards.
+
+The counts, per K orders of T steps (the model's own passes, one gradient g, one Hessian-vector
+product h, ``b`` a gradient inside a vmapped pass of many copies):
+
+* batched retraining: K T b (+ K evaluations); one order at a time: K T g
+* an estimator that, like ``fut-carry``, needs the gradient of every distinct batch of a step
+  (min(K, T) per step) plus its per-order curvature term cannot cost less than retraining per order
+  unless K >> T and the curvature term is far cheaper than a pass; only a fit once, scored in O(T)
+  per order (``surrogate``, ``additive``), gets cheaper than retraining as the number of orders grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch.func import jvp
+
+from taylorlab.order.queries import timed
+from taylorlab.order.recorded import Record
+from taylorlab.order.trajectory import plan_retrain_chunk
+
+
+@dataclass
+class Units:
+    """Seconds per pass of this model on one training batch, on ``device``."""
+
+    device: str
+    grad_s: float  # one gradient, alone
+    batched_grad_s: float  # one copy's gradient inside a vmapped pass of ``copies``
+    hvp_s: float  # a gradient and a Hessian-vector product (forward over reverse), alone
+    batched_hvp_s: float  # ... one copy's inside a vmapped pass (GPU; the lone one on the CPU)
+    eval_s: float  # the validation loss of one parameter vector
+    copies: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
+    """Each pass timed on this device (best of two on a GPU, where the first pays for warm-up)."""
+    from torch.func import vmap
+
+    flat, theta, b = rec.flat, rec.traj.theta0, rec.batches
+    cuda = theta.device.type == "cuda"
+    reps = 2  # the first call pays for warm-up (functorch tracing, the allocator), on both devices
+
+    def best(fn):
+        return min(timed(fn)[1] for _ in range(reps))
+
+    grad_s = best(lambda: flat.grad(theta, b[0]))
+    copies = max(1, min(K, 2 if not cuda else plan_retrain_chunk(flat, theta, b, K, 8).chunk))
+    th = theta.expand(copies, -1).clone()
+    gfn = flat.batched_grad(False)
+    batched_grad_s = best(lambda: gfn(th, b[[0] * copies])) / copies
+    hvp_s = batched_hvp_s = 0.0
+    if need_hvp:
+        vec = torch.zeros_like(theta)
+        hvp_s = best(lambda: jvp(lambda y: flat.grad(y, b[0]), (theta,), (vec,)))
+        batched_hvp_s = hvp_s
+        if cuda:
+            many = vmap(lambda t, bb, vv: jvp(lambda y: flat.grad(y, bb), (t,), (vv,)), in_dims=(None, 0, 0))
+            batched_hvp_s = best(lambda: many(theta, b[[0] * copies], torch.zeros_like(th))) / copies
+    eval_s = best(lambda: flat.eval_loss(theta, rec.val)) if rec.val is not None else 0.0
+    del th
+    return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies)
+
+
+def predict(rec: Record, K: int, estimators: Mapping[str, Any], units: Optional[Units] = None) -> Dict[str, Any]:
+    """{"units", "retrain_batched_s", "retrain_one_at_a_time_s", "estimators": {name: seconds or None}}
+    for K orders (None: the estimator states no cost model)."""
+    from taylorlab.order import registry
+
+    T = rec.T
+    units = units or probe_units(rec, K)
+    out = {}
+    for name, options in estimators.items():
+        est = registry.get(name)
+        out[name] = None if est.cost is None else float(est.cost(units, K, T, est.make_options(options)))
+    return {"units": units.as_dict(), "retrain_batched_s": K * (T * units.batched_grad_s + units.eval_s),
+            "retrain_one_at_a_time_s": K * (T * units.grad_s + units.eval_s), "estimators": out}
+
+
+def advice(pred: Mapping[str, Any]) -> str:
+    """One line per estimator: its predicted cost against batched retraining of the same orders."""
+    base = pred["retrain_batched_s"]
+    parts = [f"batched retraining {base:.3g} s"]
+    for name, s in pred["estimators"].items():
+        if s is None:
+            parts.append(f"{name}: no cost model")
+        else:
+            parts.append(f"{name} {s:.3g} s ({s / base:.2g}x: {'cheaper' if s < base else 'dearer'})" if base else
+                         f"{name} {s:.3g} s")
+    return "; ".join(parts)

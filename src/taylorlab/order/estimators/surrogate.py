@@ -1,0 +1,183 @@
+"""``surrogate`` — the estimator for scoring many orders: a datamodel fitted to R orders retrained
+for real. ``f(order) ~ f(reference) + sum_t S[t, l_t]`` with S[t, l] = sum_j a_{l,j} (P_j(u_t) -
+P_j(u_l)): each batch's effect a smooth (Legendre, ``degree``) function of the position u it is
+trained at, measured from the reference run (anchored: the reference order gets the recorded run's
+own loss, exactly). The a_{l,j} are fitted by ridge regression to the final validation losses of
+``train_orders`` random orders retrained exactly (batched on a GPU, in chunks that fit its memory),
+the ridge strength chosen by ``folds``-fold cross-validation. With ``prior="additive"`` the adjoint
+surrogate's score of the order (``additive``: T^2 gradients and T double-backward passes) joins as one
+more feature, so the fit starts from the first-order theory and corrects it (the hybrid).
+
+Cost: R retrainings plus a fit of R x (T degree) — independent of how many orders are scored
+afterwards (O(T) each: ``search_orders`` random orders are scored inside the timed call, and the
+surrogate's exact optimum, a linear assignment of batches to steps, is proposed). Gives losses,
+not parameters. Its own check: the cross-validated Spearman of its training orders."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from taylorlab.errors import ConfigError
+from taylorlab.order.estimators.additive import additive_scores, best_order, score_orders
+from taylorlab.order.queries import random_orders, timed
+from taylorlab.order.recorded import Record
+from taylorlab.order.registry import Estimate, Estimator, register
+from taylorlab.order.trajectory import plan_retrain_chunk, retrain
+
+PRIORS = ("none", "additive")
+
+
+@dataclass
+class SurrogateOptions:
+    train_orders: int = 200  # R random orders retrained for real to fit on
+    degree: int = 3  # Legendre degree of each batch's effect as a function of its position
+    ridge: List[float] = field(default_factory=lambda: [10.0 ** k for k in range(-6, 3)])  # relative strengths
+    folds: int = 5  # cross-validation folds choosing the ridge strength
+    prior: str = "none"  # none | additive (the adjoint score as one more feature)
+    seed: int = 7  # of the training orders (the study's held-out orders use their own seed)
+    search_orders: int = 10000  # random orders scored inside the timed call (what a curriculum search screens)
+    batched: Optional[bool] = None  # retrain the training orders batched (vmap); None: on a GPU
+    chunk: int = 0  # training orders retrained together, at most (0: as many as the GPU's free memory holds)
+
+    def validate(self) -> None:
+        if self.train_orders < 4:
+            raise ConfigError(f"train_orders={self.train_orders}: fitting needs at least 4 retrained orders.")
+        if self.degree < 1:
+            raise ConfigError(f"degree={self.degree} must be at least 1.")
+        if not self.ridge or any(not (r > 0) for r in self.ridge):
+            raise ConfigError("ridge must list positive strengths.")
+        if not 2 <= self.folds <= self.train_orders:
+            raise ConfigError(f"folds={self.folds} must be between 2 and train_orders.")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior={self.prior!r} is not one of {', '.join(PRIORS)}.")
+        if self.search_orders < 0 or self.chunk < 0:
+            raise ConfigError("search_orders and chunk must be 0 or more.")
+
+
+def legendre(u: torch.Tensor, degree: int) -> torch.Tensor:
+    """P_1..P_degree at u (any shape) -> [..., degree], by the three-term recurrence."""
+    out, p0, p1 = [], torch.ones_like(u), u
+    for n in range(1, degree + 1):
+        out.append(p1)
+        p0, p1 = p1, ((2 * n + 1) * u * p1 - n * p0) / (n + 1)
+    return torch.stack(out, dim=-1)
+
+
+def position_basis(T: int, degree: int) -> torch.Tensor:
+    """B [T, degree]: the Legendre polynomials at the T positions mapped onto [-1, 1]."""
+    u = torch.linspace(-1, 1, T, dtype=torch.float64) if T > 1 else torch.zeros(1, dtype=torch.float64)
+    return legendre(u, degree)
+
+
+def features(orders, B: torch.Tensor, reference: List[int]) -> torch.Tensor:
+    """[R, T * degree]: for batch l and degree j, P_j(position of l in the order) - P_j(its position
+    in the reference order) (zero for the reference order itself)."""
+    idx = torch.as_tensor(orders, dtype=torch.long)
+    R, T = idx.shape
+    pos = torch.empty_like(idx)
+    pos.scatter_(1, idx, torch.arange(T).expand(R, -1).contiguous())
+    ref_pos = torch.empty(T, dtype=torch.long)
+    ref_pos[torch.as_tensor(reference)] = torch.arange(T)
+    return (B[pos] - B[ref_pos]).reshape(R, -1)
+
+
+def ridge_fit(X: torch.Tensor, y: torch.Tensor, strengths, folds: int, seed: int = 0):
+    """(coefficients, chosen strength, cv predictions): ridge through the origin (the anchor), the
+    strength relative to mean(diag X^T X) chosen by the folds' squared error."""
+    R = X.shape[0]
+    scale = float((X * X).sum() / max(X.shape[1], 1)) or 1.0
+    perm = torch.randperm(R, generator=torch.Generator().manual_seed(seed))
+    parts = [perm[i::folds] for i in range(folds)]
+
+    def solve(Xa, ya, lam):
+        U, s, Vh = torch.linalg.svd(Xa, full_matrices=False)
+        return Vh.T @ ((s / (s * s + lam * scale)) * (U.T @ ya))
+
+    best = None
+    for lam in strengths:
+        pred = torch.empty(R, dtype=X.dtype)
+        for held in parts:
+            keep = torch.ones(R, dtype=torch.bool)
+            keep[held] = False
+            pred[held] = X[held] @ solve(X[keep], y[keep], lam)
+        err = float(((pred - y) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, lam, pred)
+    _, lam, pred = best
+    return solve(X, y, lam), lam, pred
+
+
+def retrained_losses(rec: Record, orders, batched: bool, bound: Optional[int]) -> List[float]:
+    """The final validation loss of each order retrained for real, in chunks that fit the device
+    (the parameters of a chunk are dropped once their losses are taken: R x d is never held)."""
+    step = plan_retrain_chunk(rec.flat, rec.traj.theta0, rec.batches, len(orders), bound).chunk if batched else 8
+    out = []
+    for lo in range(0, len(orders), step):
+        params = retrain(rec.flat, rec.traj.theta0, rec.batches, orders[lo:lo + step], rec.traj.lrs, rec.traj.hp,
+                         batched=batched, chunk=step, reference=rec.traj)
+        out += [rec.flat.eval_loss(p, rec.val) for p in params]
+        del params
+    return out
+
+
+def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
+    from scipy.stats import spearmanr
+
+    if rec.val is None or rec.reference_loss is None:
+        raise ValueError("surrogate needs the validation batches and the reference validation loss")
+    T, ref, ref_loss = rec.T, rec.traj.order, rec.reference_loss
+    batched = rec.device.type == "cuda" if opts.batched is None else bool(opts.batched)
+    train = random_orders(T, opts.train_orders, 10_000 + opts.seed)  # a seed range the study's queries do not use
+    y_train, retrain_s = timed(lambda: retrained_losses(rec, train, batched, opts.chunk or None))
+    B = position_basis(T, opts.degree)
+    X = features(train, B, ref)
+    S_add, prior_s, prior_scale = None, 0.0, 1.0
+    if opts.prior == "additive":
+        S_add, prior_s = timed(lambda: additive_scores(rec.flat, rec.traj, rec.batches, rec.val).double().cpu())
+        a = score_orders(S_add, train, 0.0)
+        prior_scale = float(a.std()) or 1.0
+        X = torch.cat([X, (a / prior_scale)[:, None]], dim=1)
+    y = torch.tensor(y_train, dtype=torch.float64) - ref_loss
+    finite = torch.isfinite(y)
+    if int(finite.sum()) < opts.folds:
+        raise ValueError(f"surrogate: only {int(finite.sum())} of {len(train)} training orders retrained to a finite "
+                         "loss; the run diverges at these settings")
+    (coef, lam, cv_pred), fit_s = timed(lambda: ridge_fit(X[finite], y[finite], opts.ridge, opts.folds, opts.seed))
+    a_l = coef[:T * opts.degree].reshape(T, opts.degree)  # a[l, j]
+    ref_pos = torch.empty(T, dtype=torch.long)
+    ref_pos[torch.as_tensor(ref)] = torch.arange(T)
+    S = B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]  # S[t, l] = sum_j a_lj (P_j(u_t) - P_j(u_ref(l)))
+    if S_add is not None:
+        S = S + coef[-1] / prior_scale * S_add
+    loss, query_s = timed(lambda: score_orders(S, orders, ref_loss))
+    score_s = 0.0
+    if opts.search_orders:
+        gen = torch.Generator().manual_seed(opts.seed)
+        many = torch.argsort(torch.rand(opts.search_orders, T, generator=gen), dim=1)
+        _, score_s = timed(lambda: score_orders(S, many, ref_loss))
+    best = best_order(S)
+    yf = y[finite]
+    cv_rho = float(spearmanr(cv_pred.numpy(), yf.numpy()).statistic) if len(set(yf.tolist())) > 1 else math.nan
+    proposal = {"order": best, "predicted_loss": float(score_orders(S, [best], ref_loss)[0]),
+                "how": "the fitted surrogate's exact optimum (a linear assignment of batches to steps)",
+                "search_orders": opts.search_orders, "search_score_s": score_s}
+    extra = {"S": S, "train_orders": len(train), "train_retrain_s": retrain_s, "prior_s": prior_s, "fit_s": fit_s,
+             "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam,
+             "cv_spearman": cv_rho, "retrained_orders": len(train)}
+    return Estimate(loss=[float(x) for x in loss], proposal=proposal, extra=extra,
+                    linearisation=None)
+
+
+def cost(u, K: int, T: int, o: SurrogateOptions) -> float:
+    """R retrainings (batched on a GPU) and their evaluations, the prior's precompute; K does not enter."""
+    per = u.batched_grad_s if (o.batched if o.batched is not None else u.device.startswith("cuda")) else u.grad_s
+    prior = T * (T - 1) * u.batched_grad_s + T * u.hvp_s if o.prior == "additive" else 0.0
+    return o.train_orders * (T * per + u.eval_s) + prior
+
+
+ESTIMATOR = register(Estimator("surrogate", est_surrogate, SurrogateOptions, gives_params=False, proposes_order=True,
+                               rank=40, cost=cost, summary="a datamodel fitted to R retrained orders: any order in O(T)"))
