@@ -57,7 +57,8 @@ def truth_sensitivity(flat, traj, batches, val, orders, true_params: torch.Tenso
     moved = retrain(flat, traj.theta0 * (1 + eps * z), batches, orders, traj.lrs, traj.hp, batched=batched, chunk=chunk,
                     compile=compile)
     loss = [flat.eval_loss(p, val) for p in moved]
-    rel = torch.linalg.vector_norm(moved - true_params, dim=1) / torch.linalg.vector_norm(true_params - traj.theta0, dim=1)
+    moved, theta0 = moved.to(true_params.device), traj.theta0.to(true_params.device)
+    rel = torch.linalg.vector_norm(moved - true_params, dim=1) / torch.linalg.vector_norm(true_params - theta0, dim=1)
     spread = max(true_loss) - min(true_loss)
     mae = sum(abs(x - y) for x, y in zip(loss, true_loss)) / len(loss)
     constant = len(set(round(x, 12) for x in true_loss)) == 1

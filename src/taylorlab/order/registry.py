@@ -51,7 +51,7 @@ class Estimate:
         """Final validation losses: given directly, or of the estimated parameters."""
         if self.loss is not None:
             return list(self.loss)
-        return [rec.flat.eval_loss(p, rec.val) for p in self.params]
+        return [rec.flat.eval_loss(p.to(rec.device), rec.val) for p in self.params]
 
 
 @dataclass(frozen=True)

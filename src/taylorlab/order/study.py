@@ -65,7 +65,9 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         log.info("cost advisor (%d orders, T=%d, on %s): %s", len(orders), rec.T, rec.device, costs.advice(prediction))
     retrain_fn = retrain_fn or local_retrain(rec, batched, chunk, compile)
     true_params, retrain_wall = timed(lambda: retrain_fn(orders))
-    true_params = true_params.to(rec.device)
+    # every [K, d] answer is kept in host memory: on a GPU the estimators need its memory for their own
+    # K streams (a 135M model's 35 answers are 19 GB each set)
+    true_params = true_params.cpu()
     _, two = timed(lambda: retrain(rec.flat, rec.traj.theta0, rec.batches, orders[:2], rec.traj.lrs, rec.traj.hp,
                                    batched=False))
     one_at_a_time = two / min(2, len(orders))
@@ -76,7 +78,7 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         _, wall = timed(lambda: retrain(rec.flat, rec.traj.theta0, rec.batches, few, rec.traj.lrs, rec.traj.hp,
                                         batched=True, chunk=chunk))
         batched_per_order = wall / len(few)
-    true_loss = [rec.flat.eval_loss(p, rec.val) for p in true_params]
+    true_loss = [rec.flat.eval_loss(p.to(rec.device), rec.val) for p in true_params]
     rand = [i for i, n in enumerate(names) if n.startswith("random-")]
     rand_true = sorted(true_loss[i] for i in rand)
 
@@ -90,7 +92,7 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         cost[name], peak[name] = out.wall_s, out.peak_gib
         est_loss[name] = out.losses(rec)
         if out.params is not None:
-            est_params[name] = out.params
+            est_params[name] = out.params = out.params.cpu()
         if out.linearisation:
             selfchecks[name] = out.linearisation
         if out.proposal is not None:
@@ -98,7 +100,7 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         if on_estimate is not None:
             on_estimate(out)
     table = fidelity_table([true_loss[i] for i in rand], {k: [v[i] for i in rand] for k, v in est_loss.items()},
-                           true_params[rand], {k: v[rand] for k, v in est_params.items()}, rec.traj.theta0,
+                           true_params[rand], {k: v[rand] for k, v in est_params.items()}, rec.traj.theta0.cpu(),
                            cost, one_at_a_time)
     for row in table:  # what a query costs: all queries were answered together (K random + the named ones)
         name = row["estimator"]
