@@ -1,0 +1,54 @@
+"""The cost-fidelity frontier of smollm2_scale_h200.json: per cell (T, peak lr) and estimator, the
+Spearman of its ranking of K held-out retrained orders against its cost relative to batched
+retraining of every order it scored (log scale). Left of 1 an estimator is cheaper than the exact
+answer; the shaded band is the target (Spearman >= 0.9 at <= 0.1x).
+
+    python benchmarks/order_effects/plot_scale.py benchmarks/order_effects/smollm2_scale_h200.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MARKERS = {"fut-carry": "o", "surrogate": "s", "fut": "^", "fut2": "v", "additive": "D"}
+
+
+def main(path):
+    data = json.loads(Path(path).read_text())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ax.axvspan(1e-3, 0.1, ymin=0.9 / 1.05, ymax=1, color="#e8f4e8", zorder=0)  # the target region
+    ax.axhline(0.9, color="#999", lw=0.8, ls=":")
+    ax.axvline(1.0, color="#999", lw=0.8, ls=":")
+    for i, cell in enumerate(data["cells"]):
+        sens = [s["spearman_true_vs_perturbed"] for s in cell.get("sensitivity") or []]
+        label = f"T={cell['T']}, lr {cell['lr']:g}" + (f" (truth vs 1e-6 nudge: {sens[0]:.3f})" if sens else "")
+        first = True
+        for r in cell["fidelity"]:
+            if r["estimator"] not in MARKERS or r["spearman"] != r["spearman"]:
+                continue
+            ax.scatter(r["cost_vs_batched_retrain"], r["spearman"], marker=MARKERS[r["estimator"]], s=60,
+                       color=colors[i % len(colors)], label=label if first else None, zorder=3)
+            ax.annotate(f"{r['estimator']} ({r['orders_scored']} orders)", (r["cost_vs_batched_retrain"], r["spearman"]),
+                        textcoords="offset points", xytext=(6, -3), fontsize=7)
+            first = False
+    ax.set_xscale("log")
+    ax.set_xlim(3e-3, 30)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("cost ÷ batched retraining of the orders scored")
+    ax.set_ylabel("Spearman vs retrained truth (K=32 held-out)")
+    ax.set_title(f"SmolLM2-135M continued training, {data['tokens_per_step']} tokens/step, one H200")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    out = Path(path).with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    print(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
