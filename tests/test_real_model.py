@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.realmodel]
@@ -56,6 +57,13 @@ def test_smollm2_pruning_pipeline_shows_the_papers_ordering(out):
     reloaded = AutoModelForCausalLM.from_pretrained(d / "model", local_files_only=True)
     saved = json.loads((d / "sparsity.json").read_text())
     assert sparsity_report(reloaded)["total"] == saved["total"]
+    # and its compact form (kept values + bitmask) gives back the same weights in ~0.63 of the bytes
+    from taylorlab.pruning.compact import load_compact
+
+    recipe = json.loads((d / "recipe.json").read_text())
+    assert recipe["compact_bytes"] < 0.7 * recipe["dense_bytes"], recipe
+    compact = load_compact(d / "model.compact.safetensors").state_dict()
+    assert all(torch.equal(compact[k], v) for k, v in reloaded.state_dict().items())
 
 
 def test_smollm2_record_then_estimate(out):

@@ -142,6 +142,7 @@ class PruneConfig:
     owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the block's mean score
     owl_lambda: float = 0.08  # owl: the block sparsities span 2 x owl_lambda around the mean, prune.sparsity
     offload: bool = False  # keep the model on CPU, one decoder block on the device
+    save_compact: bool = True  # also model.compact.safetensors: kept values + a bitmask (taylorlab.pruning.compact)
     batch_size: int = 8  # calibration windows per block forward
     device: str = "auto"
     dtype: str = "float32"

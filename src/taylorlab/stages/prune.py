@@ -16,6 +16,7 @@ from taylorlab.errors import ArtifactError, ConfigError
 from taylorlab.io import atomic_write_json
 from taylorlab.models import load_model_artifact, resolve_device
 from taylorlab.pruning import Calibration, Profile, prune_model, registry, sparsity_report
+from taylorlab.pruning.compact import save_compact
 from taylorlab.stages.common import save_model
 
 
@@ -61,6 +62,12 @@ def run(ctx):
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
     save_model(model.cpu(), tok, ctx.dir / "model")
+    recipe["dense_bytes"] = sum(f.stat().st_size for f in (ctx.dir / "model").glob("*.safetensors"))
+    if c.save_compact:  # what the user gained, on disk: kept values and a bitmask
+        recipe["compact_bytes"] = save_compact(model, ctx.dir / "model.compact.safetensors")
+        ctx.log.info("compact form: %.1f MB against %.1f MB dense (model.compact.safetensors; "
+                     "taylorlab.pruning.compact.load_compact reads it back)", recipe["compact_bytes"] / 1e6,
+                     recipe["dense_bytes"] / 1e6)
     atomic_write_json(ctx.dir / "sparsity.json", report)
     atomic_write_json(ctx.dir / "recipe.json", recipe)
     ctx.tracker.summary({"prune/sparsity": report["total"]["sparsity"], "prune/wall_s": wall})
@@ -69,4 +76,5 @@ def run(ctx):
                          uses=[p.name for p in ctx.parents.values()], metadata=recipe)
     ctx.log.info("%s %s at %.2f: %.4f of block weights are zero (%.1f s)", c.method, c.pattern, sparsity,
                  report["total"]["sparsity"], wall)
-    return {"model": "model", "sparsity": "sparsity.json", "recipe": "recipe.json"}
+    return {"model": "model", "sparsity": "sparsity.json", "recipe": "recipe.json",
+            **({"compact": "model.compact.safetensors"} if c.save_compact else {})}

@@ -34,7 +34,8 @@ PRIORS = ("none", "additive")
 @dataclass
 class SurrogateOptions:
     train_orders: int = 200  # R random orders retrained for real to fit on
-    degree: int = 3  # Legendre degree of each batch's effect as a function of its position
+    degree: int = 3  # highest Legendre degree of each batch's effect as a function of its position (1..degree
+    # chosen with the ridge strength by cross-validation: few training orders favour a low degree)
     ridge: List[float] = field(default_factory=lambda: [10.0 ** k for k in range(-6, 3)])  # relative strengths
     folds: int = 5  # cross-validation folds choosing the ridge strength
     prior: str = "none"  # none | additive (the adjoint score as one more feature)
@@ -133,21 +134,33 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
     batched = rec.device.type == "cuda" if opts.batched is None else bool(opts.batched)
     train = random_orders(T, opts.train_orders, 10_000 + opts.seed)  # a seed range the study's queries do not use
     y_train, retrain_s = timed(lambda: retrained_losses(rec, train, batched, opts.chunk or None))
-    B = position_basis(T, opts.degree)
-    X = features(train, B, ref)
-    S_add, prior_s, prior_scale = None, 0.0, 1.0
+    S_add, prior_s, prior_scale, prior_col = None, 0.0, 1.0, None
     if opts.prior == "additive":
         S_add, prior_s = timed(lambda: additive_scores(rec.flat, rec.traj, rec.batches, rec.val).double().cpu())
         a = score_orders(S_add, train, 0.0)
         prior_scale = float(a.std()) or 1.0
-        X = torch.cat([X, (a / prior_scale)[:, None]], dim=1)
+        prior_col = (a / prior_scale)[:, None]
     y = torch.tensor(y_train, dtype=torch.float64) - ref_loss
     finite = torch.isfinite(y)
     if int(finite.sum()) < opts.folds:
         raise ValueError(f"surrogate: only {int(finite.sum())} of {len(train)} training orders retrained to a finite "
                          "loss; the run diverges at these settings")
-    (coef, lam, cv_pred), fit_s = timed(lambda: ridge_fit(X[finite], y[finite], opts.ridge, opts.folds, opts.seed))
-    a_l = coef[:T * opts.degree].reshape(T, opts.degree)  # a[l, j]
+
+    def fit_all():  # every degree up to opts.degree with every ridge strength; the best by the folds' error
+        best = None
+        for deg in range(1, opts.degree + 1):
+            Xd = features(train, position_basis(T, deg), ref)
+            if prior_col is not None:
+                Xd = torch.cat([Xd, prior_col], dim=1)
+            coef, lam, pred = ridge_fit(Xd[finite], y[finite], opts.ridge, opts.folds, opts.seed)
+            err = float(((pred - y[finite]) ** 2).mean())
+            if best is None or err < best[0]:
+                best = (err, deg, coef, lam, pred)
+        return best[1:]
+
+    (degree, coef, lam, cv_pred), fit_s = timed(fit_all)
+    B = position_basis(T, degree)
+    a_l = coef[:T * degree].reshape(T, degree)  # a[l, j]
     ref_pos = torch.empty(T, dtype=torch.long)
     ref_pos[torch.as_tensor(ref)] = torch.arange(T)
     S = B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]  # S[t, l] = sum_j a_lj (P_j(u_t) - P_j(u_ref(l)))
@@ -166,7 +179,7 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
                 "how": "the fitted surrogate's exact optimum (a linear assignment of batches to steps)",
                 "search_orders": opts.search_orders, "search_score_s": score_s}
     extra = {"S": S, "train_orders": len(train), "train_retrain_s": retrain_s, "prior_s": prior_s, "fit_s": fit_s,
-             "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam,
+             "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam, "degree": degree,
              "cv_spearman": cv_rho, "retrained_orders": len(train)}
     return Estimate(loss=[float(x) for x in loss], proposal=proposal, extra=extra,
                     linearisation=None)
