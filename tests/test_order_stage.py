@@ -167,3 +167,31 @@ def test_record_continues_from_a_trained_checkpoint_on_the_batches_after_it(tmp_
     assert proc.returncode != 0 and len(err) == 1 and "record.skip_batches" in err[0], proc.stderr[-2000:]
     assert (dirs["cont"] / "DONE").exists()
     assert torch.equal(load_file(str(dirs["cont"] / "trajectory.safetensors"))["theta.0"], cont["theta.0"])
+
+
+def test_surrogate_and_the_cost_advisor_through_the_stages(tmp_path):
+    """The estimate stage runs the fitted surrogate beside fut-carry, logs the advisor's prediction
+    first and writes prediction and measurement side by side; the curriculum stage screens thousands
+    of orders with the surrogate in one fit and verifies the best by retraining; the record stage
+    reports its planned storage."""
+    run_cli(["debug=fast", "launcher=inline", "run=sur", "stages=[estimate,curriculum]", "estimate.sensitivity=[]",
+             "estimate.estimators=[none,fut-carry,surrogate]", "estimate.options.surrogate.train_orders=12",
+             "estimate.options.surrogate.search_orders=2000", "curriculum.estimator=surrogate",
+             "+curriculum.options.train_orders=12", "+curriculum.options.search_orders=0", "curriculum.screen=3000",
+             "curriculum.screen_keep=2", "curriculum.genetic_generations=0", "curriculum.verify_top=2"],
+            tmp_path, check=True)
+    est, d = _estimates(tmp_path, "sur")
+    log = (d / "stage.log").read_text()
+    assert "cost advisor" in log and log.index("cost advisor") < log.index("estimator none")
+    rows = {r["estimator"]: r for r in est["fidelity"]}
+    assert rows["surrogate"]["orders_scored"] == len(est["orders"]) + 2000
+    assert rows["surrogate"]["predicted_s"] > 0 and rows["surrogate"]["cost_vs_batched_retrain"] > 0
+    assert est["cost_prediction"]["retrain_batched_s"] > 0 and est["speed"]["batched_retrain_s_per_order"] > 0
+    assert "surrogate" in est["proposals"] and est["proposals"]["surrogate"]["true_loss"] > 0
+    (cur,) = list((Path(tmp_path) / "sur").glob("curriculum-*/curriculum.json"))
+    cur = json.loads(cur.read_text())
+    assert cur["screened"] == 3000 and cur["estimator_extra"]["retrained_orders"] == 12
+    assert any(r["name"].startswith("screen-") for r in cur["candidates"])
+    (meta,) = list((Path(tmp_path) / "sur").glob("record-*/trajectory.json"))
+    storage = json.loads(meta.read_text())["storage"]
+    assert storage["checkpoint_every"] == 1 and storage["disk_bytes"] > 0
