@@ -60,6 +60,7 @@ class Estimator:
     fn: Callable[[Record, List[List[int]], Any], Estimate]
     options: type = NoOptions
     gives_params: bool = True  # final parameters per order (else losses only)
+    relative_loss: bool = False  # its losses are right only up to a shift (how orders differ: additive)
     proposes_order: bool = False  # returns a best order under its own model (``Estimate.proposal``)
     self_check: bool = False  # returns ``Estimate.linearisation``
     baseline: bool = False  # "no change": the row every table is compared with

@@ -134,8 +134,8 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
     return {"orders": per_order, "fidelity": table, "speed": speed, "sensitivity": sens,
             "cost_prediction": prediction, "memory_plans": memory,
             "reference_validation_loss": rec.reference_loss, "proposals": proposals, "linearisation": selfchecks,
-            "estimators": {n: {"gives_params": registry.get(n).gives_params, "baseline": registry.get(n).baseline}
-                           for n in estimators},
+            "estimators": {n: {"gives_params": registry.get(n).gives_params, "baseline": registry.get(n).baseline,
+                               "relative": registry.get(n).relative_loss} for n in estimators},
             "params": {"true": true_params, **est_params}, "names": names}
 
 

@@ -3,8 +3,9 @@
 An estimate is *absurd* when it is not finite, is a negative loss, or is further than
 ``ABSURD_NATS`` from the true loss (a perplexity off by more than e^10, four orders of magnitude):
 such estimates are counted and flagged in the table and kept off the scatter, so its axes stay
-on the scale of the truth. An estimator that gives losses only (no parameters: it predicts how
-orders differ, not the loss itself) is drawn relative: shifted so its median meets the truth's.
+on the scale of the truth. An estimator whose losses are right only up to a shift (``relative_loss``:
+it predicts how orders differ, not the loss itself) is drawn relative: shifted so its median meets
+the truth's.
 
 Verdicts: ``baseline`` (the "no change" row), ``ranks`` (Spearman against retraining at least
 ``RANKS_AT``, no absurd estimate, its own self-check within range), ``does not rank`` (with the
@@ -37,7 +38,8 @@ def judge(E: Dict[str, Any]) -> Dict[str, Any]:
     for row in E.get("fidelity") or []:
         name = row["estimator"]
         kind = kinds.get(name, {})
-        relative = kind.get("gives_params") is False
+        # estimates.json written before the flag existed: every loss-only estimator was relative
+        relative = bool(kind.get("relative", kind.get("gives_params") is False))
         est = [o.get(f"{name}_loss") for o in orders]
         true = [o.get("true_loss") for o in orders]
         shift = 0.0

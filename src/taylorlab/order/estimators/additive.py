@@ -122,5 +122,5 @@ def cost(u, K: int, T: int, o: AdditiveOptions) -> float:
 
 
 ESTIMATOR = register(Estimator("additive", est_additive, AdditiveOptions, gives_params=False, proposes_order=True,
-                               rank=30, cost=cost,
+                               relative_loss=True, rank=30, cost=cost,
                                summary="adjoint one-step effects: any order in O(T), its optimum proposed"))
