@@ -16,20 +16,7 @@
 # carried (outputs/smollm2-prune/data-<hash>): the machine has no Wikipedia package, and the stage
 # is found done with the same hash.
 set -u
-RES=/tmp/res
-GGUF=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-mkdir -p "$RES" /tmp/gguf
-collect() { cp "$RES"/*.json "$RES"/*.log "$OUT"/ 2>/dev/null; ls -la "$RES"; }
-wait_for() {
-  local until=$(( $(date +%s) + ${WAIT_S:-500} ))
-  while [ ! -e "$RES/DONE" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
-  tail -n 30 "$RES/quality.log"
-}
-setup_machine() {  # the GGUF joined outside the repo, the carried wheels installed
-  cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled
-}
+source "$(dirname "$0")/../gpu_session.sh"  # RES, GGUF, collect, wait_for LOG, setup_machine
 case "${PART:-}" in
   a) cp .gguf/part-a /tmp/gguf/part-a && ls -la /tmp/gguf ;;
   b)
@@ -40,7 +27,7 @@ case "${PART:-}" in
         echo \$? >$RES/DONE" >/dev/null 2>&1 &
     python3 -m pytest -q -p no:cacheprovider tests/gpu >"$RES/gpu_tests_h200.log" 2>&1
     tail -n 15 "$RES/gpu_tests_h200.log"
-    wait_for ;;
+    wait_for "$RES/quality.log" ;;
   b2)
     setup_machine
     rm -f "$RES/DONE"
@@ -62,7 +49,7 @@ case "${PART:-}" in
     echo "orders rc=$?"; grep -E "stage .* done in|fidelity|error" "$RES/orders_gpu.log" | tail -n 20
     for f in outputs/smollm2-orders/estimate-*/estimates.json outputs/smollm2-orders/memorize-*/memorization.json \
              outputs/smollm2-orders/curriculum-*/curriculum.json; do [ -e "$f" ] && cp "$f" "$RES/orders_gpu_$(basename "$f")"; done
-    wait_for; cat "$RES/quality_b16_table.log" ;;
+    wait_for "$RES/quality.log"; cat "$RES/quality_b16_table.log" ;;
   c)
     setup_machine
     rm -f "$RES/DONE"
@@ -71,7 +58,7 @@ case "${PART:-}" in
         --set wandb.mode=disabled evaluate.batch_size=8 >$RES/quality.log 2>&1; echo \$? >$RES/DONE" >/dev/null 2>&1 &
     python3 -m pytest -q -p no:cacheprovider tests/gpu >"$RES/gpu_tests_h200.log" 2>&1
     tail -n 15 "$RES/gpu_tests_h200.log"
-    wait_for ;;
-  wait) wait_for ;;
+    wait_for "$RES/quality.log" ;;
+  wait) wait_for "$RES/quality.log" ;;
 esac
 collect

@@ -1,0 +1,20 @@
+# Sourced by the GPU-session scripts (benchmarks/*/run_*h200.sh): where results wait on the lent
+# machine, where the embedded GGUF is joined, and the three steps every session repeats.
+#   collect          copy the results ($RES/*.json, *.log) to $OUT, which the device tool brings back
+#   wait_for LOG     wait (up to $WAIT_S) for the background job's $RES/DONE, then show LOG's tail
+#   setup_machine    join the GGUF (part a stashed by an earlier call, part b carried), install the
+#                    carried wheels (.whl) into /tmp/site, export the paths and offline settings
+RES=/tmp/res
+GGUF=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+mkdir -p "$RES" /tmp/gguf
+collect() { cp "$RES"/*.json "$RES"/*.log "$OUT"/ 2>/dev/null; ls -la "$RES"; }
+wait_for() {
+  local until=$(( $(date +%s) + ${WAIT_S:-500} ))
+  while [ ! -e "$RES/DONE" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
+  grep -v "Converting\|Loading" "$1" | tail -n 40
+}
+setup_machine() {
+  cat /tmp/gguf/part-a .gguf/part-b > "$GGUF" && sha256sum "$GGUF" | cut -c1-16
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src CI=1 WANDB_MODE=disabled PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+}
