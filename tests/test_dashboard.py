@@ -69,11 +69,15 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     for r in results:
         assert round(r["ppl"], 6) in drawn, r["ppl"]
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
-    for est in ("none", "fut", "fut2", "fut-carry", "additive"):  # the order-estimate fidelity table of the estimate stage
+    estimators = ("none", "fut", "fut2", "fut-carry", "additive", "surrogate")  # every registered one (the default)
+    for est in estimators:  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
     # every estimator row carries a plain verdict; whatever they returned, no axis runs away
     verdicts = re.findall(r'<td class="verdict ([a-z-]+)"', dom.stdout)
-    assert len(verdicts) == 5 and set(verdicts) <= {"baseline", "ranks", "does-not-rank", "not-checked"}
+    assert len(verdicts) == len(estimators) and set(verdicts) <= {"baseline", "ranks", "does-not-rank", "not-checked"}
+    # the cost advisor's prediction beside the measurement, and the cost against batched retraining
+    assert '<p class="advisor">' in dom.stdout and "predicted s" in dom.stdout
+    assert "÷ batched retraining of those" in dom.stdout
     spans = axis_spans(dom.stdout)
     assert spans and max(spans) <= 6, spans
     (est,) = [json.loads(p.read_text()) for p in (out / "dash").glob("estimate-*/estimates.json")]
