@@ -111,9 +111,8 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         row["cost_vs_batched_retrain"] = (row["wall_s"] / (batched_per_order * scored)
                                           if row["wall_s"] is not None and batched_per_order > 0 else None)
         row["predicted_s"] = prediction["estimators"].get(name) if prediction else None
-        for k in ("cv_spearman", "train_orders", "train_retrain_s", "fit_s"):
-            if k in results[name].extra:
-                row[k] = results[name].extra[k]
+        for k in ("cv_spearman", "train_orders", "train_retrain_s", "fit_s"):  # a fitted estimator's (every row
+            row[k] = results[name].extra.get(k)  # has every column: the W&B table and the page need one schema)
     sens = []
     for eps in sensitivity:
         log.info("the truth from initial weights nudged by %g", eps)
