@@ -67,7 +67,6 @@ def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
             many = vmap(lambda t, bb, vv: jvp(lambda y: flat.grad(y, bb), (t,), (vv,)), in_dims=(None, 0, 0))
             batched_hvp_s = best(lambda: many(theta, b[[0] * copies], torch.zeros_like(th))) / copies
     eval_s = best(lambda: flat.eval_loss(theta, rec.val)) if rec.val is not None else 0.0
-    del th
     return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies)
 
 
