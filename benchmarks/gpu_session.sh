@@ -1,5 +1,6 @@
 # Sourced by the GPU-session scripts (benchmarks/*/run_*h200.sh): where results wait on the lent
 # machine, where the embedded GGUF is joined, and the three steps every session repeats.
+#   stash_part_a     keep the carried first part of the GGUF (.gguf/part-a) outside the repo (PART=a)
 #   collect          copy the results ($RES/*.json, *.log) to $OUT, which the device tool brings back
 #   wait_for LOG     wait (up to $WAIT_S) for the background job's $RES/DONE, then show LOG's tail
 #   setup_machine    join the GGUF (part a stashed by an earlier call, part b carried), install the
@@ -7,6 +8,7 @@
 RES=/tmp/res
 GGUF=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$RES" /tmp/gguf
+stash_part_a() { cp .gguf/part-a /tmp/gguf/part-a && ls -la /tmp/gguf; }
 collect() { cp "$RES"/*.json "$RES"/*.log "$OUT"/ 2>/dev/null; ls -la "$RES"; }
 wait_for() {
   local until=$(( $(date +%s) + ${WAIT_S:-500} ))

@@ -18,7 +18,7 @@
 set -u
 source "$(dirname "$0")/../gpu_session.sh"  # RES, GGUF, collect, wait_for LOG, setup_machine
 case "${PART:-}" in
-  a) cp .gguf/part-a /tmp/gguf/part-a && ls -la /tmp/gguf ;;
+  a) stash_part_a ;;
   b)
     setup_machine
     rm -f "$RES/DONE"

@@ -90,6 +90,15 @@ def score_orders(S: torch.Tensor, orders, reference_loss: float) -> torch.Tensor
     return reference_loss + S.gather(1, idx.T).sum(0)
 
 
+def search_score_s(S: torch.Tensor, n: int, seed: int, reference_loss: float) -> float:
+    """Seconds to score ``n`` seeded random orders under S (what a search over them costs); 0 for none."""
+    if not n:
+        return 0.0
+    gen = torch.Generator().manual_seed(seed)
+    many = torch.argsort(torch.rand(n, S.shape[0], generator=gen), dim=1).to(S.device)
+    return timed(lambda: score_orders(S, many, reference_loss))[1]
+
+
 def best_order(S: torch.Tensor) -> List[int]:
     """The order minimising the additive surrogate: an exact linear assignment of batches to steps."""
     rows, cols = linear_sum_assignment(S.detach().cpu().double().numpy())
@@ -103,11 +112,7 @@ def est_additive(rec: Record, orders, opts: AdditiveOptions) -> Estimate:
     S, precompute_s = timed(lambda: additive_scores(rec.flat, rec.traj, rec.batches, rec.val,
                                                     projection_dim=opts.projection_dim, chunk=opts.chunk))
     loss, query_s = timed(lambda: score_orders(S, orders, ref))
-    score_s = 0.0
-    if opts.search_orders:
-        gen = torch.Generator().manual_seed(opts.search_seed)
-        many = torch.argsort(torch.rand(opts.search_orders, rec.T, generator=gen), dim=1).to(S.device)
-        _, score_s = timed(lambda: score_orders(S, many, ref))
+    score_s = search_score_s(S, opts.search_orders, opts.search_seed, ref)
     best = best_order(S)
     proposal = {"order": best, "predicted_loss": float(score_orders(S, [best], ref)[0]),
                 "how": "the surrogate's exact optimum (a linear assignment of batches to steps)",

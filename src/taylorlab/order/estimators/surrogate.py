@@ -22,7 +22,7 @@ from typing import List, Optional
 import torch
 
 from taylorlab.errors import ConfigError
-from taylorlab.order.estimators.additive import additive_scores, best_order, score_orders
+from taylorlab.order.estimators.additive import additive_scores, best_order, score_orders, search_score_s
 from taylorlab.order.queries import random_orders, timed
 from taylorlab.order.recorded import Record
 from taylorlab.order.registry import Estimate, Estimator, register
@@ -167,11 +167,7 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
     if S_add is not None:
         S = S + coef[-1] / prior_scale * S_add
     loss, query_s = timed(lambda: score_orders(S, orders, ref_loss))
-    score_s = 0.0
-    if opts.search_orders:
-        gen = torch.Generator().manual_seed(opts.seed)
-        many = torch.argsort(torch.rand(opts.search_orders, T, generator=gen), dim=1)
-        _, score_s = timed(lambda: score_orders(S, many, ref_loss))
+    score_s = search_score_s(S, opts.search_orders, opts.seed, ref_loss)
     best = best_order(S)
     yf = y[finite]
     cv_rho = float(spearmanr(cv_pred.numpy(), yf.numpy()).statistic) if len(set(yf.tolist())) > 1 else math.nan
