@@ -235,6 +235,26 @@ class CurriculumConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """The inference stage: the dense and the pruned model, timed where they would be served."""
+
+    device: str = "auto"
+    dtype: str = "auto"  # bfloat16 on a GPU, float32 on the CPU
+    # dense | semi_structured (torch.sparse.to_sparse_semi_structured) | cslt (direct cuSPARSELt call);
+    # the 2:4 backends run on a CUDA GPU of compute capability >= 8.0 and are reported skipped elsewhere
+    backends: List[str] = field(default_factory=lambda: ["dense", "semi_structured", "cslt"])
+    modes: List[str] = field(default_factory=lambda: ["eager", "graph"])  # graph: CUDA graphs (GPU only)
+    prompt_lengths: List[int] = field(default_factory=lambda: [128, 2048, 8192])  # capped by the context
+    prefill_batch: int = 1
+    decode_batches: List[int] = field(default_factory=lambda: [1, 16])
+    decode_prompt: int = 128  # prompt tokens before decoding
+    decode_tokens: int = 32  # new tokens per decode measurement (tokens/s from n against 1 new token)
+    check_length: int = 128  # tokens of the prompts whose logits each backend must reproduce
+    min_run_time: float = 0.5  # seconds of repeated calls per measurement (torch.utils.benchmark)
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
 class ReportConfig:
     title: str = "taylorlab run"
     resources: Resources = field(default_factory=Resources)
@@ -279,6 +299,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     memorize: MemorizeConfig = field(default_factory=MemorizeConfig)
@@ -305,7 +326,7 @@ def _positive(key: str, value: float | int | None) -> None:
         raise ConfigError(f"{key}={value} must be positive.")
 
 
-DEVICE_STAGES = ("train", "evaluate", "calibrate", "prune", "record", "estimate", "memorize", "curriculum")
+DEVICE_STAGES = ("train", "evaluate", "calibrate", "prune", "inference", "record", "estimate", "memorize", "curriculum")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
@@ -356,6 +377,7 @@ def validate(cfg: Any) -> None:
     _positive("calibrate.batch_size", c.batch_size)
     _choice("calibrate.grad_norm", c.grad_norm, ("l2", "l1"))
     validate_prune(cfg.prune, cfg.calibrate)
+    validate_inference(cfg.inference)
     validate_data_files(cfg)
     for d in cfg.data.domains:
         _choice("data.domains", d, ("wiki", "shakespeare", "austen"))
@@ -407,6 +429,29 @@ def validate(cfg: Any) -> None:
                               f"{T} batches (0..{T - 1}, record.num_batches={T}).")
     if e.num_orders < 2 and not e.orders:
         raise ConfigError(f"estimate.num_orders={e.num_orders}: at least 2 orders are needed for a rank correlation.")
+
+
+def validate_inference(i: Any) -> None:
+    from taylorlab.evaluation.inference import BACKENDS, MODES  # torch only: cheap next to the schema's own
+
+    for b in i.backends:
+        _choice("inference.backends", b, BACKENDS)
+    for m in i.modes:
+        _choice("inference.modes", m, MODES)
+    if "dense" not in i.backends:
+        raise ConfigError(f"inference.backends={list(i.backends)} lacks dense: the pruned model's dense logits are "
+                          "what every other backend is checked against.")
+    if not i.modes:
+        raise ConfigError("inference.modes is empty: name eager, graph or both.")
+    _choice("inference.dtype", i.dtype, ("auto", "float32", "bfloat16", "float16"))
+    for key in ("prefill_batch", "decode_prompt", "decode_tokens", "check_length", "min_run_time"):
+        _positive(f"inference.{key}", i[key])
+    if i.decode_tokens < 2:
+        raise ConfigError(f"inference.decode_tokens={i.decode_tokens}: at least 2 (decode speed is n new tokens "
+                          "against 1).")
+    for key in ("prompt_lengths", "decode_batches"):
+        if not i[key] or any(int(x) <= 0 for x in i[key]):
+            raise ConfigError(f"inference.{key}={list(i[key])} must be a non-empty list of positive integers.")
 
 
 ORDER_STAGES = ("record", "estimate", "memorize", "curriculum")

@@ -12,6 +12,8 @@ TRAIN = StageSpec("train", "taylorlab.stages.train:run", "AdamW in an explicit b
 EVALUATE = StageSpec("evaluate", "taylorlab.stages.evaluate:run", "perplexity in non-overlapping windows")
 CALIBRATE = StageSpec("calibrate", "taylorlab.stages.calibrate:run", "calibration windows and gradient norms")
 PRUNE = StageSpec("prune", "taylorlab.stages.prune:run", "one registered pruning method, sparsity and pattern")
+INFERENCE = StageSpec("inference", "taylorlab.stages.inference:run",
+                      "dense against pruned at serving time: prefill, decode, memory, 2:4 kernels")
 RECORD = StageSpec("record", "taylorlab.stages.record:run", "the reference run, every step kept, for order estimates")
 ESTIMATE = StageSpec("estimate", "taylorlab.stages.estimate:run", "order estimators against real retraining")
 MEMORIZE = StageSpec("memorize", "taylorlab.stages.memorize:run",
@@ -32,6 +34,7 @@ GRAPH = Graph(
         Node("calibrate", CALIBRATE, parents={"data": ("data",), "model": STUDIED}),
         Node("prune", PRUNE, parents={"calibrate": ("calibrate",), "model": STUDIED}),
         Node("evaluate_pruned", EVALUATE, parents={"data": ("data",), "model": ("prune",)}, config="evaluate"),
+        Node("inference", INFERENCE, parents={"dense": STUDIED, "pruned": ("prune",)}),
         # order studies continue from the model under study: the trained model when train runs too
         Node("record", RECORD, parents={"data": ("data",), "model": STUDIED}),
         Node("estimate", ESTIMATE, parents={"record": ("record",)}),
@@ -40,8 +43,9 @@ GRAPH = Graph(
         Node(
             "report", REPORT,
             parents={"dense": ("evaluate_dense",), "pruned": ("evaluate_pruned",), "train": ("train",),
+                     "inference": ("inference",),
                      "orders": ("estimate",), "memorization": ("memorize",), "curriculum": ("curriculum",)},
-            optional_parents=("dense", "pruned", "train", "orders", "memorization", "curriculum"),
+            optional_parents=("dense", "pruned", "train", "inference", "orders", "memorization", "curriculum"),
         ),
     ]
 )
