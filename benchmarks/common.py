@@ -28,9 +28,15 @@ def machine() -> dict:
 
 def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy", "gguf", "accelerate", "llmcompressor",
                       "compressed-tensors", "datasets")) -> dict:
-    from taylorlab.engine.provenance import library_versions  # stdlib only: no engine dependencies
+    from importlib import metadata  # not taylorlab.engine: the GPU image lacks the engine's dependencies
 
-    return library_versions(names)
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def git_commit() -> str:

@@ -59,6 +59,12 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("launcher.name=k8s", "launcher.name"),
         ("record.skip_batches=-1", "record.skip_batches"),
         ("prune.batch_size=0", "prune.batch_size"),
+        ("inference.backends=[cslt]", "lacks dense"),
+        ("inference.backends=[dense,csr]", "inference.backends='csr' is not one of dense, semi_structured, cslt"),
+        ("inference.modes=[compiled]", "inference.modes='compiled'"),
+        ("inference.decode_tokens=1", "inference.decode_tokens=1: at least 2"),
+        ("inference.prompt_lengths=[]", "inference.prompt_lengths"),
+        ("inference.device=gpu", "inference.device='gpu' is not a device"),
     ],
 )
 def test_bad_values_fail_validation(override, words):

@@ -95,6 +95,12 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     (cur,) = [json.loads(p.read_text()) for p in (out / "dash").glob("curriculum-*/curriculum.json")]
     assert dom.stdout.count('<table class="curriculum">') == 1
     assert dom.stdout.count('<tr class="best">') == 1 and f"Recommended (best verified): {cur['best']}" in dom.stdout
+    # the inference table of every pruned model: measured rows with their ratio, the rest say why not
+    infs = [json.loads(p.read_text()) for p in (out / "dash").glob("inference-*/inference.json")]
+    assert len(infs) == 4 and dom.stdout.count('<table class="inference">') == 4
+    measured = sum(1 for i in infs for r in i["rows"] if not r.get("skipped"))
+    assert dom.stdout.count('<tr data-backend="dense" data-mode="eager">') == measured == 8
+    assert dom.stdout.count("not measured: 2:4 kernels run on CUDA only") == 4 * 2  # two 2:4 backends per stage
     for name in ("method", "pattern", "sparsity", "estimator"):  # the filters
         assert f'data-filter="{name}"' in dom.stdout, name
     shot = tmp_path / "shot.png"

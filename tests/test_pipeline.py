@@ -24,8 +24,8 @@ def stage_dirs(out, run, node):
 
 def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     first = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 12 stage(s)" in first.stdout
-    for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "record",
+    assert "ran 13 stage(s)" in first.stdout
+    for node in ("data", "base_model", "train", "evaluate_dense", "calibrate", "prune", "evaluate_pruned", "inference", "record",
                  "estimate", "memorize", "curriculum", "report"):
         (d,) = stage_dirs(tmp_path, "e2e", node)
         assert (d / "DONE").exists() and (d / "manifest.json").exists(), node
@@ -53,11 +53,11 @@ def test_default_graph_runs_locally_then_skips_everything(tmp_path):
     assert abs(spars["total"]["sparsity"] - 0.5) < 0.01
     t0 = time.time()
     second = run_cli(FAST + ["run=e2e", "launcher=local", "prune.method=gblm"], tmp_path, check=True)
-    assert "ran 0 stage(s)" in second.stdout and "skipped 12 done" in second.stdout
+    assert "ran 0 stage(s)" in second.stdout and "skipped 13 done" in second.stdout
     assert "skip train: done with the same hash" in second.stdout + second.stderr
     assert time.time() - t0 < 30
     forced = run_cli(FAST + ["run=e2e", "launcher=inline", "prune.method=gblm", "force=prune"], tmp_path, check=True)
-    assert "ran 3 stage(s) prune, evaluate_pruned, report" in forced.stdout
+    assert "ran 4 stage(s) prune, evaluate_pruned, inference, report" in forced.stdout
 
 
 def test_sweep_shares_one_calibrate_stage(tmp_path):

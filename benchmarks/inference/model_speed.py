@@ -88,6 +88,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         model = base if backend == "dense" else copy.deepcopy(base)
         conv = inf.apply_backend(model, backend)
+        if model is not base:
+            base.cpu()  # the peak memory measured is this model's alone
         convert_s = time.time() - t0
         for mode in a.modes:
             try:
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
         if model is not base:
             del model
             torch.cuda.empty_cache()
+            base.to(dev)
     for mode in a.modes:
         dense = next((r for r in rows if r["backend"] == "dense" and r["mode"] == mode and not r.get("skipped")), None)
         if dense:

@@ -91,7 +91,28 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
                     "order_estimates": estimates,
                     "memorization": _done_json(run_dirs, "memorize", "memorization"),
                     "curriculum": _done_json(run_dirs, "curriculum", "curriculum"),
+                    "inference": [_inference_view(i) for i in _done_json(run_dirs, "inference", "inference")],
                     "colors": {"methods": method_colors(), "estimators": estimator_colors()}})
+
+
+def _inference_view(res: Dict[str, Any]) -> Dict[str, Any]:
+    """What the inference table draws (a sweep's page holds every run's rows: no timing spreads)."""
+    def row(r):
+        out = {k: r.get(k) for k in ("model", "backend", "mode", "skipped")}
+        if r.get("skipped"):
+            return out
+        out.update({k: r.get(k) for k in ("weight_bytes", "peak_bytes", "prefill_speedup", "decode_speedup")})
+        out["prefill"] = {L: {"median_s": v["median_s"]} for L, v in (r.get("prefill") or {}).items()}
+        out["decode"] = {b: {"tokens_per_s": v["tokens_per_s"]} for b, v in (r.get("decode") or {}).items()}
+        c = r.get("check")
+        out["check"] = c and {k: c.get(k) for k in ("rel_max_diff", "equal_within_tolerance", "tolerance")}
+        return out
+
+    recipe = res.get("recipe") or {}
+    return {"run": res["run"], "stage": res["stage"], "gpu": res.get("gpu"), "device": res.get("device"),
+            "dtype": res.get("dtype"), "lengths_not_measured": res.get("lengths_not_measured") or [],
+            "recipe": {"method": recipe.get("method"), "pattern": recipe.get("pattern")},
+            "rows": [row(r) for r in res.get("rows", [])]}
 
 
 def _finite(obj):
@@ -266,7 +287,27 @@ function drawCurriculum(){
       h('td',{},tr,r.name); h('td',{class:'num'},tr,f(r.estimated_loss)); h('td',{class:'num'},tr,f(r.true_loss));});
   });
 }
-drawMemorization(); drawCurriculum();
+function drawInference(){
+  const box=document.getElementById('inference');
+  if(!D.inference.length){empty('inference','No inference stage (prune -> inference) is part of these runs.');return;}
+  const ms=v=>v==null?'–':(1e3*v).toFixed(2), x=v=>v==null?'–':v.toFixed(2)+'×', mb=v=>v==null?'–':(v/2**20).toFixed(1);
+  D.inference.forEach(I=>{
+    const r0=I.rows.find(r=>!r.skipped)||{prefill:{},decode:{}}; const Ls=Object.keys(r0.prefill), Bs=Object.keys(r0.decode||{});
+    h('h3',{},box,I.run+' / '+I.stage+' — '+(I.recipe.method||'')+' '+(I.recipe.pattern||'')+' on '+(I.gpu||I.device)+', '+I.dtype);
+    const t=h('table',{class:'inference'},box); const hr=h('tr',{},t);
+    ['model','backend','mode'].concat(Ls.map(L=>'prefill '+L+' tok (ms, ×dense)')).concat(Bs.map(b=>'decode b'+b+' (tok/s, ×dense)'))
+      .concat(['weights MiB','peak MiB','logits vs dense (rel.)']).forEach(c=>h('th',{},hr,c));
+    I.rows.forEach(r=>{const tr=h('tr',{'data-backend':r.backend,'data-mode':r.mode},t);
+      [r.model,r.backend,r.mode].forEach(v=>h('td',{},tr,v));
+      if(r.skipped){h('td',{class:'empty',colspan:Ls.length+Bs.length+3},tr,'not measured: '+r.skipped);return;}
+      Ls.forEach(L=>{const sp=(r.prefill_speedup||{})[L]; h('td',{class:'num'+(sp>1?' best':'')},tr,ms((r.prefill[L]||{}).median_s)+'  '+x(sp));});
+      Bs.forEach(b=>{const d=(r.decode||{})[b], sp=(r.decode_speedup||{})[b]; h('td',{class:'num'+(sp>1?' best':'')},tr,(d?d.tokens_per_s.toFixed(1):'–')+'  '+x(sp));});
+      h('td',{class:'num'},tr,mb(r.weight_bytes)); h('td',{class:'num'},tr,mb(r.peak_bytes));
+      const c=r.check; h('td',{class:'num'+(c&&!c.equal_within_tolerance?' flagged':'')},tr,c?c.rel_max_diff.toExponential(2)+(c.equal_within_tolerance?' ✓':' ✗'):'reference');});
+    h('p',{},box,'×dense: against the dense model run the same way (eager or CUDA graph). Each 2:4 row\'s logits are compared with the pruned model\'s dense logits (tolerance '+((I.rows.find(r=>r.check)||{}).check||{}).tolerance+').'+(I.lengths_not_measured.length?' Prompt lengths beyond the model\'s context, not measured: '+I.lengths_not_measured.join(', ')+'.':''));
+  });
+}
+drawMemorization(); drawCurriculum(); drawInference();
 document.body.setAttribute('data-render-ms',String(Math.round(performance.now())));
 document.body.setAttribute('data-ready','1');
 """
@@ -284,6 +325,7 @@ def render(run_dirs: List[Path], title: str = "taylorlab results") -> str:
 <h2>Training-order estimates against retraining</h2><div id="order-scatter"></div>
 <h2>Memorization by position (estimated beside true)</h2><div id="memorization"></div>
 <h2>Curricula</h2><div id="curriculum"></div>
+<h2>Inference: dense against pruned at serving time</h2><div id="inference"></div>
 <h2>Training curves</h2><div id="training-chart"></div>
 <h2>Stages</h2><div id="stages"></div>
 <script type="application/json" id="taylorlab-data">{blob}</script>
