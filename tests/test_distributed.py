@@ -66,3 +66,25 @@ def test_uneven_global_batch_is_a_clear_error():
     with pytest.raises(TaylorlabError, match="multiple of the number of tasks"):
         distributed.shard(torch.zeros(4, 8), info)
     assert distributed.shard(torch.arange(6).view(6, 1), distributed.DistInfo(1, 3)).flatten().tolist() == [2, 3]
+
+
+def test_local_sub_jobs_get_one_gpu_each_round_robin():
+    """ctx.fan_out on one host (launcher=local): N sub-jobs asking one GPU each run one per GPU, not
+    all on the first (what submitit's local executor does by itself); more jobs than GPUs share."""
+    from taylorlab.engine.fanout import gpu_sets, visible_gpus
+
+    assert gpu_sets(4, 1, [0, 1, 2, 3]) == [[0], [1], [2], [3]]
+    assert gpu_sets(3, 2, [0, 1, 2, 3]) == [[0, 1], [2, 3], [0, 1]]
+    assert gpu_sets(3, 1, [5, 7]) == [[5], [7], [5]]  # CUDA_VISIBLE_DEVICES's ids, as given
+    assert gpu_sets(2, 0, [0, 1]) == [[], []] and gpu_sets(2, 1, []) == [[], []]
+    import os
+
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "3,1"
+        assert visible_gpus() == [3, 1]
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old

@@ -206,6 +206,24 @@ def test_secant_curvature_is_the_same_for_an_order_alone_or_among_others():
     assert err(together) < err(none)
 
 
+@pytest.mark.parametrize("name", ["none", "fut", "fut2", "fut-carry"])
+def test_per_order_estimators_answer_split_orders_as_they_answer_all(name):
+    """What ``per_order`` promises (and the fan-out over sub-jobs or GPUs rests on): the orders
+    split in chunks, answered separately and merged, give the answer of one call over all."""
+    from taylorlab.order import registry
+
+    assert registry.get(name).per_order
+    flat, batches, val, _, _, traj = setup(1e-3)
+    rec, orders = Record(flat, traj, batches, val), random_orders(5)
+    whole = estimate(name, rec, orders)
+    merged = registry.merge([estimate(name, rec, orders[:2]), estimate(name, rec, orders[2:])])
+    torch.testing.assert_close(merged.params, whole.params, rtol=1e-10, atol=1e-12)
+    if whole.linearisation is not None:  # the self-checks pooled, order indices those of the whole list
+        assert {c["order"] for c in merged.linearisation["checks"]} <= set(range(5))
+        assert merged.linearisation["median_residual"] is not None
+    assert not registry.get("surrogate").per_order and not registry.get("additive").per_order
+
+
 @pytest.mark.parametrize("bad, words", [([0, 1, 2], "entries"), ([0, 1, 2, 3, 4, 5, 6, 9], "out of range"),
                                         ([0, 0, 2, 3, 4, 5, 6, 7], "not a permutation")])
 def test_bad_queries_are_one_line_errors(bad, words):

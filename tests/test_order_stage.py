@@ -31,6 +31,16 @@ def test_retraining_fanned_out_over_local_jobs_matches_in_process(tmp_path):
     log = (d / "stage.log").read_text()
     assert "retraining 5 orders in 2 sub-jobs" in log and "2 local sub-jobs" in log
     assert len([p for p in (d / "retrain_jobs").iterdir() if p.is_dir()]) >= 1
+    # the per-order estimators fanned out too: the same answers, and where the work ran is recorded
+    run_cli(local + ["run=fanest", "estimate.retrain_jobs=2", "estimate.estimate_jobs=2"], tmp_path, check=True)
+    c, d = _estimates(tmp_path, "fanest")
+    assert [o["true_loss"] for o in a["orders"]] == [o["true_loss"] for o in c["orders"]]
+    for x, y in zip(a["orders"], c["orders"]):
+        assert math.isclose(x["fut-carry_loss"], y["fut-carry_loss"], rel_tol=1e-12), (x, y)
+    assert a["speed"]["gpus"] == c["speed"]["gpus"] == 0  # the CPU: no GPU used
+    log = (d / "stage.log").read_text()
+    assert "fut-carry: 5 orders in 2 sub-jobs" in log and "none: 5 orders in 2 sub-jobs" in log
+    assert len([p for p in (d / "estimate_jobs").iterdir() if p.is_dir()]) >= 1
 
 
 def test_truth_sensitivity_is_reported_and_small_for_a_tiny_nudge(tmp_path):

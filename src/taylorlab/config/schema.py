@@ -191,6 +191,9 @@ class EstimateConfig:
     orders: List[List[int]] = field(default_factory=list)  # explicit queries
     retrain_batched: Optional[bool] = None  # None: batched (vmap) on a GPU, one at a time on the CPU (faster there)
     retrain_jobs: int = 1  # >1: retraining fanned out as sub-jobs through the pipeline's launcher (large models)
+    # >1: the per-order estimators (none, fut, fut2, fut-carry) answer chunks of the orders in that many
+    # sub-jobs (one GPU each with launcher=local and resources.gpus=1; a Slurm array on a cluster)
+    estimate_jobs: int = 1
     retrain_chunk: Optional[int] = None  # orders trained together at a time (memory), all when null
     retrain_compile: bool = False  # batched retraining through torch.compile (GPU: faster, a one-off compilation)
     sensitivity: List[float] = field(default_factory=list)  # relative nudges of theta_0: the truth retrained from each
@@ -398,9 +401,11 @@ def validate(cfg: Any) -> None:
     e = cfg.estimate
     validate_estimators(e, cfg.memorize, cfg.curriculum)
     _positive("estimate.retrain_jobs", e.retrain_jobs)
-    if e.retrain_jobs > 1 and str(e.device).startswith("cuda") and int(e.resources.gpus) < 1:
-        raise ConfigError(f"estimate.retrain_jobs={e.retrain_jobs} on {e.device}: each retraining sub-job gets the "
-                          "stage's resources; set estimate.resources.gpus=1.")
+    _positive("estimate.estimate_jobs", e.estimate_jobs)
+    for key in ("retrain_jobs", "estimate_jobs"):
+        if e[key] > 1 and str(e.device).startswith("cuda") and int(e.resources.gpus) < 1:
+            raise ConfigError(f"estimate.{key}={e[key]} on {e.device}: each sub-job gets the stage's resources; "
+                              "set estimate.resources.gpus=1.")
     bad = [x for x in e.sensitivity if not 0 < x < 1]
     if bad:
         raise ConfigError(f"estimate.sensitivity holds relative nudges of the initial weights, each in (0, 1); got {bad}.")

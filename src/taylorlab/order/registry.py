@@ -64,6 +64,9 @@ class Estimator:
     proposes_order: bool = False  # returns a best order under its own model (``Estimate.proposal``)
     self_check: bool = False  # returns ``Estimate.linearisation``
     baseline: bool = False  # "no change": the row every table is compared with
+    # its answer for one order does not depend on the other orders asked: the orders may be split over
+    # processes or GPUs and the answers concatenated (``merge``); a fitted or shared model may not
+    per_order: bool = False
     summary: str = ""
     rank: int = 100  # where tables list it (lower first)
     # predicted seconds for K orders of T steps from the probed passes (``costs.Units``): the cost advisor
@@ -91,6 +94,34 @@ def get(name: str, key: str = "estimator") -> Estimator:
 def names(gives_params: Optional[bool] = None) -> Tuple[str, ...]:
     """The registered estimators in display order (optionally only those that give parameters)."""
     return _ESTIMATORS.names(None if gives_params is None else (lambda e: e.gives_params == gives_params))
+
+
+def merge(parts: List[Estimate]) -> Estimate:
+    """One Estimate from the answers of consecutive chunks of the orders (a per-order estimator run
+    in several processes): parameters and losses concatenated, self-checks pooled (their order
+    indices shifted to the whole list), the peak the largest; the wall time is the caller's."""
+    import statistics
+
+    if not parts:
+        raise ValueError("merge: no parts")
+    params = None if parts[0].params is None else torch.cat([p.params.cpu() for p in parts])
+    loss = None if parts[0].loss is None else [x for p in parts for x in p.loss]
+    lin = None
+    if parts[0].linearisation is not None:
+        checks, offset = [], 0
+        for p in parts:
+            checks += [{**c, "order": c["order"] + offset} if "order" in c else c
+                       for c in (p.linearisation or {}).get("checks", [])]
+            offset += len(p.params if p.params is not None else p.loss)
+        lin = {**parts[0].linearisation, "checks": checks}
+        for key, field_ in (("median_residual", "residual"), ("median_first_order", "first_order")):
+            vals = [c[field_] for c in checks if c.get(field_) is not None and c[field_] == c[field_]]
+            if key in lin:
+                lin[key] = statistics.median(vals) if vals else None
+    peaks = [p.peak_gib for p in parts if p.peak_gib is not None]
+    return Estimate(params=params, loss=loss, linearisation=lin, proposal=None, name=parts[0].name,
+                    peak_gib=max(peaks) if peaks else None,
+                    extra={**parts[0].extra, "parts": len(parts), "part_wall_s": [p.wall_s for p in parts]})
 
 
 def estimate(name: str, rec: Record, orders: List[List[int]], options: Any = None) -> Estimate:

@@ -51,13 +51,17 @@ def local_retrain(rec: Record, batched: bool, chunk: Optional[int] = None, compi
 def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping[str, Any], *,
               retrain_fn: Optional[Retrain] = None, batched: bool = False, chunk: Optional[int] = None,
               compile: bool = False, sensitivity: Sequence[float] = (), jobs: int = 1,
-              on_estimate: Optional[Callable[[registry.Estimate], None]] = None, advise: bool = True) -> Dict[str, Any]:
+              on_estimate: Optional[Callable[[registry.Estimate], None]] = None, advise: bool = True,
+              estimate_fn: Optional[Callable[[str, Any, List[List[int]]], registry.Estimate]] = None,
+              gpus: Optional[int] = None) -> Dict[str, Any]:
     """Answer ``queries`` with every estimator in ``estimators`` ({name: options}) and with real
     retraining. Returns ``estimates.json``'s content, plus ``params`` ({"true": [K, d], estimator:
     [K, d]}) for the caller to save or drop. With ``advise`` the cost advisor's prediction for every
     estimator and for batched retraining is made (and logged) first and kept beside the measurement
     (``predicted_s``); every row also gets ``cost_vs_batched_retrain``: its wall time over what batched
-    retraining of every order it scored costs, measured in this run."""
+    retraining of every order it scored costs, measured in this run. ``estimate_fn(name, options,
+    orders)`` answers the per-order estimators (``Estimator.per_order``) instead of this process, e.g.
+    split over sub-jobs on several GPUs; ``gpus``: how many GPUs the run used (recorded as ``gpus``)."""
     names, orders = list(queries), list(queries.values())
     prediction = None
     if advise:
@@ -87,7 +91,11 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
     proposals, selfchecks = {}, {}
     for name, options in estimators.items():
         log.info("estimator %s on %d orders", name, len(orders))
-        out = registry.estimate(name, rec, orders, options)
+        if estimate_fn is not None and registry.get(name).per_order:
+            out, wall = timed(lambda: estimate_fn(name, options, orders))
+            out.name, out.wall_s = name, wall
+        else:
+            out = registry.estimate(name, rec, orders, options)
         results[name] = out
         cost[name], peak[name] = out.wall_s, out.peak_gib
         est_loss[name] = out.losses(rec)
@@ -128,7 +136,8 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
              "batched_retrain_s_per_order": batched_per_order,
              "predicted_retrain_batched_s": prediction["retrain_batched_s"] if prediction else None,
              "predicted_retrain_one_at_a_time_s": prediction["retrain_one_at_a_time_s"] if prediction else None,
-             "device": str(rec.device)}
+             "device": str(rec.device),
+             "gpus": gpus if gpus is not None else (1 if rec.device.type == "cuda" else 0)}
     memory = {n: r.extra["memory_plan"] for n, r in results.items() if r.extra.get("memory_plan")}
     return {"orders": per_order, "fidelity": table, "speed": speed, "sensitivity": sens,
             "cost_prediction": prediction, "memory_plans": memory,

@@ -24,6 +24,21 @@ def retrain_job(paths: dict, orders, batched: bool, device: str, chunk=None, com
     return local_retrain(rec, batched, chunk, compile)(orders).cpu()
 
 
+def estimate_job(paths: dict, name: str, options, orders, device: str):
+    """One fanned-out sub-job of a per-order estimator: loads the record itself, answers its orders
+    (parameters back on the CPU)."""
+    from taylorlab.order import registry
+
+    out = registry.estimate(name, Record.load(paths, resolve_device(device)), orders, options)
+    if out.params is not None:
+        out.params = out.params.cpu()
+    return out
+
+
+def _split(orders, n):
+    return [orders[i * len(orders) // n:(i + 1) * len(orders) // n] for i in range(n)]
+
+
 def run(ctx):
     c = ctx.cfg
     device = resolve_device(c.device)
@@ -36,17 +51,29 @@ def run(ctx):
                         "estimate.retrain_batched=true); retraining one order at a time here, not compiled.")
     def fanned_out(orders):
         n = min(c.retrain_jobs, len(orders))
-        parts = [orders[i * len(orders) // n:(i + 1) * len(orders) // n] for i in range(n)]
+        parts = _split(orders, n)
         ctx.log.info("retraining %d orders in %d sub-jobs", len(orders), n)
         out = ctx.fan_out("retrain_jobs", retrain_job, [paths] * n, parts, [batched] * n, [str(device)] * n,
                           [c.retrain_chunk] * n, [c.retrain_compile] * n)
         return torch.cat(out)
 
+    def fanned_estimate(name, opts, orders):
+        from taylorlab.order import registry
+
+        n = min(c.estimate_jobs, len(orders))
+        ctx.log.info("%s: %d orders in %d sub-jobs", name, len(orders), n)
+        out = ctx.fan_out("estimate_jobs", estimate_job, [paths] * n, [name] * n, [opts] * n, _split(orders, n),
+                          [str(device)] * n)
+        return registry.merge(out)
+
+    jobs = max(c.retrain_jobs if c.retrain_jobs > 1 else 1, c.estimate_jobs)
     options = OmegaConf.to_container(c.options, resolve=True)
     res = run_study(rec, queries, {name: options.get(name) for name in c.estimators},
                     retrain_fn=fanned_out if c.retrain_jobs > 1 else None,
                     batched=batched, chunk=c.retrain_chunk, compile=c.retrain_compile, sensitivity=list(c.sensitivity),
-                    jobs=c.retrain_jobs, on_estimate=lambda est: check_linearisation(ctx, est.name, est.linearisation))
+                    jobs=c.retrain_jobs, on_estimate=lambda est: check_linearisation(ctx, est.name, est.linearisation),
+                    estimate_fn=fanned_estimate if c.estimate_jobs > 1 else None,
+                    gpus=_gpus_used(ctx, device, jobs))
     params, names = res.pop("params"), res.pop("names")
     for row in res["fidelity"]:
         ctx.tracker.summary({f"orders/{row['estimator']}/{k}": v for k, v in row.items()
@@ -75,6 +102,18 @@ def run(ctx):
     ctx.log.info("fidelity over %d random orders: %s", res["speed"]["K"],
                  "; ".join(f"{r['estimator']} spearman {r['spearman']:.3f}" for r in table))
     return {"estimates": "estimates.json", **({"params": "params.safetensors"} if c.save_params else {})}
+
+
+def _gpus_used(ctx, device, jobs: int) -> int:
+    """The GPUs this stage's work ran on: its own, or one per sub-job up to the host's (local) or
+    the sub-jobs' own allocations (Slurm)."""
+    if device.type != "cuda":
+        return 0
+    if jobs <= 1 or (ctx.launcher or {}).get("name") == "inline":
+        return 1
+    if (ctx.launcher or {}).get("name") == "slurm":
+        return jobs * max(1, int(ctx.resources.get("gpus", 1)))
+    return min(jobs * max(1, int(ctx.resources.get("gpus", 1))), torch.cuda.device_count())
 
 
 def _save_params(path, rec: Record, names, params):

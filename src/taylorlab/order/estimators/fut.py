@@ -112,7 +112,7 @@ def cost(u, K: int, T: int, o: FutOptions) -> float:
     return T * min(K + 1, T) * u.batched_grad_s
 
 
-ESTIMATOR = register(Estimator("fut", lambda rec, orders, o: _fut(rec, orders, False, o.chunk), FutOptions, rank=10,
+ESTIMATOR = register(Estimator("fut", lambda rec, orders, o: _fut(rec, orders, False, o.chunk), FutOptions, rank=10, per_order=True,
                                cost=cost, summary="the paper's first-order recursion (frozen moments, secant diagonal)"))
-ESTIMATOR2 = register(Estimator("fut2", lambda rec, orders, o: _fut(rec, orders, True, o.chunk), FutOptions, rank=11,
+ESTIMATOR2 = register(Estimator("fut2", lambda rec, orders, o: _fut(rec, orders, True, o.chunk), FutOptions, rank=11, per_order=True,
                                 cost=cost, summary="the paper's second-order recursion"))

@@ -190,5 +190,5 @@ def cost(u, K: int, T: int, o: FutCarryOptions) -> float:
     return T * min(K, T) * u.batched_grad_s * (2 if o.curvature == "secant" else 1)
 
 
-ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, rank=20, cost=cost,
+ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, per_order=True, rank=20, cost=cost,
                                summary="linearised gradients, Adam's moments and step exact along the order"))

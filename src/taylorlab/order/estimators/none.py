@@ -11,5 +11,5 @@ def est_none(rec: Record, orders, opts) -> Estimate:
     return Estimate(params=rec.traj.final.expand(len(orders), -1).clone())
 
 
-ESTIMATOR = register(Estimator("none", est_none, baseline=True, rank=0, summary="the reference run's final weights",
+ESTIMATOR = register(Estimator("none", est_none, baseline=True, per_order=True, rank=0, summary="the reference run's final weights",
                                cost=lambda u, K, T, o: 0.0))
