@@ -45,6 +45,7 @@ def run(ctx):
         key = (role, backend)
         if key not in loaded:  # one load per model and backend; both modes share it
             loaded.clear()
+            model = None  # the previous model is freed before the next one loads (two 7B copies need not fit)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             model, _ = load_model_artifact(ctx.artifact("dense" if role == "dense" else "pruned", "model"),
