@@ -39,6 +39,16 @@ def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy
     return out
 
 
+def require_cuda(what: str) -> int:
+    """0 where a CUDA device is visible; else the one-line error a GPU benchmark gives, and 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 0
+    print(f"error: this benchmark {what}; no CUDA device is visible", file=sys.stderr)
+    return 2
+
+
 def git_commit() -> str:
     env_commit = os.environ.get("TAYLORLAB_COMMIT")
     if env_commit:

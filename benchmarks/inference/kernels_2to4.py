@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import record  # noqa: E402
+from common import record, require_cuda  # noqa: E402
 
 from taylorlab.evaluation.inference import CsltLinear, time_call  # noqa: E402
 
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-run-time", type=float, default=0.2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: this benchmark times CUDA kernels; no CUDA device is visible", file=sys.stderr)
+    if require_cuda("times CUDA kernels"):
         return 2
     dev, dtype = torch.device("cuda"), torch.bfloat16
     rows, profiles = [], {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import record  # noqa: E402
+from common import record, require_cuda  # noqa: E402
 
 from taylorlab.evaluation import inference as inf  # noqa: E402
 
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-run-time", type=float, default=0.5)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: this benchmark measures the GPU; no CUDA device is visible", file=sys.stderr)
+    if require_cuda("measures the GPU"):
         return 2
     dev, dtype = torch.device("cuda"), torch.bfloat16
     torch.manual_seed(0)
