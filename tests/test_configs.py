@@ -62,7 +62,7 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("inference.backends=[cslt]", "lacks dense"),
         ("inference.backends=[dense,csr]", "inference.backends='csr' is not one of dense, semi_structured, cslt"),
         ("inference.modes=[compiled]", "inference.modes='compiled'"),
-        ("inference.decode_tokens=1", "inference.decode_tokens=1: at least 2"),
+        ("inference.decode_length=1", "inference.decode_length=1: at least 2"),
         ("inference.prompt_lengths=[]", "inference.prompt_lengths"),
         ("inference.device=gpu", "inference.device='gpu' is not a device"),
     ],
@@ -133,3 +133,15 @@ def test_help_lists_groups_and_examples(tmp_path):
     assert proc.returncode == 0
     for word in ("model:", "launcher:", "dry_run=true", "force=train", "taylorlab status"):
         assert word in proc.stdout, word
+
+
+def test_the_tracker_redacts_secrets_but_no_setting_of_the_schema():
+    """The W&B mirror drops keys that look like secrets; every key of the composed default config is a
+    setting (tokenizer_vocab_size, inference.decode_length) and must reach W&B as it is."""
+    from taylorlab.tracking.metrics import scrub
+
+    cfg = OmegaConf.to_container(_compose([]), resolve=False)
+    assert scrub(cfg) == cfg
+    secrets = {"hf_token": 1, "HF_TOKEN": 1, "wandb_api_key": 1, "db_password": 1, "client-secret": 1, "apikey": 1}
+    assert all(v == "<redacted>" for v in scrub(secrets).values())
+    assert scrub({"decode_tokens": 4, "tokenizer_vocab_size": 512}) == {"decode_tokens": 4, "tokenizer_vocab_size": 512}

@@ -57,7 +57,7 @@ def test_static_cache_decode_reproduces_generate():
 
 def test_measure_on_cpu_reports_every_length_and_batch():
     m = _model("2:4")
-    spec = inf.InferenceSpec(prompt_lengths=[8, 32], decode_batches=[1, 3], decode_prompt=8, decode_tokens=3,
+    spec = inf.InferenceSpec(prompt_lengths=[8, 32], decode_batches=[1, 3], decode_prompt=8, decode_tokens=8,
                              min_run_time=0.01)
     r = inf.measure(m, spec)
     assert set(r["prefill"]) == {"8", "32"} and set(r["decode"]) == {"1", "3"}

@@ -3,7 +3,8 @@ Spearman of its ranking of K held-out retrained orders against its cost relative
 retraining of every order it scored (log scale). Left of 1 an estimator is cheaper than the exact
 answer; the shaded band is the target (Spearman >= 0.9 at <= 0.1x).
 
-    python benchmarks/order_effects/plot_scale.py benchmarks/order_effects/smollm2_scale_h200.json
+    python benchmarks/order_effects/plot_scale.py benchmarks/order_effects/smollm2_scale_h200.json \
+        benchmarks/order_effects/smollm2_scale64_h200.json     (cells of every file; figure beside the first)
 """
 
 import json
@@ -18,8 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 MARKERS = {"fut-carry": "o", "surrogate": "s", "fut": "^", "fut2": "v", "additive": "D"}
 
 
-def main(path):
-    data = json.loads(Path(path).read_text())
+def main(paths):
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    data = {"tokens_per_step": runs[0]["tokens_per_step"], "cells": [c for r in runs for c in r["cells"]]}
+    path = paths[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.axvspan(1e-3, 0.1, ymin=0.9 / 1.05, ymax=1, color="#e8f4e8", zorder=0)  # the target region
@@ -51,4 +54,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

@@ -251,7 +251,9 @@ class InferenceConfig:
     prefill_batch: int = 1
     decode_batches: List[int] = field(default_factory=lambda: [1, 16])
     decode_prompt: int = 128  # prompt tokens before decoding
-    decode_tokens: int = 32  # new tokens per decode measurement (tokens/s from n against 1 new token)
+    # new tokens per decode measurement (eager: generate() of n against 1 new token); not "…tokens":
+    # the W&B mirror redacts keys that look like secrets
+    decode_length: int = 32
     check_length: int = 128  # tokens of the prompts whose logits each backend must reproduce
     min_run_time: float = 0.5  # seconds of repeated calls per measurement (torch.utils.benchmark)
     resources: Resources = field(default_factory=Resources)
@@ -449,10 +451,10 @@ def validate_inference(i: Any) -> None:
     if not i.modes:
         raise ConfigError("inference.modes is empty: name eager, graph or both.")
     _choice("inference.dtype", i.dtype, ("auto", "float32", "bfloat16", "float16"))
-    for key in ("prefill_batch", "decode_prompt", "decode_tokens", "check_length", "min_run_time"):
+    for key in ("prefill_batch", "decode_prompt", "decode_length", "check_length", "min_run_time"):
         _positive(f"inference.{key}", i[key])
-    if i.decode_tokens < 2:
-        raise ConfigError(f"inference.decode_tokens={i.decode_tokens}: at least 2 (decode speed is n new tokens "
+    if i.decode_length < 2:
+        raise ConfigError(f"inference.decode_length={i.decode_length}: at least 2 (decode speed is n new tokens "
                           "against 1).")
     for key in ("prompt_lengths", "decode_batches"):
         if not i[key] or any(int(x) <= 0 for x in i[key]):

@@ -330,10 +330,15 @@ def measure(model: nn.Module, spec: InferenceSpec, *, mode: str = "eager",
             continue
         full = time_call(lambda: _generate(model, ids, spec.decode_tokens), device, spec.min_run_time)
         first = time_call(lambda: _generate(model, ids, 1), device, spec.min_run_time)
-        steps = max(full["median_s"] - first["median_s"], 1e-12)
-        out["decode"][str(b)] = {"generate_s": full["median_s"], "first_token_s": first["median_s"],
-                                 "tokens_per_s": b * (spec.decode_tokens - 1) / steps,
-                                 "ms_per_step": 1e3 * steps / (spec.decode_tokens - 1)}
+        steps = full["median_s"] - first["median_s"]
+        row = {"generate_s": full["median_s"], "first_token_s": first["median_s"], "tokens_per_s": None,
+               "ms_per_step": None}
+        if steps > 0:
+            row.update(tokens_per_s=b * (spec.decode_tokens - 1) / steps,
+                       ms_per_step=1e3 * steps / (spec.decode_tokens - 1))
+        else:  # n tokens took no longer than 1: timing noise of a tiny model, no number to give
+            row["note"] = f"{spec.decode_tokens} tokens timed no slower than 1; raise decode_length"
+        out["decode"][str(b)] = row
     out["peak_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return out
 
@@ -352,7 +357,8 @@ def ratio_table(rows: List[Dict[str, object]], baseline: Dict[str, object]) -> N
         r["prefill_speedup"] = {L: baseline["prefill"][L]["median_s"] / v["median_s"]
                                 for L, v in r["prefill"].items() if L in baseline["prefill"]}
         r["decode_speedup"] = {b: v["tokens_per_s"] / baseline["decode"][b]["tokens_per_s"]
-                               for b, v in r["decode"].items() if b in baseline.get("decode", {})}
+                               for b, v in r["decode"].items() if b in baseline.get("decode", {})
+                               and v["tokens_per_s"] and baseline["decode"][b]["tokens_per_s"]}
 
 
 def tolerance(dtype: torch.dtype) -> float:

@@ -301,7 +301,7 @@ function drawInference(){
       [r.model,r.backend,r.mode].forEach(v=>h('td',{},tr,v));
       if(r.skipped){h('td',{class:'empty',colspan:Ls.length+Bs.length+3},tr,'not measured: '+r.skipped);return;}
       Ls.forEach(L=>{const sp=(r.prefill_speedup||{})[L]; h('td',{class:'num'+(sp>1?' best':'')},tr,ms((r.prefill[L]||{}).median_s)+'  '+x(sp));});
-      Bs.forEach(b=>{const d=(r.decode||{})[b], sp=(r.decode_speedup||{})[b]; h('td',{class:'num'+(sp>1?' best':'')},tr,(d?d.tokens_per_s.toFixed(1):'–')+'  '+x(sp));});
+      Bs.forEach(b=>{const d=(r.decode||{})[b], sp=(r.decode_speedup||{})[b]; h('td',{class:'num'+(sp>1?' best':'')},tr,(d&&d.tokens_per_s!=null?d.tokens_per_s.toFixed(1):'–')+'  '+x(sp));});
       h('td',{class:'num'},tr,mb(r.weight_bytes)); h('td',{class:'num'},tr,mb(r.peak_bytes));
       const c=r.check; h('td',{class:'num'+(c&&!c.equal_within_tolerance?' flagged':'')},tr,c?c.rel_max_diff.toExponential(2)+(c.equal_within_tolerance?' ✓':' ✗'):'reference');});
     h('p',{},box,'×dense: against the dense model run the same way (eager or CUDA graph). Each 2:4 row\'s logits are compared with the pruned model\'s dense logits (tolerance '+((I.rows.find(r=>r.check)||{}).check||{}).tolerance+').'+(I.lengths_not_measured.length?' Prompt lengths beyond the model\'s context, not measured: '+I.lengths_not_measured.join(', ')+'.':''));

@@ -61,8 +61,8 @@ def run(ctx):
                     ctx.log.info("prompt lengths %s exceed the model's context (%d tokens): not measured",
                                  skipped_lengths, ctx_len)
                 spec = inf.InferenceSpec(prompt_lengths=lengths, prefill_batch=c.prefill_batch,
-                                         decode_batches=list(c.decode_batches), decode_prompt=min(c.decode_prompt, ctx_len - c.decode_tokens),
-                                         decode_tokens=c.decode_tokens, check_length=min(c.check_length, ctx_len),
+                                         decode_batches=list(c.decode_batches), decode_prompt=min(c.decode_prompt, ctx_len - c.decode_length),
+                                         decode_tokens=c.decode_length, check_length=min(c.check_length, ctx_len),
                                          min_run_time=c.min_run_time)
                 check_ids = inf.prompts(model.config.vocab_size, 2, spec.check_length, device, seed=1)
             conversion = inf.apply_backend(model, backend)
@@ -124,7 +124,8 @@ def _check_logits(model, ids, mode):
 
 def _line(row) -> str:
     pre = ", ".join(f"{L}: {v['median_s'] * 1e3:.2f} ms" for L, v in row["prefill"].items())
-    dec = ", ".join(f"b{b}: {v['tokens_per_s']:.1f} tok/s" for b, v in row["decode"].items())
+    dec = ", ".join(f"b{b}: {v['tokens_per_s']:.1f} tok/s" if v["tokens_per_s"] else f"b{b}: {v.get('note')}"
+                    for b, v in row["decode"].items())
     peak = f", peak {row['peak_bytes'] / 2**30:.2f} GiB" if row.get("peak_bytes") else ""
     return (f"{row['model']}/{row['backend']}/{row['mode']}: prefill {pre}" + (f"; decode {dec}" if dec else "")
             + f"; weights {row['weight_bytes'] / 2**20:.1f} MiB{peak}")
@@ -141,7 +142,8 @@ def _track(ctx, rows) -> None:
             flat[f"{name}/prefill_{L}_s"] = v["median_s"]
             flat[f"{name}/prefill_{L}_speedup"] = r.get("prefill_speedup", {}).get(L)
         for b, v in r["decode"].items():
-            flat[f"{name}/decode_b{b}_tok_s"] = v["tokens_per_s"]
+            if v["tokens_per_s"]:
+                flat[f"{name}/decode_b{b}_tok_s"] = v["tokens_per_s"]
         flat[f"{name}/weight_bytes"] = r["weight_bytes"]
         if r.get("peak_bytes"):
             flat[f"{name}/peak_bytes"] = r["peak_bytes"]

@@ -11,13 +11,23 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 log = logging.getLogger("taylorlab.tracking")
 
-_SECRET_KEYS = ("api_key", "apikey", "token", "password", "secret")
+# a key is a secret when one of its words is one of these (hf_token, wandb_api_key, db_password), not when
+# a word merely contains one (tokenizer_vocab_size, decode_tokens are settings and stay visible)
+_SECRET_WORDS = {"token", "apikey", "password", "passwd", "secret", "credentials"}
+_SECRET_PAIRS = ("api_key", "access_key", "private_key")
+
+
+def looks_secret(key: Any) -> bool:
+    k = str(key).lower()
+    words = set(re.split(r"[^a-z0-9]+", k))
+    return bool(words & _SECRET_WORDS) or any(p in k for p in _SECRET_PAIRS)
 
 
 def configure_wandb_env(run_dir: Path, mode: str) -> str:
@@ -43,7 +53,7 @@ def configure_wandb_env(run_dir: Path, mode: str) -> str:
 def scrub(obj: Any) -> Any:
     """Drop anything that looks like a secret from a config before it is logged anywhere."""
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if any(s in str(k).lower() for s in _SECRET_KEYS) else scrub(v)) for k, v in obj.items()}
+        return {k: ("<redacted>" if looks_secret(k) else scrub(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [scrub(v) for v in obj]
     return obj
