@@ -371,6 +371,6 @@ def fits(lengths: Sequence[int], context: int) -> Tuple[List[int], List[int]]:
     return kept, [L for L in lengths if L > context]
 
 
-__all__ = ["BACKENDS", "MODES", "CsltLinear", "GraphedDecode", "GraphedForward", "InferenceSpec", "apply_backend", "block_linears",
-           "compare", "fits", "is_two_four", "last_logits", "measure", "prompts", "ratio_table",
+__all__ = ["BACKENDS", "MODES", "CsltLinear", "GraphedDecode", "GraphedForward", "InferenceSpec", "apply_backend",
+           "block_linears", "compare", "fits", "is_two_four", "last_logits", "measure", "prompts", "ratio_table",
            "semi_structured_support", "time_call", "tolerance", "weight_bytes"]

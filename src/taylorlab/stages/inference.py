@@ -61,7 +61,8 @@ def run(ctx):
                     ctx.log.info("prompt lengths %s exceed the model's context (%d tokens): not measured",
                                  skipped_lengths, ctx_len)
                 spec = inf.InferenceSpec(prompt_lengths=lengths, prefill_batch=c.prefill_batch,
-                                         decode_batches=list(c.decode_batches), decode_prompt=min(c.decode_prompt, ctx_len - c.decode_length),
+                                         decode_batches=list(c.decode_batches),
+                                         decode_prompt=min(c.decode_prompt, ctx_len - c.decode_length),
                                          decode_tokens=c.decode_length, check_length=min(c.check_length, ctx_len),
                                          min_run_time=c.min_run_time)
                 check_ids = inf.prompts(model.config.vocab_size, 2, spec.check_length, device, seed=1)
@@ -74,11 +75,12 @@ def run(ctx):
             continue
         try:
             logits = _check_logits(model, check_ids, mode)
-        except RuntimeError as exc:  # a CUDA graph this model's forward cannot be captured in, e.g.
+            measured = inf.measure(model, spec, mode=mode)
+        except RuntimeError as exc:  # e.g. a CUDA graph this model's forward cannot be captured in
             rows.append({**row, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
             ctx.log.warning("%s/%s/%s: skipped (%s)", role, backend, mode, rows[-1]["skipped"])
             continue
-        if role == "pruned" and backend == "dense" and mode == "eager":
+        if role == "pruned" and backend == "dense" and reference is None:  # eager first when it runs
             reference = logits
         if role == "pruned" and reference is not None:
             row["check"] = {**inf.compare(reference, logits), "tolerance": inf.tolerance(dtype)}
@@ -86,7 +88,7 @@ def run(ctx):
             if not row["check"]["equal_within_tolerance"]:
                 ctx.log.warning("%s/%s: logits differ from the pruned model's dense logits by %.3g (relative), "
                                 "beyond %.3g", backend, mode, row["check"]["rel_max_diff"], row["check"]["tolerance"])
-        row.update(inf.measure(model, spec, mode=mode))
+        row.update(measured)
         rows.append(row)
         ctx.log.info("%s", _line(row))
     loaded.clear()
