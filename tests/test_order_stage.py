@@ -182,12 +182,14 @@ def test_record_continues_from_a_trained_checkpoint_on_the_batches_after_it(tmp_
 def test_surrogate_and_the_cost_advisor_through_the_stages(tmp_path):
     """The estimate stage runs the fitted surrogate beside fut-carry, logs the advisor's prediction
     first and writes prediction and measurement side by side; the curriculum stage screens thousands
-    of orders with the surrogate in one fit and verifies the best by retraining; the record stage
+    of orders (10,000 of the 8! = 40,320) with the surrogate in one fit and verifies the best by
+    retraining; the record stage
     reports its planned storage."""
     run_cli(["debug=fast", "launcher=inline", "run=sur", "stages=[estimate,curriculum]", "estimate.sensitivity=[]",
+             "record.num_batches=8",
              "estimate.estimators=[none,fut-carry,surrogate]", "estimate.options.surrogate.train_orders=12",
              "estimate.options.surrogate.search_orders=2000", "curriculum.estimator=surrogate",
-             "+curriculum.options.train_orders=12", "+curriculum.options.search_orders=0", "curriculum.screen=3000",
+             "+curriculum.options.train_orders=12", "+curriculum.options.search_orders=0", "curriculum.screen=10000",
              "curriculum.screen_keep=2", "curriculum.genetic_generations=0", "curriculum.verify_top=2"],
             tmp_path, check=True)
     est, d = _estimates(tmp_path, "sur")
@@ -200,7 +202,7 @@ def test_surrogate_and_the_cost_advisor_through_the_stages(tmp_path):
     assert "surrogate" in est["proposals"] and est["proposals"]["surrogate"]["true_loss"] > 0
     (cur,) = list((Path(tmp_path) / "sur").glob("curriculum-*/curriculum.json"))
     cur = json.loads(cur.read_text())
-    assert cur["screened"] == 3000 and cur["estimator_extra"]["retrained_orders"] == 12
+    assert cur["screened"] == 10000 and cur["estimator_extra"]["retrained_orders"] == 12
     assert any(r["name"].startswith("screen-") for r in cur["candidates"])
     (meta,) = list((Path(tmp_path) / "sur").glob("record-*/trajectory.json"))
     storage = json.loads(meta.read_text())["storage"]
