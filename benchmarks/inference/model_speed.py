@@ -111,15 +111,7 @@ def main(argv=None) -> int:
             del model
             torch.cuda.empty_cache()
             base.to(dev)
-    for mode in a.modes:
-        dense = next((r for r in rows if r["backend"] == "dense" and r["mode"] == mode and not r.get("skipped")), None)
-        if dense:
-            inf.ratio_table([r for r in rows if r["mode"] == mode], dense)
-    eager = next((r for r in rows if r["backend"] == "dense" and r["mode"] == "eager" and not r.get("skipped")), None)
-    for r in rows:
-        if eager and not r.get("skipped"):
-            r["prefill_speedup_vs_eager_dense"] = {L: eager["prefill"][L]["median_s"] / v["median_s"]
-                                                   for L, v in r["prefill"].items()}
+    inf.ratio_table(rows, lambda r: r["backend"] == "dense")  # against the dense-masked weights
     record(a.out, {"model": what, "config": base.config.to_dict(), "dtype": "bfloat16", "spec": vars(spec),
                    "rows": rows})
     for r in (r for r in rows if "prefill_speedup" in r):

@@ -349,16 +349,23 @@ def _generate(model: nn.Module, ids: torch.Tensor, n: int) -> torch.Tensor:
                           min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
-def ratio_table(rows: List[Dict[str, object]], baseline: Dict[str, object]) -> None:
-    """Adds ``prefill_speedup`` / ``decode_speedup`` (baseline seconds ÷ row seconds) to every measured row."""
+def ratio_table(rows: List[Dict[str, object]], is_baseline: Callable[[Dict[str, object]], bool]) -> None:
+    """Speed-ups of every measured row against the baseline row run the same way (eager or graph):
+    ``prefill_speedup`` (baseline seconds ÷ row seconds) and ``decode_speedup`` (tokens/s ÷ baseline
+    tokens/s); and ``prefill_speedup_vs_eager_dense`` against the eager baseline."""
+    base = {r["mode"]: r for r in rows if not r.get("skipped") and is_baseline(r)}
     for r in rows:
-        if r.get("skipped"):
+        if r.get("skipped") or r["mode"] not in base:
             continue
-        r["prefill_speedup"] = {L: baseline["prefill"][L]["median_s"] / v["median_s"]
-                                for L, v in r["prefill"].items() if L in baseline["prefill"]}
-        r["decode_speedup"] = {b: v["tokens_per_s"] / baseline["decode"][b]["tokens_per_s"]
-                               for b, v in r["decode"].items() if b in baseline.get("decode", {})
-                               and v["tokens_per_s"] and baseline["decode"][b]["tokens_per_s"]}
+        b0 = base[r["mode"]]
+        r["prefill_speedup"] = {L: b0["prefill"][L]["median_s"] / v["median_s"]
+                                for L, v in r["prefill"].items() if L in b0["prefill"]}
+        r["decode_speedup"] = {b: v["tokens_per_s"] / b0["decode"][b]["tokens_per_s"]
+                               for b, v in r["decode"].items() if b in b0.get("decode", {})
+                               and v["tokens_per_s"] and b0["decode"][b]["tokens_per_s"]}
+        if "eager" in base:
+            r["prefill_speedup_vs_eager_dense"] = {L: base["eager"]["prefill"][L]["median_s"] / v["median_s"]
+                                                   for L, v in r["prefill"].items() if L in base["eager"]["prefill"]}
 
 
 def tolerance(dtype: torch.dtype) -> float:

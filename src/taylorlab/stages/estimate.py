@@ -66,7 +66,7 @@ def run(ctx):
                           [str(device)] * n)
         return registry.merge(out)
 
-    jobs = max(c.retrain_jobs if c.retrain_jobs > 1 else 1, c.estimate_jobs)
+    jobs = max(c.retrain_jobs, c.estimate_jobs)
     options = OmegaConf.to_container(c.options, resolve=True)
     res = run_study(rec, queries, {name: options.get(name) for name in c.estimators},
                     retrain_fn=fanned_out if c.retrain_jobs > 1 else None,

@@ -92,14 +92,7 @@ def run(ctx):
         rows.append(row)
         ctx.log.info("%s", _line(row))
     loaded.clear()
-    by_mode = {r["mode"]: r for r in rows if r["model"] == "dense" and not r.get("skipped")}
-    eager = by_mode.get("eager")
-    for r in rows:  # every row against the dense model run the same way, and against dense eager
-        if not r.get("skipped") and r["mode"] in by_mode:
-            inf.ratio_table([r], by_mode[r["mode"]])
-            if eager is not None:
-                r["prefill_speedup_vs_eager_dense"] = {L: eager["prefill"][L]["median_s"] / v["median_s"]
-                                                       for L, v in r["prefill"].items()}
+    inf.ratio_table(rows, lambda r: r["model"] == "dense")  # against the unpruned model run the same way
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "cpu": platform.processor() or platform.machine(), "dtype": dtype_name, "torch": torch.__version__,
               "spec": {k: v for k, v in vars(spec).items()} if spec else None, "lengths_not_measured": skipped_lengths,
