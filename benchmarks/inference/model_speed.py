@@ -92,8 +92,7 @@ def main(argv=None) -> int:
         convert_s = time.time() - t0
         for mode in a.modes:
             try:
-                logits = (inf.GraphedForward(model, check_ids)(check_ids).float().clone() if mode == "graph"
-                          else inf.last_logits(model, check_ids))
+                logits = inf.last_logits(model, check_ids, mode)
                 row = {"backend": backend, "mode": mode, "layers": conv, "convert_s": convert_s,
                        "check": {**inf.compare(reference, logits), "tolerance": inf.tolerance(dtype)}}
                 row.update(inf.measure(model, spec, mode=mode, progress=lambda s: print("  ", backend, s, flush=True)))

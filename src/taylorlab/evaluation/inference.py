@@ -18,11 +18,10 @@ weights; where they cannot run, the row says why instead of a number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -274,7 +273,6 @@ class InferenceSpec:
     check_length: int = 128
     min_run_time: float = 0.5
     seed: int = 0
-    lengths_skipped: List[int] = field(default_factory=list)
 
 
 def prompts(vocab_size: int, batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -284,7 +282,10 @@ def prompts(vocab_size: int, batch: int, length: int, device: torch.device, seed
 
 
 @torch.no_grad()
-def last_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+def last_logits(model: nn.Module, input_ids: torch.Tensor, mode: str = "eager") -> torch.Tensor:
+    """The last position's logits in float32, computed the way ``mode`` runs the model."""
+    if mode == "graph":
+        return GraphedForward(model, input_ids)(input_ids).float().clone()
     return _forward(model, input_ids).float()
 
 

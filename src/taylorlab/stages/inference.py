@@ -74,7 +74,7 @@ def run(ctx):
             rows.append({**row, "skipped": f"no 2:4 layers to convert (pattern {recipe.get('pattern')})"})
             continue
         try:
-            logits = _check_logits(model, check_ids, mode)
+            logits = inf.last_logits(model, check_ids, mode)
             measured = inf.measure(model, spec, mode=mode)
         except RuntimeError as exc:  # e.g. a CUDA graph this model's forward cannot be captured in
             rows.append({**row, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
@@ -109,12 +109,6 @@ def _cannot(backend: str, mode: str, device: torch.device, dtype: torch.dtype):
     if backend != "dense":
         return inf.semi_structured_support(device, dtype)
     return None
-
-
-def _check_logits(model, ids, mode):
-    if mode == "graph":
-        return inf.GraphedForward(model, ids)(ids).float().clone()
-    return inf.last_logits(model, ids)
 
 
 def _line(row) -> str:
