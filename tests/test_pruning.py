@@ -366,3 +366,77 @@ def test_compact_form_reloads_bit_for_bit_and_is_smaller(arch, pattern, sparsity
         from safetensors.torch import save_file
         save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
         load_compact(tmp_path / "other.safetensors")
+
+
+def _sparsegpt_column_loop(W, Hinv, sparsity, nm, blocksize):
+    """IST-DASLab's SparseGPT inner loops as published (one column at a time), given the upper Cholesky
+    factor of H^-1: the reference the batched solve must reproduce."""
+    W = W.clone()
+    cols = W.shape[1]
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        if nm is None:
+            tmp = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            mask1 = tmp <= torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity) - 1]
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                tmp = W1[:, i:i + nm[1]] ** 2 / torch.diag(Hinv1)[i:i + nm[1]].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.sort(tmp, dim=1, stable=True).indices[:, :nm[1] - nm[0]], True)
+            w, d = W1[:, i], Hinv1[i, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_batched_solve_reproduces_the_column_loop(pattern):
+    torch.manual_seed(1)
+    d_in, d_out = 96, 40
+    x = torch.randn(1024, d_in, dtype=torch.float64) @ (torch.eye(d_in, dtype=torch.float64)
+                                                       + 0.3 * torch.randn(d_in, d_in, dtype=torch.float64))
+    lin = torch.nn.Linear(d_in, d_out, bias=False).double()
+    W0 = lin.weight.detach().clone()
+    H = 2 * x.T @ x / 16
+    Hd = H + 0.01 * torch.mean(torch.diag(H)) * torch.eye(d_in, dtype=torch.float64)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    nm = parse_pattern(pattern)
+    want = _sparsegpt_column_loop(W0, Hinv, 0.5, nm, blocksize=32)
+    sparsegpt_prune_(lin, H, 0.5, nm, blocksize=32, row_chunk=16)  # chunks of rows: several solves per block
+    got = lin.weight.detach()
+    assert torch.equal(got == 0, want == 0)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_layers_that_read_one_input_share_its_statistics(tiny_llama):
+    from taylorlab.pruning.stats import attach
+    from taylorlab.pruning.structure import find_decoder_layers, find_linears
+
+    block = find_decoder_layers(tiny_llama)[1][0]
+    linears = find_linears(block)
+    stats, handles = attach(linears, hessian=True)
+    own = {name: InputStats(lin, hessian=True) for name, lin in linears.items()}
+    solo = [lin.register_forward_hook(lambda m, i, o, s=own[name]: s.add(i[0])) for name, lin in linears.items()]
+    try:
+        for seed in range(3):
+            tiny_llama(windows(n=2, seed=seed))
+    finally:
+        for h in handles + solo:
+            h.remove()
+    leaders = {name: s.leader.name if s.leader else None for name, s in stats.items()}
+    assert leaders["self_attn.k_proj"] == leaders["self_attn.v_proj"] == "self_attn.q_proj"
+    assert leaders["mlp.up_proj"] == "mlp.gate_proj"
+    assert leaders["self_attn.o_proj"] is None and leaders["mlp.down_proj"] is None
+    for name in linears:
+        assert stats[name].nsamples == own[name].nsamples == 6
+        torch.testing.assert_close(stats[name].sq_sum, own[name].sq_sum)
+        torch.testing.assert_close(stats[name].hessian, own[name].hessian)

@@ -12,6 +12,10 @@
 #              of the earlier library-level benchmark (prune 16, gradients 8: how far rounding moves them);
 #              in the foreground every order stage (train, record, estimate, memorize, curriculum) on
 #              SmolLM2 on the GPU
+#   PART=speed stash part a as in a; in the background the 7B-shape speed run (speed_7b.py --check: the
+#              Hessian check, the two-pass floor, every method), waited for (up to WAIT_S)
+#   PART=owl   join and install as in b; Wanda at 70% uniform and with OWL (m=10, lambda=0.14) through the
+#              pipeline at the full protocol, beside the GPU tests; then wait for the speed run and the cells
 # Results (JSON, logs) are copied to $OUT after every part. The data stage's finished directory is
 # carried (outputs/smollm2-prune/data-<hash>): the machine has no Wikipedia package, and the stage
 # is found done with the same hash.
@@ -59,6 +63,26 @@ case "${PART:-}" in
     python3 -m pytest -q -p no:cacheprovider tests/gpu >"$RES/gpu_tests_h200.log" 2>&1
     tail -n 15 "$RES/gpu_tests_h200.log"
     wait_for "$RES/quality.log" ;;
+  speed)
+    stash_part_a
+    rm -f "$RES/DONE"
+    setsid nohup bash -c "PYTHONPATH=$PWD/src python3 benchmarks/pruning/speed_7b.py --check --out $RES/speed_7b_h200.json         --methods ${METHODS:-two-pass,magnitude,wanda,gblm,sparsegpt,wanda++} >$RES/speed.log 2>&1;         echo \$? >$RES/DONE" >/dev/null 2>&1 &
+    wait_for "$RES/speed.log" ;;
+  owl)
+    setup_machine
+    run="python3 pipelines/run.py -m model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \
+        hydra/job_logging=none hydra/hydra_logging=none model.gguf_file=$GGUF run=smollm2-prune calibrate.device=cuda \
+        evaluate.device=cuda prune.device=cuda prune.method=wanda prune.pattern=unstructured prune.sparsity=0.7"
+    setsid nohup bash -c "$run prune.profile=uniform >$RES/owl_uniform.log 2>&1; \
+        $run prune.profile=owl prune.owl_m=10 prune.owl_lambda=0.14 >$RES/owl_m10.log 2>&1; \
+        python3 -m taylorlab.cli report outputs/smollm2-prune -o /tmp/res/owl.html >$RES/owl_table.log 2>&1; \
+        touch $RES/OWL_DONE" >/dev/null 2>&1 &
+    python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pruning.py >"$RES/gpu_tests_pruning_h200.log" 2>&1
+    tail -n 15 "$RES/gpu_tests_pruning_h200.log"
+    wait_for "$RES/speed.log"
+    until=$(( $(date +%s) + ${WAIT_S:-500} ))
+    while [ ! -e "$RES/OWL_DONE" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
+    grep -E "ppl|perplexity|error" "$RES"/owl_*.log | tail -n 20; cat "$RES/owl_table.log" ;;
   wait) wait_for "$RES/quality.log" ;;
 esac
 collect

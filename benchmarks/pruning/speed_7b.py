@@ -4,6 +4,12 @@ pruned model in memory. GBLM's time includes its per-sequence gradient pass.
 
     python benchmarks/pruning/speed_7b.py --out results.json [--methods wanda,gblm,llmc-wanda,llmc-sparsegpt]
 
+``two-pass`` (a pseudo-method) times what every calibrated method's block walk must at least do: the
+capture and two plain passes of every block over the windows (statistics, then the pruned block's
+outputs), no hooks. ``--check`` compares, on block 0's inputs, the fp32 Hessian (inputs cast to fp32,
+fp32 GEMM without TF32, as the reference) with the one the library accumulates (bf16 operands, fp32
+accumulation on the tensor cores), and the SparseGPT masks both give on q_proj and down_proj.
+
 ``llmc-wanda`` and ``llmc-sparsegpt`` are llm-compressor's WandaPruningModifier and SparseGPTModifier
 (``oneshot``, sequential pipeline, every decoder Linear, lm_head left dense, as ours) on the same model
 and the same calibration windows.
@@ -21,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record  # noqa: E402
 from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
+from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
 
 
 def build(layers: int):
@@ -73,6 +80,60 @@ def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5)
             pipeline="sequential", processor=tok)
 
 
+@torch.no_grad()
+def two_pass(model, windows, batch_size=8):
+    """The capture and two plain passes of every block (the floor of a sequential block walk)."""
+    _, layers = find_decoder_layers(model)
+    hidden, calls = capture_block_calls(model, windows, batch_size, torch.device("cuda"))
+    for i, block in enumerate(layers):
+        for x, call in zip(hidden, calls[i]):
+            run_block(block, x, call)
+        hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
+
+
+@torch.no_grad()
+def check_hessians(model, windows, batch_size=8):
+    """fp32-reference Hessian against the library's on block 0; SparseGPT masks from each."""
+    import copy
+
+    from taylorlab.pruning.methods.sparsegpt import sparsegpt_prune_
+    from taylorlab.pruning.stats import attach
+
+    _, layers = find_decoder_layers(model)
+    hidden, calls = capture_block_calls(model, windows, batch_size, torch.device("cuda"))
+    block = layers[0]
+    lins = find_linears(block)
+    names = ("self_attn.q_proj", "mlp.down_proj")
+    stats, handles = attach({n: lins[n] for n in names}, hessian=True)
+    ref = {n: torch.zeros(stats[n].hessian.shape, device="cuda") for n in names}
+    count = [0]
+
+    def fp32_hook(name):
+        def fn(mod, inp, out):
+            x = inp[0].reshape(-1, inp[0].shape[-1]).float()
+            b = inp[0].shape[0]
+            n = count[0]
+            ref[name].mul_(n / (n + b)).addmm_(x.t(), x, alpha=2.0 / (n + b))
+        return fn
+
+    handles += [lins[n].register_forward_hook(fp32_hook(n)) for n in names]
+    for x, call in zip(hidden, calls[0]):
+        run_block(block, x, call)
+        count[0] += x.shape[0]
+    for h in handles:
+        h.remove()
+    out = {}
+    for n in names:
+        a, b = ref[n], stats[n].hessian
+        la, lb = copy.deepcopy(lins[n]), copy.deepcopy(lins[n])
+        sparsegpt_prune_(la, a, 0.5, None)
+        sparsegpt_prune_(lb, b, 0.5, None)
+        out[n] = {"hessian_rel_diff": float((a - b).norm() / a.norm()),
+                  "sparsegpt_mask_agreement": float(((la.weight == 0) == (lb.weight == 0)).float().mean()),
+                  "sparsegpt_weight_rel_diff": float((la.weight.float() - lb.weight.float()).norm() / la.weight.float().norm())}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -82,12 +143,19 @@ def main():
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--grad-batch", type=int, default=4)
     ap.add_argument("--offload-methods", default="", help="methods to run again with the model on the CPU, one block on the GPU")
+    ap.add_argument("--check", action="store_true", help="compare the fp32 and the library's Hessians on block 0 first")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     windows = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     model = build(args.layers)
-    results = {"config": vars(args), "shape": "Llama-2-7B" if args.layers == 32 else f"Llama-2-7B width, {args.layers} layers",
+    from taylorlab.pruning.stats import HALF_GEMM_FP32_OUT
+
+    results = {"half_gemm_fp32_out": HALF_GEMM_FP32_OUT, "config": vars(args), "shape": "Llama-2-7B" if args.layers == 32 else f"Llama-2-7B width, {args.layers} layers",
                "runs": []}
+    if args.check:
+        reinit(model)
+        results["hessian_check"] = check_hessians(model, windows)
+        print(results["hessian_check"], flush=True)
     runs = [(m, False) for m in args.methods.split(",") if m] + [(m, True) for m in args.offload_methods.split(",") if m]
     for method, offload in runs:
         model.to("cuda")
@@ -107,6 +175,8 @@ def main():
             tg = time.time() - t0
         if method.startswith("llmc-"):
             llmc_prune(model, method, windows)
+        elif method == "two-pass":
+            two_pass(model, windows)
         else:
             prune_model(model, method, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
                         calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
@@ -116,7 +186,7 @@ def main():
         row = {"method": method, "offload": offload, "wall_s": round(wall, 2), "gradient_pass_s": round(tg, 2),
                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                "model_resident_gib_before": round(base_mem / 2**30, 2),
-               "sparsity": round(sparsity_report(model)["total"]["sparsity"], 4)}
+               "sparsity": round(sparsity_report(model)["total"]["sparsity"], 4) if method != "two-pass" else 0.0}
         results["runs"].append(row)
         print(row, flush=True)
         record(Path(args.out), results)

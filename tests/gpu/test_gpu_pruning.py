@@ -88,3 +88,25 @@ def test_prune_model_honours_the_device_for_magnitude(monkeypatch):
     monkeypatch.setattr(registry, "make_mask", spy)
     prune_with(_model(), method="magnitude", sparsity=0.5, device=torch.device("cuda"))
     assert seen and set(seen) == {"cuda"}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_statistics_equal_their_fp32_products(dtype):
+    """The Hessian and the per-sequence weight gradients of half-precision inputs (fp32 accumulation on
+    the tensor cores) equal the fp32 products of the same numbers, up to the order of the additions."""
+    from taylorlab.pruning.gradients import per_sequence_weight_grads
+    from taylorlab.pruning.stats import HALF_GEMM_FP32_OUT, gram_
+
+    assert HALF_GEMM_FP32_OUT, "this torch cannot multiply half-precision matrices into fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4096, 256, device="cuda", generator=g).to(dtype)
+    acc = torch.ones(256, 256, device="cuda")
+    gram_(acc, x, 0.5, 2.0)
+    xf = x.float()
+    torch.testing.assert_close(acc, 0.5 + 2.0 * xf.t() @ xf, rtol=1e-5, atol=1e-3)
+    gy = torch.randn(3, 128, 64, device="cuda", generator=g).to(dtype)
+    xs = torch.randn(3, 128, 96, device="cuda", generator=g).to(dtype)
+    got = per_sequence_weight_grads(gy, xs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.bmm(gy.float().transpose(1, 2), xs.float()), rtol=1e-5, atol=1e-4)

@@ -15,7 +15,17 @@ from typing import Dict
 
 import torch
 
+from taylorlab.pruning.stats import HALF_GEMM_FP32_OUT
 from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
+
+
+def per_sequence_weight_grads(gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``G_n = dY_n^T X_n`` for every sequence n: [B, out, in]. On CUDA, half-precision operands give
+    an fp32 result straight from the tensor cores (no rounding of G_n to half precision, no copy);
+    elsewhere the product is in the operands' dtype."""
+    if gy.is_cuda and gy.dtype in (torch.float16, torch.bfloat16) and HALF_GEMM_FP32_OUT:
+        return torch.bmm(gy.transpose(1, 2), x, torch.float32)
+    return torch.bmm(gy.transpose(1, 2), x)
 
 
 def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
@@ -28,9 +38,10 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
         def grad_hook(gy, x=x):
             b = batch[0]
             xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
-            # per-sequence weight gradients [B, out, in]; bmm in the compute dtype, stats in fp32
-            g = torch.bmm(gs.transpose(1, 2), xs).float()
-            acc.add_((g * g).sum(0) if norm == "l2" else g.abs().sum(0))
+            g = per_sequence_weight_grads(gs, xs)
+            # one read of g: sum_n g_n^2 (l2) or sum_n |g_n| (l1), in fp32
+            acc.add_(torch.linalg.vector_norm(g, ord=2 if norm == "l2" else 1, dim=0, dtype=torch.float32)
+                     .pow_(2 if norm == "l2" else 1))
 
         if out.requires_grad:
             out.register_hook(grad_hook)

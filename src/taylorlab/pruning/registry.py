@@ -65,7 +65,7 @@ class LayerTask:
         """Zero the lowest ``scores`` ([out, in]): per row (or per matrix) at ``sparsity``, or per N:M group."""
         mask = make_mask(scores, self.sparsity, self.nm, per_row)
         w = self.weight
-        w[mask.to(w.device)] = 0
+        w.masked_fill_(mask.to(w.device), 0)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -10,33 +11,77 @@ from torch import nn
 from taylorlab.pruning.structure import in_features
 
 
+class _Sums:
+    """The running sums of one layer's inputs (shared by the layers that read the same input)."""
+
+    def __init__(self, cols: int, hessian: bool, device: torch.device):
+        self.sq_sum = torch.zeros(cols, dtype=torch.float32, device=device)
+        self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
+        self.nsamples = 0
+
+
+def _has_out_dtype() -> bool:
+    """torch >= 2.8 multiplies half-precision matrices into an fp32 result (``mm(a, b, out_dtype)``)."""
+    import inspect
+
+    try:
+        return "out_dtype" in str(inspect.signature(torch.mm)) or "out_dtype" in (torch.mm.__doc__ or "")
+    except (TypeError, ValueError):
+        return "out_dtype" in (torch.mm.__doc__ or "")
+
+
+HALF_GEMM_FP32_OUT = _has_out_dtype()
+
+
+def gram_(acc: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> None:
+    """``acc <- beta * acc + alpha * x^T x`` in fp32. On CUDA, half-precision inputs multiply on the
+    tensor cores with fp32 accumulation and output: their products are exact in fp32, so this is the
+    fp32 product of the same numbers up to the order of the additions (an fp32 GEMM without TF32 is
+    several times slower). Elsewhere the inputs are made fp32 first."""
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and HALF_GEMM_FP32_OUT:
+        acc.mul_(beta).add_(torch.mm(x.t(), x, torch.float32), alpha=alpha)
+        return
+    xf = x.float()
+    acc.mul_(beta).addmm_(xf.t(), xf, alpha=alpha)
+
+
 class InputStats:
     """Per-layer input statistics over calibration sequences.
 
     ``sq_sum[j] = sum over tokens of x_j^2`` (Wanda's activation norm, squared) and, when asked,
     ``hessian = (2 / N) sum over tokens of x x^T`` (SparseGPT; fp32), N = number of sequences.
+    Layers that read the very same input tensor (q/k/v, gate/up) share one set of sums (``attach``).
     """
 
-    def __init__(self, layer: nn.Module, hessian: bool):
-        cols = in_features(layer)
-        dev = layer.weight.device
-        self.sq_sum = torch.zeros(cols, dtype=torch.float32, device=dev)
-        self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=dev) if hessian else None
-        self.nsamples = 0
+    def __init__(self, layer: nn.Module, hessian: bool, name: str = ""):
+        self.name = name
+        self._sums = _Sums(in_features(layer), hessian, layer.weight.device)
+        self.leader: Optional["InputStats"] = None  # the layer whose sums these are, when shared
+        self._last_input = None  # weak reference to the last input added (to recognise a shared input)
         self.regional = None  # set by walk_blocks(regional=True): sum_n (d ||block_n(x)||_2 / dW)^2
+
+    sq_sum = property(lambda self: self._sums.sq_sum)
+    hessian = property(lambda self: self._sums.hessian)
+    nsamples = property(lambda self: self._sums.nsamples)
 
     def add(self, x: torch.Tensor, sequences: Optional[int] = None) -> None:
         """Add one call's input. ``sequences`` is how many calibration sequences the call holds; it
         is needed where a model flattens [batch, tokens, d] to [batch * tokens, d] before a layer
         (OPT's fc1/fc2), where the tensor's shape no longer says it."""
+        s = self._sums
         b = sequences if sequences is not None else (x.shape[0] if x.dim() == 3 else 1)
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.sq_sum += (x * x).sum(0)
-        if self.hessian is not None:
+        x2 = x.detach().reshape(-1, x.shape[-1])
+        # one read of x, squared and summed in fp32
+        s.sq_sum += torch.linalg.vector_norm(x2, dim=0, dtype=torch.float32).square()
+        if s.hessian is not None:
             # running mean as in the reference: H <- H * n/(n+b) + 2/(n+b) * X^T X
-            self.hessian *= self.nsamples / (self.nsamples + b)
-            self.hessian.addmm_(x.t(), x, alpha=2.0 / (self.nsamples + b))
-        self.nsamples += b
+            gram_(s.hessian, x2, s.nsamples / (s.nsamples + b), 2.0 / (s.nsamples + b))
+        s.nsamples += b
+        self._last_input = weakref.ref(x)
+
+    def follow(self, leader: "InputStats") -> None:
+        """Share ``leader``'s sums from now on: this layer reads the same input."""
+        self._sums, self.leader = leader._sums, leader
 
     def act_norm(self) -> torch.Tensor:
         """sqrt(sum_tokens x^2 / N): the reference Wanda/GBLM activation term."""
@@ -45,11 +90,39 @@ class InputStats:
 
 def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] = None):
     """Hooks that feed every layer's input to its ``InputStats``; ``sequences()`` tells how many
-    sequences the current call holds (the caller knows; the tensor may not)."""
-    stats = {name: InputStats(layer, hessian) for name, layer in layers.items()}
+    sequences the current call holds (the caller knows; the tensor may not).
 
-    def hook(s):
-        return lambda mod, inp, out: s.add(inp[0].detach(), sequences() if sequences else None)
+    A layer whose input, at the first call, is the very tensor an earlier layer of the same call
+    received (q/k/v after one norm, gate/up) shares that layer's sums instead of computing them again
+    (SparseGPT's Hessian is the costly part); on every later call the input must again be that
+    tensor, else it is an error rather than a silently wrong statistic."""
+    stats = {name: InputStats(layer, hessian, name) for name, layer in layers.items()}
+    first_call = [True]
+    seen = []  # the leaders that received an input so far in the first call
 
-    handles = [layer.register_forward_hook(hook(stats[name])) for name, layer in layers.items()]
+    def hook(name):
+        s = stats[name]
+
+        def fn(mod, inp, out):
+            x = inp[0]
+            if first_call[0]:
+                if len(seen) and seen[0] is s:  # the first layer again: the first call is over
+                    first_call[0] = False
+                else:
+                    lead = next((o for o in seen if o._last_input is not None and o._last_input() is x), None)
+                    if lead is not None:
+                        s.follow(lead)
+                        return
+                    seen.append(s)
+            if s.leader is not None:
+                ref = s.leader._last_input
+                if ref is None or ref() is not x:
+                    raise RuntimeError(f"{name} read the same input as {s.leader.name} in the first calibration "
+                                       "call but not in a later one; its statistics cannot be shared")
+                return
+            s.add(x, sequences() if sequences else None)
+
+        return fn
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
     return stats, handles

@@ -27,15 +27,62 @@ class SparseGPTOptions:
             raise ConfigError(f"percdamp={self.percdamp} must be 0 or more.")
 
 
+def _choose(W1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference's unstructured rule inside one column block: the ``int(numel * sparsity)`` lowest
+    ``w^2 / d^2`` of the whole block (all rows together) are pruned."""
+    tmp = W1 ** 2 / d.reshape(1, -1) ** 2
+    k = int(tmp.numel() * sparsity)
+    if k == 0:
+        return torch.zeros_like(W1, dtype=torch.bool)
+    return tmp <= torch.sort(tmp.flatten())[0][k - 1]
+
+
+def _choose_nm(W1: torch.Tensor, d: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The N:M rule on ``m`` columns: per row the ``m - n`` lowest ``w^2 / d^2`` are pruned."""
+    tmp = W1 ** 2 / d.reshape(1, -1) ** 2
+    # stable sort: equal scores are pruned lower column first, on CPU and GPU alike
+    lowest = torch.sort(tmp, dim=1, stable=True).indices[:, : m - n]
+    return torch.zeros_like(W1, dtype=torch.bool).scatter_(1, lowest, True)
+
+
+def _obs_segment(W1: torch.Tensor, mask: torch.Tensor, U: torch.Tensor, row_chunk: int):
+    """The OBS updates of one segment of columns whose mask is fixed, solved at once.
+
+    The reference walks the segment column by column: ``e_j = m_j (w_j - sum_{i<j} e_i U_ij) / U_jj``
+    (``w`` the segment before its own updates, ``U`` the segment's block of the upper Cholesky factor
+    of H^-1, ``m_j`` 1 where pruned). That is, per row, the triangular system ``e A = m * w`` with
+    ``A_ij = m_j U_ij`` (i < j) and ``A_jj = U_jj``: one batched triangular solve instead of a Python
+    loop of small kernels per column (the same arithmetic up to the order of float additions).
+    Returns ``(Q, E)``: the segment's kept weights and its scaled errors."""
+    mf = mask.to(W1.dtype)
+    strict = torch.triu(U, diagonal=1)
+    diag = torch.diagonal(U)
+    E = torch.empty_like(W1)
+    if W1.shape[1] <= 8:  # an N:M group: substitution column by column costs less than a batched solve
+        for j in range(W1.shape[1]):
+            E[:, j] = mf[:, j] * (W1[:, j] - E[:, :j] @ U[:j, j]) / U[j, j]
+        return (W1 - E @ strict).masked_fill_(mask, 0), E
+    for r0 in range(0, W1.shape[0], row_chunk):
+        mr = mf[r0 : r0 + row_chunk]
+        A = strict.unsqueeze(0) * mr.unsqueeze(1)  # A[r, i, j] = U_ij m_rj  (i < j)
+        A.diagonal(dim1=1, dim2=2).copy_(diag.expand(mr.shape[0], -1))
+        b = (W1[r0 : r0 + row_chunk] * mr).unsqueeze(1)
+        E[r0 : r0 + row_chunk] = torch.linalg.solve_triangular(A, b, upper=True, left=False).squeeze(1)
+    Q = (W1 - E @ strict).masked_fill_(mask, 0)
+    return Q, E
+
+
 def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
-                     percdamp: float = 0.01) -> None:
+                     percdamp: float = 0.01, row_chunk: int = 4096) -> None:
     """SparseGPT on one layer, in place: OBS with lazy block updates (IST-DASLab's algorithm).
 
     With N:M the groups are chosen inside each column block, so the block size must be a multiple
-    of M (else a group would straddle two blocks and the constraint would break)."""
+    of M (else a group would straddle two blocks and the constraint would break). ``row_chunk`` bounds
+    the rows solved at once (memory: row_chunk x blocksize^2 floats)."""
     check_blocksize(blocksize, nm)
     target = weight_matrix(layer)
-    W = target.clone().float()
+    # fp32 as in the reference; fp64 where the Hessian is fp64 (checks against the column loop)
+    W = target.clone().to(torch.promote_types(hessian.dtype, torch.float32))
     rows, cols = W.shape
     H = hessian.clone()
     dead = torch.diag(H) == 0
@@ -56,39 +103,22 @@ def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: fl
             log.warning("SparseGPT: Cholesky failed; raising the damping to %.3g (attempt %d)", float(damp), attempt + 1)
     if Hinv is None:
         raise RuntimeError("SparseGPT: the Hessian is not positive definite even with strong damping")
-    prunen, prunem = nm if nm is not None else (0, 0)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        if nm is None:
-            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
-            k = int(tmp.numel() * sparsity)
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            if k > 0:
-                thresh = torch.sort(tmp.flatten())[0][k - 1]
-                mask1 = tmp <= thresh
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if nm is not None and i % prunem == 0:
-                tmp = W1[:, i : i + prunem] ** 2 / (torch.diag(Hinv1)[i : i + prunem].reshape(1, -1)) ** 2
-                # stable sort: equal scores are pruned lower column first, on CPU and GPU alike
-                lowest = torch.sort(tmp, dim=1, stable=True).indices[:, : prunem - prunen]
-                mask1.scatter_(1, i + lowest, True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
+        U1 = Hinv[i1:i2, i1:i2]
+        d = torch.diagonal(U1)
+        if nm is None:  # the block's mask is chosen once, before its updates
+            Q1, E1 = _obs_segment(W[:, i1:i2], _choose(W[:, i1:i2], d, sparsity), U1, row_chunk)
+        else:  # each group's mask is chosen from the block as updated by the groups before it
+            n, m = nm
+            W1 = W[:, i1:i2].clone()
+            Q1, E1 = torch.empty_like(W1), torch.empty_like(W1)
+            for s in range(0, i2 - i1, m):
+                g = slice(s, s + m)
+                Q1[:, g], E1[:, g] = _obs_segment(W1[:, g], _choose_nm(W1[:, g], d[g], n, m), U1[g, g], row_chunk)
+                W1[:, s + m:] -= E1[:, g] @ U1[g, s + m:]
         W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+        W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
     target.copy_(W.to(target.dtype))
 
 
