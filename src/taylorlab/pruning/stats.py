@@ -72,7 +72,7 @@ class InputStats:
         b = sequences if sequences is not None else (x.shape[0] if x.dim() == 3 else 1)
         x2 = x.detach().reshape(-1, x.shape[-1])
         # one read of x, squared and summed in fp32
-        s.sq_sum += torch.linalg.vector_norm(x2, dim=0, dtype=torch.float32).square()
+        s.sq_sum += torch.linalg.vector_norm(x2, dim=0, dtype=torch.promote_types(x2.dtype, torch.float32)).square()
         if s.hessian is not None:
             # running mean as in the reference: H <- H * n/(n+b) + 2/(n+b) * X^T X
             gram_(s.hessian, x2, s.nsamples / (s.nsamples + b), 2.0 / (s.nsamples + b))

@@ -105,14 +105,17 @@ def capture_block_calls(model: nn.Module, windows: torch.Tensor, batch_size: int
     ``(inputs[batch], calls[block][batch])``.
 
     Every block is recorded, not only the first: models whose layers differ (sliding-window and full
-    attention, per-layer rotary settings) pass each block other masks and position embeddings. The
-    forward stops before the last block runs. With ``offload`` each block visits ``device`` only
-    while it runs. Tensors the model shares between blocks (one mask for all) are kept once.
+    attention, per-layer rotary settings) pass each block other masks and position embeddings. Only
+    the first block computes: the others pass their input through while their calls are recorded (a
+    model builds masks and position embeddings before its layers, from the ids, not from the hidden
+    states), and the forward stops before the last block. With ``offload`` the first block visits
+    ``device`` only while it runs. Tensors the model shares between blocks (one mask for all) are kept once.
     """
     _, layers = find_decoder_layers(model)
     inputs: List[torch.Tensor] = []
     calls: List[List[BlockCall]] = [[] for _ in layers]
     last = len(layers) - 1
+    first_output = []  # the first block's output: the structure the pass-through blocks return
 
     def pre_hook(i):
         def hook(module, args, kwargs):
@@ -126,17 +129,25 @@ def capture_block_calls(model: nn.Module, windows: torch.Tensor, batch_size: int
                 inputs.append(hidden)
             if i == last:
                 raise _Caught
-            if offload:
+            if offload and i == 0:
                 module.to(device)
 
         return hook
 
-    def post_hook(module, args, output):
-        module.to("cpu")
+    def first_post_hook(module, args, output):
+        first_output[:] = [output]
+        if offload:
+            module.to("cpu")
+
+    def passthrough(*args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        out = first_output[0]
+        return hidden if isinstance(out, torch.Tensor) else (hidden, *out[1:])
 
     handles = [blk.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, blk in enumerate(layers)]
-    if offload:
-        handles += [blk.register_forward_hook(post_hook) for blk in layers]
+    handles.append(layers[0].register_forward_hook(first_post_hook))
+    for blk in list(layers)[1:last]:
+        blk.forward = passthrough  # an instance attribute: Module.__call__ calls it after the pre-hooks
     try:
         for start in range(0, windows.shape[0], batch_size):
             try:
@@ -146,6 +157,8 @@ def capture_block_calls(model: nn.Module, windows: torch.Tensor, batch_size: int
     finally:
         for h in handles:
             h.remove()
+        for blk in list(layers)[1:last]:
+            del blk.forward
     return inputs, calls
 
 
