@@ -208,3 +208,30 @@ def test_an_nm_pattern_that_does_not_fit_a_layer_is_refused_before_anything_is_p
     with pytest.raises(ConfigError, match="prune.options.blocksize=6 is not a multiple of M=4"):
         prune_with(model, method="sparsegpt", pattern="2:4", windows=windows(), blocksize=6)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_regional_optimisation_replays_single_sequences_of_every_family(family, models):
+    """Wanda++'s regional optimisation calls each block on one sequence at a time (the batch's call
+    sliced): it runs on every family, moves only the prunable weights and leaves the exact sparsity."""
+    from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, run_block, slice_call
+
+    dense = models[family]
+    hidden, calls = capture_block_calls(dense, windows(), 2, torch.device("cpu"))
+    for block, call in zip(find_decoder_layers(dense)[1], calls):  # one sequence replays as its batch row
+        with torch.no_grad():
+            whole = run_block(block, hidden[0], call[0])
+            for j in range(hidden[0].shape[0]):
+                one = run_block(block, hidden[0][j:j + 1], slice_call(call[0], j, j + 1, hidden[0].shape[0]))
+                torch.testing.assert_close(one, whole[j:j + 1], rtol=1e-5, atol=1e-6, msg=family)
+    model, plain = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_with(model, method="wanda++", sparsity=0.5, windows=windows(), batch_size=2, ro_iters=1, ro_samples=3,
+               ro_lr=1e-4)
+    prune_with(plain, method="wanda++", sparsity=0.5, windows=windows(), batch_size=2)
+    pruned = {id(m.weight) for m in block_linears(model).values()}
+    for name, lin in block_linears(model).items():
+        assert float((weight_matrix(lin) == 0).float().mean()) == pytest.approx(0.5, abs=1e-6), f"{family} {name}"
+    before = dict(dense.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if id(p) not in pruned), family
+    assert any(not torch.equal(weight_matrix(a), weight_matrix(b)) for a, b in
+               zip(block_linears(model).values(), block_linears(plain).values())), f"{family}: it changed nothing"

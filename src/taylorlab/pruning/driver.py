@@ -15,7 +15,7 @@ from taylorlab.errors import ConfigError
 from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
-from taylorlab.pruning.registry import Calibration, LayerTask, Method, get as get_method
+from taylorlab.pruning.registry import BlockTask, Calibration, LayerTask, Method, get as get_method
 from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
@@ -79,8 +79,11 @@ def prune_model(
         raise ValueError(f"{method} needs calibration windows")
     if m.needs_gradients and cal.gradients is None:
         raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
+    refine = None if m.refine_block is None else (
+        lambda i, block, linears, hidden, calls: m.refine_block(
+            BlockTask(i, block, linears, hidden, calls, per_block[i], nm, opts)))
     walk = walk_blocks(model, cal.windows, batch_size=batch_size, device=device, offload=offload,
-                       hessian=m.needs_hessian, regional=m.needs_regional_gradients)
+                       hessian=m.needs_hessian, regional=m.needs_regional_gradients, refine=refine)
     for i, block, linears, stats in tqdm(walk, total=len(layers), desc=f"prune {method}", disable=not progress,
                                          leave=False):
         for name, lin in linears.items():
@@ -110,7 +113,7 @@ def block_sparsities(model: torch.nn.Module, sparsity: float, nm, profile: Profi
 
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
                 device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False,
-                regional: bool = False):
+                regional: bool = False, refine=None):
     """Yield ``(index, block, layers, stats)`` for every decoder block in turn: ``stats`` holds the
     ``InputStats`` of the block's prunable ``layers`` over the calibration windows, gathered with
     the block called exactly as the model calls it. Whatever the consumer does to the block before
@@ -119,7 +122,8 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
     With ``offload`` the model stays on the CPU and one block at a time visits ``device``. With
     ``regional`` every ``InputStats`` also gets ``regional``: the sum over calibration sequences of
     the squared gradient of the sequence's block-output l2 norm with respect to the layer's
-    weight (Wanda++'s regional gradient), from one block-local backward per call.
+    weight (Wanda++'s regional gradient), from one block-local backward per call. ``refine(index,
+    block, layers, hidden, calls)``, when given, runs on each block before its statistics are taken.
     """
     _, layers = find_decoder_layers(model)
     if offload:
@@ -138,6 +142,8 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             if offload:
                 block.to(device)
             linears = find_linears(block)
+            if refine is not None:
+                refine(i, block, linears, hidden, calls[i])
             stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
             try:
                 for x, call in zip(hidden, calls[i]):

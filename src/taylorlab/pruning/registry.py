@@ -68,6 +68,21 @@ class LayerTask:
         w.masked_fill_(mask.to(w.device), 0)
 
 
+@dataclass
+class BlockTask:
+    """One decoder block as the walk reaches it: its prunable layers, its inputs (per batch) and
+    calls, and what the layers will be pruned to."""
+
+    index: int
+    block: torch.nn.Module
+    linears: Dict[str, torch.nn.Module]
+    hidden: list  # [batch] hidden-state inputs of the block (from the partly pruned model)
+    calls: list  # [batch] BlockCall
+    sparsity: float
+    nm: Optional[Tuple[int, int]]
+    options: Any
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -82,6 +97,9 @@ class Method:
     rank: int = 100  # where tables and plots list it (lower first)
     # extra checks of the options against a pattern: (options, nm) -> None, raises ConfigError
     check: Optional[Callable[[Any, Optional[Tuple[int, int]]], None]] = field(default=None, compare=False)
+    # a step on the whole block before its statistics are taken (Wanda++'s regional optimisation):
+    # (BlockTask) -> None; it may change the block's weights, never its inputs
+    refine_block: Optional[Callable[["BlockTask"], None]] = field(default=None, compare=False)
 
     def make_options(self, values: Optional[Mapping[str, Any]] = None, key: str = "prune.options") -> Any:
         """The typed options from a mapping: an unknown key (one this method does not have) or a

@@ -84,6 +84,36 @@ class BlockCall:
     hidden_as_kwarg: bool
 
 
+def map_call(call: BlockCall, fn) -> BlockCall:
+    """``call`` with ``fn`` applied to every tensor among its arguments (inside tuples and lists too)."""
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            return fn(v)
+        if isinstance(v, (tuple, list)):
+            return type(v)(walk(x) for x in v)
+        return v
+
+    return BlockCall(tuple(walk(a) for a in call.args), {k: walk(v) for k, v in call.kwargs.items()},
+                     call.hidden_as_kwarg)
+
+
+def slice_call(call: BlockCall, start: int, stop: int, batch: int) -> BlockCall:
+    """The call for sequences ``start:stop`` of a batch of ``batch``: tensors of two or more dimensions
+    whose first is the batch (masks, per-sequence position embeddings) are sliced, and those whose first
+    is a multiple of it batch-major (BLOOM's alibi, [batch x heads, 1, T]); shared ones (first dimension
+    1, or one-dimensional such as cache positions) are kept."""
+    if batch == 1:
+        return call
+
+    def cut(t):
+        if t.dim() < 2 or t.shape[0] % batch or t.shape[0] < batch:
+            return t
+        rest = t.shape[1:]
+        return t.reshape(batch, -1, *rest)[start:stop].reshape(-1, *rest)
+
+    return map_call(call, cut)
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall):
     """Call ``block`` on ``hidden`` exactly as the model did, and return its hidden-state output."""
     if call.hidden_as_kwarg:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -73,14 +74,17 @@ def _obs_segment(W1: torch.Tensor, mask: torch.Tensor, U: torch.Tensor, row_chun
 
 
 def sparsegpt_prune_(layer: torch.nn.Module, hessian: torch.Tensor, sparsity: float, nm, blocksize: int = 128,
-                     percdamp: float = 0.01, row_chunk: int = 4096) -> None:
+                     percdamp: float = 0.01, row_chunk: Optional[int] = None) -> None:
     """SparseGPT on one layer, in place: OBS with lazy block updates (IST-DASLab's algorithm).
 
     With N:M the groups are chosen inside each column block, so the block size must be a multiple
     of M (else a group would straddle two blocks and the constraint would break). ``row_chunk`` bounds
-    the rows solved at once (memory: row_chunk x blocksize^2 floats)."""
+    the rows solved at once (memory: row_chunk x blocksize^2 floats); by default many on a GPU (fewer
+    launches), few on a CPU (the per-row matrices stay in cache)."""
     check_blocksize(blocksize, nm)
     target = weight_matrix(layer)
+    if row_chunk is None:
+        row_chunk = 4096 if target.is_cuda else 64
     # fp32 as in the reference; fp64 where the Hessian is fp64 (checks against the column loop)
     W = target.clone().to(torch.promote_types(hessian.dtype, torch.float32))
     rows, cols = W.shape
