@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record  # noqa: E402
-from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model, sparsity_report  # noqa: E402
+from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model, registry, sparsity_report  # noqa: E402
 from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
 
 
@@ -178,8 +178,11 @@ def main():
         elif method == "two-pass":
             two_pass(model, windows)
         else:
-            prune_model(model, method, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
-                        calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
+            name, _, opts = method.partition(":")  # e.g. wanda++:ro_iters=5 (options after a colon, comma-separated)
+            options = {k: type(getattr(registry.get(name).make_options(), k))(v)
+                       for k, v in (kv.split("=") for kv in opts.split(",") if kv)}
+            prune_model(model, name, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
+                        options=options, calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
         wall = time.time() - t0
         del grads
