@@ -16,6 +16,9 @@
 #              Hessian check, the two-pass floor, every method), waited for (up to WAIT_S)
 #   PART=owl   join and install as in b; Wanda at 70% uniform and with OWL (m=10, lambda=0.14) through the
 #              pipeline at the full protocol, beside the GPU tests; then wait for the speed run and the cells
+#   PART=ro_a  stash part a and the data stage's directory (carried) outside the repo
+#   PART=ro    join and install as in b; Wanda++ at 2:4 through the pipeline at the full protocol without
+#              and with its regional optimisation (5 rounds x 32 sequences, lr 3e-7 and 1e-5)
 # Results (JSON, logs) are copied to $OUT after every part. The data stage's finished directory is
 # carried (outputs/smollm2-prune/data-<hash>): the machine has no Wikipedia package, and the stage
 # is found done with the same hash.
@@ -83,6 +86,17 @@ case "${PART:-}" in
     until=$(( $(date +%s) + ${WAIT_S:-500} ))
     while [ ! -e "$RES/OWL_DONE" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
     grep -E "ppl|perplexity|error" "$RES"/owl_*.log | tail -n 20; cat "$RES/owl_table.log" ;;
+  ro_a) stash_part_a; mkdir -p /tmp/keep && cp -r outputs/smollm2-prune/data-* /tmp/keep/ ;;
+  ro)
+    setup_machine
+    mkdir -p outputs/smollm2-prune && cp -r /tmp/keep/data-* outputs/smollm2-prune/
+    run="python3 pipelines/run.py -m model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \
+        hydra/job_logging=none hydra/hydra_logging=none model.gguf_file=$GGUF run=smollm2-prune calibrate.device=cuda \
+        evaluate.device=cuda prune.device=cuda prune.method=wanda++ prune.pattern=2:4"
+    $run >"$RES/ro_off.log" 2>&1
+    $run prune.options.ro_iters=5 prune.options.ro_lr=3e-7,1e-5 >"$RES/ro_on.log" 2>&1
+    python3 -m taylorlab.cli report outputs/smollm2-prune -o /tmp/res/ro.html >"$RES/ro_table.log" 2>&1
+    grep -hE "wanda\+\+ .* zero|error" "$RES"/ro_*.log; cat "$RES/ro_table.log" ;;
   wait) wait_for "$RES/quality.log" ;;
 esac
 collect
