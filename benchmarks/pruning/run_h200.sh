@@ -92,7 +92,7 @@ case "${PART:-}" in
     mkdir -p outputs/smollm2-prune && cp -r /tmp/keep/data-* outputs/smollm2-prune/
     run="python3 pipelines/run.py -m model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \
         hydra/job_logging=none hydra/hydra_logging=none model.gguf_file=$GGUF run=smollm2-prune calibrate.device=cuda \
-        evaluate.device=cuda prune.device=cuda prune.method=wanda++ prune.pattern=2:4"
+        evaluate.device=cuda prune.device=cuda prune=wanda++ prune.pattern=2:4"
     $run >"$RES/ro_off.log" 2>&1
     $run prune.options.ro_iters=5 prune.options.ro_lr=3e-7,1e-5 >"$RES/ro_on.log" 2>&1
     python3 -m taylorlab.cli report outputs/smollm2-prune -o /tmp/res/ro.html >"$RES/ro_table.log" 2>&1
