@@ -1,6 +1,6 @@
 # taylorlab — two commands on a fresh machine:
 #   make demo   install into .venv, run the default pipeline on the embedded default, print results
-#   make test   install with the dev extras, run the tests (the real-model tier after the others)
+#   make test   install with the dev extras, run the tests (two processes; the real-model tier among them)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,7 +18,8 @@ QUIET = hydra/job_logging=none hydra/hydra_logging=none
 
 help:
 	@echo "make demo  - install, prune SmolLM2 with four methods, an order study on a trained tiny Llama, report"
-	@echo "make test  - install with dev extras and run the tests (test-fast, then test-real: SmolLM2)"
+	@echo "make test  - install with dev extras and run every test on two processes (the real tier: SmolLM2)"
+	@echo "make test-fast / make test-real - one tier in one process"
 
 $(STAMP): pyproject.toml Makefile scripts/fetch-austen.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +38,16 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/run.py experiment=demo_orders record.lr=3e-3 stages=[train,estimate] estimate.sensitivity=[] $(QUIET)
 	$(BIN)/taylorlab report outputs/demo
 
-# the default tier first (minutes), then the real model, SmolLM2-135M, through the pipeline (slower)
-test: test-fast test-real
+# Every test, on TEST_WORKERS processes (pytest-xdist), a test file per process at a time (files share
+# module fixtures: the real-model tier runs its data and base_model stages once). tests/conftest.py
+# puts the longest files first, so they run beside the others; most tests wait on subprocesses
+# (pipeline runs, Slurm jobs), so two workers pay even on two cores.
+TEST_WORKERS ?= 2
+test: $(STAMP)
+	bash scripts/ensure-test-packages.sh
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# one tier at a time, in one process: the default tier (minutes), or the real model through the pipeline
 
 test-fast: $(STAMP)
 	bash scripts/ensure-test-packages.sh
