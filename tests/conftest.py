@@ -16,11 +16,15 @@ def tiny_llama():
                        num_key_value_heads=2, max_position_embeddings=64, seed=0)
 
 
-def pytest_collection_modifyitems(config, items):
-    """The longest files first (the real-model tier, then the Slurm tests, which mostly wait on the
-    cluster): under ``make test``'s two processes they then run beside the many short ones instead of
-    after them. The sort is stable; the order inside a file is kept."""
-    def rank(item):
-        return 0 if item.get_closest_marker("realmodel") else 1 if item.get_closest_marker("slurm") else 2
+# Files whose tests share something costly or exclusive: a module fixture that runs the pipeline (the
+# real-model tier, the dashboard sweep, the fault-injection reference run) or the session's Slurm
+# cluster. Under ``make test`` (pytest-xdist, --dist loadgroup) each runs whole on one process; every
+# other test is handed out on its own. xdist starts the groups first, the largest first.
+GROUPED_FILES = ("test_real_model.py", "test_slurm.py", "test_faults.py", "test_dashboard.py")
 
-    items.sort(key=rank)
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in GROUPED_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
