@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/taylorlab report outputs/demo
 
 # Every test, on TEST_WORKERS processes (pytest-xdist). Files that share a costly module fixture or the
-# Slurm cluster run whole on one process, started first (tests/conftest.py: GROUPED_FILES); the other
+# Slurm cluster run whole on one process, started first (their xdist_group marks); the other
 # tests are handed out one by one. Most tests wait on subprocesses (pipeline runs, Slurm jobs), so two
 # processes pay even on two cores.
 TEST_WORKERS ?= 2

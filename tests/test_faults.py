@@ -18,7 +18,8 @@ import pytest
 
 from helpers import ENTRY, ROOT, run_cli
 
-pytestmark = pytest.mark.integration
+# one process runs the file whole under pytest-xdist (its module fixture is a pipeline run)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("faults")]
 FAST = ["debug=fast", "launcher=inline"]
 TRAIN = FAST + ["stages=[train]"]
 

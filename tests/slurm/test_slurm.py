@@ -11,7 +11,8 @@ import pytest
 
 from helpers import run_cli
 
-pytestmark = pytest.mark.slurm
+# one process runs the file whole under pytest-xdist: one session fixture starts and stops the cluster
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 FAST = ["debug=fast"]
 
 
