@@ -38,17 +38,16 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/run.py experiment=demo_orders record.lr=3e-3 stages=[train,estimate] estimate.sensitivity=[] $(QUIET)
 	$(BIN)/taylorlab report outputs/demo
 
-# Every test, on TEST_WORKERS processes (pytest-xdist). Files that share a costly module fixture or the
-# Slurm cluster run whole on one process, started first (their xdist_group marks); the other
-# tests are handed out one by one. Most tests wait on subprocesses (pipeline runs, Slurm jobs), so two
-# processes pay even on two cores.
+# Every test, on TEST_WORKERS processes (pytest-xdist), a test file per process at a time (files share
+# module fixtures and the session's Slurm cluster), in collection order: tests/conftest.py puts the
+# longest files first (the real-model tier, the Slurm tests), so they run beside the others. Most
+# tests wait on subprocesses (pipeline runs, Slurm jobs), so two processes pay even on two cores.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	bash scripts/ensure-test-packages.sh
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # one tier at a time, in one process: the default tier (minutes), or the real model through the pipeline
-
 test-fast: $(STAMP)
 	bash scripts/ensure-test-packages.sh
 	$(BIN)/python -m pytest -q -m "not realmodel" $(PYTEST_ARGS)

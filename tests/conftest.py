@@ -15,3 +15,12 @@ def tiny_llama():
     return build_llama(97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=64, seed=0)
 
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first (the real-model tier, then the Slurm tests, which mostly wait on the
+    cluster): under ``make test``'s two processes they then run beside the many short ones instead of
+    after them. The sort is stable; the order inside a file is kept."""
+    def rank(item):
+        return 0 if item.get_closest_marker("realmodel") else 1 if item.get_closest_marker("slurm") else 2
+
+    items.sort(key=rank)

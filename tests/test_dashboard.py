@@ -17,9 +17,7 @@ from helpers import run_cli
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# one process runs the file whole under pytest-xdist (its module fixture is a pipeline sweep)
-pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by slurm/ensure-packages.sh"),
-              pytest.mark.xdist_group("dashboard")]
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by slurm/ensure-packages.sh")
 
 
 def png_pixels_vary(path: Path) -> bool:

@@ -18,8 +18,7 @@ import pytest
 
 from helpers import ENTRY, ROOT, run_cli
 
-# one process runs the file whole under pytest-xdist (its module fixture is a pipeline run)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("faults")]
+pytestmark = pytest.mark.integration
 FAST = ["debug=fast", "launcher=inline"]
 TRAIN = FAST + ["stages=[train]"]
 

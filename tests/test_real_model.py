@@ -12,8 +12,7 @@ import pytest
 import torch
 from helpers import run_cli
 
-# one process runs the file whole under pytest-xdist (the module fixture runs data and base_model once)
-pytestmark = [pytest.mark.integration, pytest.mark.realmodel, pytest.mark.xdist_group("realmodel")]
+pytestmark = [pytest.mark.integration, pytest.mark.realmodel]
 
 # debug=fast shrinks the data stage; the windows are long enough for a real model's perplexity
 SMALL = ["model=smollm2", "debug=fast", "launcher=inline", "run=real", "calibrate.num_samples=8",

@@ -11,8 +11,7 @@ import pytest
 
 from helpers import run_cli
 
-# one process runs the file whole under pytest-xdist: one session fixture starts and stops the cluster
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slurm
 FAST = ["debug=fast"]
 
 
