@@ -15,7 +15,7 @@ from typing import Dict
 
 import torch
 
-from taylorlab.pruning.stats import HALF_GEMM_FP32_OUT
+from taylorlab.pruning.stats import fp32_out_on_tensor_cores
 from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
 
 
@@ -23,7 +23,7 @@ def per_sequence_weight_grads(gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     """``G_n = dY_n^T X_n`` for every sequence n: [B, out, in]. On CUDA, half-precision operands give
     an fp32 result straight from the tensor cores (no rounding of G_n to half precision, no copy);
     elsewhere the product is in the operands' dtype."""
-    if gy.is_cuda and gy.dtype in (torch.float16, torch.bfloat16) and HALF_GEMM_FP32_OUT:
+    if fp32_out_on_tensor_cores(gy):
         return torch.bmm(gy.transpose(1, 2), x, torch.float32)
     return torch.bmm(gy.transpose(1, 2), x)
 

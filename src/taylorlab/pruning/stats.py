@@ -20,17 +20,13 @@ class _Sums:
         self.nsamples = 0
 
 
-def _has_out_dtype() -> bool:
-    """torch >= 2.8 multiplies half-precision matrices into an fp32 result (``mm(a, b, out_dtype)``)."""
-    import inspect
-
-    try:
-        return "out_dtype" in str(inspect.signature(torch.mm)) or "out_dtype" in (torch.mm.__doc__ or "")
-    except (TypeError, ValueError):
-        return "out_dtype" in (torch.mm.__doc__ or "")
+# torch >= 2.8 multiplies half-precision CUDA matrices into an fp32 result (``mm(a, b, out_dtype)``)
+HALF_GEMM_FP32_OUT = "out_dtype" in (torch.mm.__doc__ or "")
 
 
-HALF_GEMM_FP32_OUT = _has_out_dtype()
+def fp32_out_on_tensor_cores(t: torch.Tensor) -> bool:
+    """Whether products of ``t`` can come out in fp32 straight from the tensor cores (half on CUDA)."""
+    return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) and HALF_GEMM_FP32_OUT
 
 
 def gram_(acc: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> None:
@@ -38,7 +34,7 @@ def gram_(acc: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> None
     tensor cores with fp32 accumulation and output: their products are exact in fp32, so this is the
     fp32 product of the same numbers up to the order of the additions (an fp32 GEMM without TF32 is
     several times slower). Elsewhere the inputs are made fp32 first."""
-    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and HALF_GEMM_FP32_OUT:
+    if fp32_out_on_tensor_cores(x):
         acc.mul_(beta).add_(torch.mm(x.t(), x, torch.float32), alpha=alpha)
         return
     xf = x.float()
