@@ -229,10 +229,13 @@ def wait_for_slurm(plan: Plan, job_ids: Dict[str, str], poll_s: float) -> None:
     while pending:
         for name, jid in list(pending.items()):
             d = plan.stages[name].dir
-            if StageDir(d).done_marker() is not None:
-                del pending[name]
-                continue
             state = slurm_job_state(jid)
+            if StageDir(d).done_marker() is not None:
+                # the marker is written before the job's process exits: "waited" means Slurm has
+                # seen the job end, so that what follows (sacct, a dependent submission) finds it ended
+                if state not in LIVE_STATES:
+                    del pending[name]
+                continue
             if state not in LIVE_STATES and state != "UNKNOWN":
                 if state != "COMPLETED" or StageDir(d).done_marker() is None:
                     failed.append((name, state))
