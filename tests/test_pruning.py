@@ -249,6 +249,30 @@ def test_ria_score_formula_and_its_invariance_to_the_matrix_scale():
     assert not torch.equal(mask_per_row(score_ria(big, a, 0.5), 0.5), mask_per_row(score_wanda(big, a), 0.5))
 
 
+def test_ria_per_matrix_prunes_the_lowest_scores_of_the_whole_matrix(tiny_llama):
+    """per_row=false (the authors' code's default): one threshold per matrix on the RIA score, so the
+    matrix is exactly at the target while its rows are not."""
+    from taylorlab.pruning.driver import calibration_statistics
+    from taylorlab.pruning.masks import mask_per_matrix
+    from taylorlab.pruning.methods.ria import score as score_ria
+
+    w = windows()
+    first = copy.deepcopy(tiny_llama)
+    prune_with(first, method="ria", sparsity=0.5, windows=w, per_row=False)
+    # the first block's linears see the dense model's inputs: their masks follow from dense statistics
+    stats = calibration_statistics(copy.deepcopy(tiny_llama), w)
+    dense = block_linears(tiny_llama)
+    rows_uneven = False
+    for name, lin in block_linears(first).items():
+        zeros = lin.weight == 0
+        assert int(zeros.sum()) == int(lin.weight.numel() * 0.5), name
+        rows_uneven |= bool((zeros.sum(1) != zeros.sum(1)[0]).any())
+        if ".layers.0." in name:
+            expected = mask_per_matrix(score_ria(dense[name].weight, stats[name].act_norm(), 0.5), 0.5)
+            assert torch.equal(zeros, expected), name
+    assert rows_uneven
+
+
 def test_owl_spreads_the_sparsity_by_outlier_ratio_and_keeps_the_mean():
     from taylorlab.pruning.profiles import owl_sparsities
 
