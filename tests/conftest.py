@@ -5,7 +5,14 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests that check W&B set it themselves
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# Under pytest-xdist each worker gets its share of the cores, and so do the pipelines and Slurm jobs
+# it starts (they inherit OMP_NUM_THREADS): two workers each running OpenMP on every core run several
+# times slower than each on its own (the oversubscription the local launcher's per-stage threads avoid)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture
