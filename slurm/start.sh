@@ -14,7 +14,9 @@ log() { echo "[slurm/start] $*" >&2; }
 
 bash "$HERE/ensure-packages.sh" >&2
 mkdir -p "$D"/{etc,log,spool,state,run,dev,mysql}
-CPUS=$(nproc)
+# the cores this shell may use; nproc alone honours OMP_NUM_THREADS (which the test run lowers per
+# worker), and a node of fewer CPUs than the machine refuses multi-task jobs
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 
 # ---- munge (authentication)
