@@ -128,22 +128,28 @@ def run_ours(work: Path, method: str, sparsity: float, nm, profile: dict | None,
              if isinstance(m, torch.nn.Linear) and ".layers." in name}, time.time() - t0)
 
 
-def block_sparsity(masks: dict) -> list:
+def per_block(counts: dict, digits: int) -> list:
+    """{layer name: (count, weights)} -> the count's share per decoder block, in block order."""
     blocks: dict = {}
-    for name, m in masks.items():
+    for name, (c, n) in counts.items():
         i = int(name.split(".layers.")[1].split(".")[0])
-        z, n = blocks.get(i, (0, 0))
-        blocks[i] = (z + int(m.sum()), n + m.numel())
-    return [round(z / n, 5) for _, (z, n) in sorted(blocks.items())]
+        c0, n0 = blocks.get(i, (0, 0))
+        blocks[i] = (c0 + c, n0 + n)
+    return [round(c / n, digits) for _, (c, n) in sorted(blocks.items())]
 
 
-def block_agreement(ours: dict, ref: dict) -> list:
-    blocks: dict = {}
-    for name, m in ours.items():
-        i = int(name.split(".layers.")[1].split(".")[0])
-        same, n = blocks.get(i, (0, 0))
-        blocks[i] = (same + int((m == ref[name]).sum()), n + m.numel())
-    return [round(s / n, 6) for _, (s, n) in sorted(blocks.items())]
+def agreement(a: dict, b: dict) -> dict:
+    """{layer name: (weights where the masks agree, weights)}."""
+    return {k: (int((a[k] == b[k]).sum()), a[k].numel()) for k in a}
+
+
+def pruned(masks: dict) -> dict:
+    """{layer name: (pruned weights, weights)}."""
+    return {k: (int(m.sum()), m.numel()) for k, m in masks.items()}
+
+
+def share(counts: dict) -> float:
+    return sum(c for c, _ in counts.values()) / sum(n for _, n in counts.values())
 
 
 def main(argv=None) -> int:
@@ -170,7 +176,6 @@ def main(argv=None) -> int:
         run_reference(a.work, a.repo, a.func, args, a.mask_out)
         return 0
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from common import record
 
@@ -194,27 +199,26 @@ def main(argv=None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             print(f"error: the reference run of {case} failed (exit {proc.returncode})", file=sys.stderr)
             return 2
-        ref = {k: v.bool() for k, v in load_file(str(mask_out)).items()}
         with safe_open(str(mask_out), "pt") as fh:
+            ref = {k: fh.get_tensor(k).bool() for k in fh.keys()}
             ref_seconds = float(fh.metadata()["seconds"])
         ours, our_seconds = run_ours(a.work, method, ref_args["sparsity_ratio"], ref_args.get("nm"), profile, options)
         assert set(ours) == set(ref), "the two sides name different layers"
         # the control: this project against itself with the windows one at a time (as the references
         # run them) instead of in one batch — the same arithmetic in another rounding
         ours_one, _ = run_ours(a.work, method, ref_args["sparsity_ratio"], ref_args.get("nm"), profile, options, 1)
-        total = sum(m.numel() for m in ours.values())
-        agree = sum(int((ours[k] == ref[k]).sum()) for k in ours)
-        worst = min((float((ours[k] == ref[k]).float().mean()), k) for k in ours)
-        bo, br = block_sparsity(ours), block_sparsity(ref)
+        same, control = agreement(ours, ref), agreement(ours, ours_one)
+        worst = min((c / n, k) for k, (c, n) in same.items())
+        bo, br = per_block(pruned(ours), 5), per_block(pruned(ref), 5)
         results[case] = {"reference": f"{key}:{func}", "reference_args": ref_args, "ours": {"method": method,
-                         "profile": profile, "options": options}, "mask_agreement": agree / total,
-                         "weights": total, "block_agreement": block_agreement(ours, ref),
-                         "control_agreement_batch_1": sum(int((ours[k] == ours_one[k]).sum()) for k in ours) / total,
-                         "control_block_agreement": block_agreement(ours, ours_one), "worst_layer": {"name": worst[1], "agreement": worst[0]},
+                         "profile": profile, "options": options}, "mask_agreement": share(same),
+                         "weights": sum(n for _, n in same.values()), "block_agreement": per_block(same, 6),
+                         "control_agreement_batch_1": share(control), "control_block_agreement": per_block(control, 6),
+                         "worst_layer": {"name": worst[1], "agreement": worst[0]},
                          "block_sparsity_ours": bo, "block_sparsity_reference": br,
                          "block_sparsity_max_diff": max(abs(x - y) for x, y in zip(bo, br)),
                          "seconds_ours": round(our_seconds, 2), "seconds_reference": ref_seconds}
-        print(f"{case:18s} agreement {agree / total:.6f}  (ours batch 1 vs 16: "
+        print(f"{case:18s} agreement {share(same):.6f}  (ours batch 1 vs 16: "
               f"{results[case]['control_agreement_batch_1']:.6f})  worst layer {worst[0]:.6f} ({worst[1]})  "
               f"block sparsity max diff {results[case]['block_sparsity_max_diff']:.5f}", flush=True)
     ref_versions = subprocess.run([a.ref_python, "-c", "import torch, transformers; print(torch.__version__, "

@@ -11,6 +11,8 @@ import pytest
 
 from helpers import run_cli
 
+from taylorlab.engine.executors import LIVE_STATES
+
 pytestmark = pytest.mark.slurm
 FAST = ["debug=fast"]
 
@@ -28,7 +30,7 @@ def sacct_state(job_id, settle_s=60.0):
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
                              capture_output=True, text=True)
         state = out.stdout.split()[0] if out.stdout.split() else "UNKNOWN"
-        if state not in ("PENDING", "RUNNING", "COMPLETING", "UNKNOWN") or time.time() > deadline:
+        if (state not in LIVE_STATES and state != "UNKNOWN") or time.time() > deadline:
             return state
         time.sleep(1.0)
 
@@ -78,7 +80,7 @@ def test_impossible_resources_are_refused_at_submit_time(slurm_cluster, tmp_path
 
 def test_stand_in_gpu_request_is_scheduled(slurm_cluster, tmp_path):
     """GPU requests reach Slurm's GRES (the node's 'GPUs' are character-device stand-ins)."""
-    proc = run_cli(FAST + ["run=gres", "launcher=slurm", "launcher.wait=true", "stages=[data]",
+    run_cli(FAST + ["run=gres", "launcher=slurm", "launcher.wait=true", "stages=[data]",
                            "data.resources.gpus=1"], tmp_path, check=True)
     sub = json.loads((stage_dir(tmp_path, "gres", "data") / "submission.json").read_text())
     assert sub["parameters"]["slurm_gres"] == "gpu:1"
