@@ -81,7 +81,7 @@ def test_impossible_resources_are_refused_at_submit_time(slurm_cluster, tmp_path
 def test_stand_in_gpu_request_is_scheduled(slurm_cluster, tmp_path):
     """GPU requests reach Slurm's GRES (the node's 'GPUs' are character-device stand-ins)."""
     run_cli(FAST + ["run=gres", "launcher=slurm", "launcher.wait=true", "stages=[data]",
-                           "data.resources.gpus=1"], tmp_path, check=True)
+                    "data.resources.gpus=1"], tmp_path, check=True)
     sub = json.loads((stage_dir(tmp_path, "gres", "data") / "submission.json").read_text())
     assert sub["parameters"]["slurm_gres"] == "gpu:1"
     assert sacct_state(sub["job_id"]) == "COMPLETED"
