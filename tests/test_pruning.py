@@ -466,10 +466,11 @@ def test_layers_that_read_one_input_share_its_statistics(tiny_llama):
         torch.testing.assert_close(stats[name].hessian, own[name].hessian)
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_wandapp_regional_optimisation_brings_the_first_block_closer_to_the_dense_one(tiny_llama, pattern):
+@pytest.mark.parametrize("pattern,precision", [("unstructured", "float32"), ("2:4", "float32"), ("2:4", "bfloat16")])
+def test_wandapp_regional_optimisation_brings_the_first_block_closer_to_the_dense_one(tiny_llama, pattern, precision):
     """With regional optimisation the pruned first block reproduces the dense first block's outputs on
-    the calibration sequences better than the score alone, and the pattern still holds exactly."""
+    the calibration sequences better than the score alone, and the pattern still holds exactly — also
+    with the optimisation's products in bf16 (autocast; the model and its master weights stay fp32)."""
     from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, run_block
 
     w = windows(n=8, length=32)
@@ -477,7 +478,8 @@ def test_wandapp_regional_optimisation_brings_the_first_block_closer_to_the_dens
     hidden, calls = capture_block_calls(tiny_llama, w, 4, torch.device("cpu"))
     plain, refined = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
     prune_with(plain, "wanda++", windows=w, pattern=pattern, batch_size=4)
-    prune_with(refined, "wanda++", windows=w, pattern=pattern, batch_size=4, ro_iters=3, ro_samples=4, ro_lr=1e-4)
+    prune_with(refined, "wanda++", windows=w, pattern=pattern, batch_size=4, ro_iters=3, ro_samples=4, ro_lr=1e-4,
+               ro_precision=precision)
 
     def error(model):
         block = find_decoder_layers(model)[1][0]
@@ -502,3 +504,5 @@ def test_wandapp_regional_optimisation_options_are_checked():
         registry.get("wanda++").make_options({"ro_iters": 2, "ro_lr": 0.0})
     with pytest.raises(ConfigError, match="ro_iters"):
         registry.get("wanda++").make_options({"ro_iters": -1})
+    with pytest.raises(ConfigError, match="ro_precision"):
+        registry.get("wanda++").make_options({"ro_iters": 2, "ro_precision": "fp16"})

@@ -12,13 +12,18 @@
 #              of the earlier library-level benchmark (prune 16, gradients 8: how far rounding moves them);
 #              in the foreground every order stage (train, record, estimate, memorize, curriculum) on
 #              SmolLM2 on the GPU
-#   PART=speed stash part a as in a; in the background the 7B-shape speed run (speed_7b.py --check: the
-#              Hessian check, the two-pass floor, every method), waited for (up to WAIT_S)
+#   PART=speed stash part a as in a, install the carried wheels; in the background the 7B-shape speed
+#              run (speed_7b.py --check, unless CHECK= : the Hessian check, the two-pass floor, every
+#              method of $METHODS), waited for (up to WAIT_S)
 #   PART=owl   join and install as in b; Wanda at 70% uniform and with OWL (m=10, lambda=0.14) through the
 #              pipeline at the full protocol, beside the GPU tests; then wait for the speed run and the cells
 #   PART=ro_a  stash part a and the data stage's directory (carried) outside the repo
 #   PART=ro    join and install as in b; Wanda++ at 2:4 through the pipeline at the full protocol without
 #              and with its regional optimisation (5 rounds x 32 sequences, lr 3e-7 and 1e-5)
+#   PART=ro16  join and install as in b; wait for the speed run; Wanda++ at 2:4 with its regional
+#              optimisation at lr 1e-5 in bf16 products (ro_precision=bfloat16) through the pipeline
+#   (PART=speed also stashes a carried .bench/prune-data.tgz, the data stage's directory compressed,
+#   where ro_a stashes it: with both GGUF parts the uncompressed directory is over a call's 64 MiB)
 # Results (JSON, logs) are copied to $OUT after every part. The data stage's finished directory is
 # carried (outputs/smollm2-prune/data-<hash>): the machine has no Wikipedia package, and the stage
 # is found done with the same hash.
@@ -68,8 +73,12 @@ case "${PART:-}" in
     wait_for "$RES/quality.log" ;;
   speed)
     stash_part_a
+    if [ -e .bench/prune-data.tgz ]; then mkdir -p /tmp/keep && tar xzf .bench/prune-data.tgz -C /tmp/keep; fi
+    install_wheels
     rm -f "$RES/DONE"
-    setsid nohup bash -c "PYTHONPATH=$PWD/src python3 benchmarks/pruning/speed_7b.py --check --out $RES/speed_7b_h200.json         --methods ${METHODS:-two-pass,magnitude,wanda,gblm,sparsegpt,wanda++} >$RES/speed.log 2>&1;         echo \$? >$RES/DONE" >/dev/null 2>&1 &
+    setsid nohup bash -c "PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/pruning/speed_7b.py ${CHECK---check} \
+        --out $RES/speed_7b_h200.json --methods ${METHODS:-two-pass,magnitude,wanda,gblm,sparsegpt,wanda++} \
+        >$RES/speed.log 2>&1; echo \$? >$RES/DONE" >/dev/null 2>&1 &
     wait_for "$RES/speed.log" ;;
   owl)
     setup_machine
@@ -97,6 +106,16 @@ case "${PART:-}" in
     $run prune.options.ro_iters=5 prune.options.ro_lr=3e-7,1e-5 >"$RES/ro_on.log" 2>&1
     python3 -m taylorlab.cli report outputs/smollm2-prune -o /tmp/res/ro.html >"$RES/ro_table.log" 2>&1
     grep -hE "wanda\+\+ .* zero|error" "$RES"/ro_*.log; cat "$RES/ro_table.log" ;;
+  ro16)
+    setup_machine
+    wait_for "$RES/speed.log"
+    mkdir -p outputs/smollm2-prune && cp -r /tmp/keep/data-* outputs/smollm2-prune/
+    python3 pipelines/run.py model=smollm2 experiment=smollm2_prune launcher=inline wandb.mode=disabled \
+        hydra/job_logging=none hydra/hydra_logging=none model.gguf_file=$GGUF run=smollm2-prune calibrate.device=cuda \
+        evaluate.device=cuda prune.device=cuda prune=wanda++ prune.pattern=2:4 prune.options.ro_iters=5 \
+        prune.options.ro_lr=1e-5 prune.options.ro_precision=bfloat16 >"$RES/ro_bf16.log" 2>&1
+    python3 -m taylorlab.cli report outputs/smollm2-prune -o /tmp/res/ro.html >"$RES/ro_bf16_table.log" 2>&1
+    grep -hE "prune_wall|error" "$RES"/ro_bf16.log | tail -n 5; cat "$RES/ro_bf16_table.log" ;;
   wait) wait_for "$RES/quality.log" ;;
 esac
 collect

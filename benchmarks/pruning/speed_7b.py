@@ -13,6 +13,10 @@ accumulation on the tensor cores), and the SparseGPT masks both give on q_proj a
 ``llmc-wanda`` and ``llmc-sparsegpt`` are llm-compressor's WandaPruningModifier and SparseGPTModifier
 (``oneshot``, sequential pipeline, every decoder Linear, lm_head left dense, as ours) on the same model
 and the same calibration windows.
+
+A method may carry options after a colon, separated by ``/`` (``wanda++:ro_iters=5/ro_precision=bfloat16``),
+and ``@owl`` at the end spreads the sparsity with OWL (m = 5, lambda = 0.08, the paper's defaults), ours
+through ``prune.profile``, llm-compressor's through its ``sparsity_profile="owl"``.
 """
 
 import argparse
@@ -26,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record  # noqa: E402
-from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model, registry, sparsity_report  # noqa: E402
+from taylorlab.pruning import (Calibration, Profile, per_sequence_gradient_stats, prune_model, registry,  # noqa: E402
+                               sparsity_report)
 from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
 
 
@@ -53,7 +58,10 @@ def reinit(model, seed=0):
                 p.normal_(0, 0.02, generator=g)
 
 
-def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5) -> None:
+OWL_M, OWL_LAMBDA = 5, 0.08
+
+
+def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5, owl: bool = False) -> None:
     """llm-compressor's oneshot on the model in memory. It reads the model's config from disk and wants
     a processor: a config is saved to a temporary folder and a two-token tokenizer stands in (the
     calibration windows are token ids already, so it only pads, and nothing needs padding)."""
@@ -75,7 +83,8 @@ def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5)
     n, seqlen = windows.shape
     ds = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": [[1] * seqlen] * n})
     cls = {"llmc-wanda": WandaPruningModifier, "llmc-sparsegpt": SparseGPTModifier}[method]
-    mod = cls(sparsity=sparsity, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"])
+    extra = dict(sparsity_profile="owl", owl_m=OWL_M, owl_lmbda=OWL_LAMBDA) if owl else {}
+    mod = cls(sparsity=sparsity, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"], **extra)
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=n, max_seq_length=seqlen,
             pipeline="sequential", processor=tok)
 
@@ -168,21 +177,31 @@ def main():
         base_mem = torch.cuda.memory_allocated()
         t0 = time.time()
         grads, tg = None, 0.0
-        if method == "gblm":
+        if method.startswith("gblm"):
             grads = per_sequence_gradient_stats(model, windows, batch_size=args.grad_batch, norm="l2",
                                                 device=torch.device("cuda"))
             torch.cuda.synchronize()
             tg = time.time() - t0
-        if method.startswith("llmc-"):
-            llmc_prune(model, method, windows)
-        elif method == "two-pass":
+        spec, owl = (method[:-4], True) if method.endswith("@owl") else (method, False)
+        if spec.startswith("llmc-"):
+            try:
+                llmc_prune(model, spec, windows, owl=owl)
+            except Exception as exc:  # its failure is a result too: recorded, and the next method runs
+                row = {"method": method, "offload": offload, "error": f"{type(exc).__name__}: {exc}"}
+                results["runs"].append(row)
+                print(row, flush=True)
+                record(Path(args.out), results)
+                continue
+        elif spec == "two-pass":
             two_pass(model, windows)
         else:
-            name, _, opts = method.partition(":")  # e.g. wanda++:ro_iters=5 (options after a colon, comma-separated)
+            name, _, opts = spec.partition(":")  # e.g. wanda++:ro_iters=5/ro_precision=bfloat16
             options = {k: type(getattr(registry.get(name).make_options(), k))(v)
-                       for k, v in (kv.split("=") for kv in opts.split(",") if kv)}
+                       for k, v in (kv.split("=") for kv in opts.split("/") if kv)}
+            profile = Profile("owl", m=OWL_M, lmbda=OWL_LAMBDA) if owl else None
             prune_model(model, name, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
-                        options=options, calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
+                        options=options, profile=profile,
+                        calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
         wall = time.time() - t0
         del grads
@@ -190,12 +209,17 @@ def main():
                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                "model_resident_gib_before": round(base_mem / 2**30, 2),
                "sparsity": round(sparsity_report(model)["total"]["sparsity"], 4) if method != "two-pass" else 0.0}
+        if spec.startswith("wanda++") and "ro_iters" in spec:
+            row["note"] = "regional optimisation on every block"
         results["runs"].append(row)
         print(row, flush=True)
         record(Path(args.out), results)
     print("\nmethod      offload  wall_s  peak_GiB")
     for r in results["runs"]:
-        print(f"{r['method']:10s}  {str(r['offload']):7s} {r['wall_s']:7.1f}  {r['peak_gpu_gib']:7.1f}")
+        if "error" in r:
+            print(f"{r['method']:10s}  {str(r['offload']):7s} {r['error'][:60]}")
+        else:
+            print(f"{r['method']:10s}  {str(r['offload']):7s} {r['wall_s']:7.1f}  {r['peak_gpu_gib']:7.1f}")
 
 
 if __name__ == "__main__":

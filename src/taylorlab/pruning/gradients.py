@@ -38,6 +38,8 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
         def grad_hook(gy, x=x):
             b = batch[0]
             xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
+            if xs.dtype != gs.dtype:  # under autocast the layer multiplied its input cast to the output's dtype
+                xs = xs.to(gs.dtype)
             g = per_sequence_weight_grads(gs, xs)
             # one read of g: sum_n g_n^2 (l2) or sum_n |g_n| (l1), in fp32
             acc.add_(torch.linalg.vector_norm(g, ord=2 if norm == "l2" else 1, dim=0,

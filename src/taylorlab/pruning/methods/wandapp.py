@@ -11,10 +11,15 @@ Regional optimisation (``ro_iters`` > 0; off by default): before the block's fin
 rounds of (1) pruning the block with the score above — activation norms from ``ro_samples`` randomly
 chosen calibration sequences, regional gradients of the block as it was when the walk reached it —
 and (2) one RMSprop step per chosen sequence on the summed squared error between the block's output
-and the dense block's output for that sequence, on the prunable weights only, in fp32 whatever the
-model's dtype (bf16 cannot hold steps of this size). The final scores are then taken on the refined
-block, as without it, and prune it. ``ro_lr`` = 3e-7, 5 rounds and 32 sequences are the community
-reproduction's defaults.
+and the dense block's output for that sequence, on the prunable weights only, with fp32 weights and
+optimiser state whatever the model's dtype (bf16 cannot hold steps of this size). The final scores
+are then taken on the refined block, as without it, and prune it. ``ro_lr`` = 3e-7, 5 rounds and 32
+sequences are the community reproduction's defaults. ``ro_precision`` says how the optimisation's
+matrix products run: ``float32`` (the default, exact), ``tf32`` (fp32 with TF32 tensor-core products
+on CUDA) or ``bfloat16`` (autocast: bf16 products, fp32 master weights, loss and optimiser state, as
+mixed-precision training does); a dense 7B block's 160 forward-backward passes in plain fp32 are most
+of the method's time on a GPU. Each sequence's dense target is computed once and reused by the
+rounds that draw it.
 
 Choices where the paper is silent (its code is not public): as in the community reproduction
 (TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
@@ -28,6 +33,7 @@ Published (LLaMA-1-7B, WikiText-2, dense 5.68): 50% 7.02 (Wanda 7.26, GBLM 7.15)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -48,6 +54,7 @@ class WandaPPOptions:
     ro_samples: int = 32  # calibration sequences per round
     ro_lr: float = 3e-7  # RMSprop's learning rate
     ro_seed: int = 0  # which sequences each round draws (with the block's index)
+    ro_precision: str = "float32"  # the optimisation's products: float32, tf32 or bfloat16 (autocast)
 
     def validate(self) -> None:
         if self.alpha < 0:
@@ -56,6 +63,26 @@ class WandaPPOptions:
             raise ConfigError(f"ro_iters={self.ro_iters} must be 0 or more and ro_samples={self.ro_samples} at least 1.")
         if self.ro_lr <= 0:
             raise ConfigError(f"ro_lr={self.ro_lr} must be positive.")
+        if self.ro_precision not in PRECISIONS:
+            raise ConfigError(f"ro_precision={self.ro_precision!r} must be one of {', '.join(PRECISIONS)}.")
+
+
+PRECISIONS = ("float32", "tf32", "bfloat16")
+
+
+@contextlib.contextmanager
+def precision(kind: str, device: torch.device):
+    """Where the regional optimisation's matrix products run (see the module's docstring)."""
+    if kind == "bfloat16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def score(w: torch.Tensor, act_norm: torch.Tensor, regional_rms: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -86,9 +113,17 @@ def regional_optimisation(task: BlockTask) -> None:
     dense = copy.deepcopy(block).to(work)
     block.to(work)
     requires = {p: p.requires_grad for p in block.parameters()}
+    device = hidden[0].device
+    targets = {}  # sequence index -> the dense block's output, computed once
+
+    def target(i):
+        if i not in targets:
+            targets[i] = run_block(dense, *seqs[i]).to(work)
+        return targets[i]
+
     try:
         n = sum(x.shape[0] for x in hidden)
-        with torch.enable_grad():
+        with torch.enable_grad(), precision(o.ro_precision, device):
             rms = {k: torch.sqrt(g / n) for k, g in regional_gradient_stats(block, linears, hidden, calls).items()}
         for p in block.parameters():
             p.requires_grad_(False)
@@ -99,8 +134,9 @@ def regional_optimisation(task: BlockTask) -> None:
         gen = torch.Generator().manual_seed(o.ro_seed * 100_003 + task.index)
         for _ in range(o.ro_iters):
             pick = torch.randperm(len(seqs), generator=gen)[: o.ro_samples].tolist()
-            with torch.no_grad():
-                targets = [run_block(dense, *seqs[i]) for i in pick]
+            with torch.no_grad(), precision(o.ro_precision, device):
+                for i in pick:
+                    target(i)
                 stats, handles = attach(linears, hessian=False)
                 try:
                     for i in pick:
@@ -108,14 +144,17 @@ def regional_optimisation(task: BlockTask) -> None:
                 finally:
                     for h in handles:
                         h.remove()
+            with torch.no_grad():
                 for name, lin in linears.items():
                     w = weight_matrix(lin)
                     w.masked_fill_(make_mask(score(w, stats[name].act_norm(), rms[name], o.alpha), task.sparsity,
                                              task.nm, per_row=True), 0)
             with torch.enable_grad():
-                for i, target in zip(pick, targets):
+                for i in pick:
                     opt.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.mse_loss(run_block(block, *seqs[i]), target, reduction="sum")
+                    with precision(o.ro_precision, device):
+                        out = run_block(block, *seqs[i])
+                    loss = torch.nn.functional.mse_loss(out.to(work), target(i), reduction="sum")
                     loss.backward()
                     opt.step()
     finally:
@@ -123,7 +162,7 @@ def regional_optimisation(task: BlockTask) -> None:
             p.grad = None
             p.requires_grad_(flag)
         block.to(dtype)
-        del dense
+        targets.clear()
 
 
 METHOD = register(Method("wanda++", prune_layer, WandaPPOptions, needs_regional_gradients=True, rank=35,
