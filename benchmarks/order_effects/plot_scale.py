@@ -4,7 +4,8 @@ retraining of every order it scored (log scale). Left of 1 an estimator is cheap
 answer; the shaded band is the target (Spearman >= 0.9 at <= 0.1x).
 
     python benchmarks/order_effects/plot_scale.py benchmarks/order_effects/smollm2_scale_h200.json \
-        benchmarks/order_effects/smollm2_scale64_h200.json     (cells of every file; figure beside the first)
+        benchmarks/order_effects/smollm2_scale64_h200.json benchmarks/order_effects/smollm2_scale64_3e-4_h200.json
+        (cells of every file; figure beside the first)
 """
 
 import json
@@ -37,7 +38,8 @@ def main(paths):
                 continue
             ax.scatter(r["cost_vs_batched_retrain"], r["spearman"], marker=MARKERS[r["estimator"]], s=60,
                        color=colors[i % len(colors)], label=label if first else None, zorder=3)
-            ax.annotate(f"{r['estimator']} ({r['orders_scored']} orders)", (r["cost_vs_batched_retrain"], r["spearman"]),
+            fitted = f"R={r['train_orders']}, " if r.get("train_orders") else ""
+            ax.annotate(f"{r['estimator']} ({fitted}{r['orders_scored']} orders)", (r["cost_vs_batched_retrain"], r["spearman"]),
                         textcoords="offset points", xytext=(6, -3), fontsize=7)
             first = False
     ax.set_xscale("log")
