@@ -18,8 +18,8 @@ sequences are the community reproduction's defaults. ``ro_precision`` says how t
 matrix products run: ``float32`` (the default, exact), ``tf32`` (fp32 with TF32 tensor-core products
 on CUDA) or ``bfloat16`` (autocast: bf16 products, fp32 master weights, loss and optimiser state, as
 mixed-precision training does); a dense 7B block's 160 forward-backward passes in plain fp32 are most
-of the method's time on a GPU. Each sequence's dense target is computed once and reused by the
-rounds that draw it.
+of the method's time on a GPU. Each sequence's dense target is computed once and kept (one block
+output per drawn sequence, in fp32) for the rounds that draw it again.
 
 Choices where the paper is silent (its code is not public): as in the community reproduction
 (TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
