@@ -26,7 +26,7 @@ import torch
 from setup_order import HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import build_llama
 from taylorlab.order import FlatModel
-from taylorlab.order.estimators.surrogate import features, position_basis, ridge_fit
+from taylorlab.order.estimators.surrogate import features, position_basis, positions, ridge_fit
 from taylorlab.order.queries import random_orders
 from taylorlab.order.trajectory import record, retrain
 
@@ -36,13 +36,6 @@ STRENGTHS = [10.0 ** k for k in range(-6, 3)]
 def cv_folds(R: int, folds: int = 5, seed: int = 0):
     perm = torch.randperm(R, generator=torch.Generator().manual_seed(seed))
     return [perm[i::folds] for i in range(folds)]
-
-
-def positions(orders) -> torch.Tensor:
-    idx = torch.as_tensor(orders, dtype=torch.long)
-    pos = torch.empty_like(idx)
-    pos.scatter_(1, idx, torch.arange(idx.shape[1]).expand(idx.shape[0], -1).contiguous())
-    return pos  # pos[r, l]: where order r trains batch l
 
 
 def fit_legendre(train, y, test, ref):

@@ -74,16 +74,19 @@ def position_basis(T: int, degree: int) -> torch.Tensor:
     return legendre(u, degree)
 
 
+def positions(orders) -> torch.Tensor:
+    """[R, T]: pos[r, l], the step at which order r trains batch l."""
+    idx = torch.as_tensor(orders, dtype=torch.long)
+    pos = torch.empty_like(idx)
+    pos.scatter_(1, idx, torch.arange(idx.shape[1]).expand(idx.shape[0], -1).contiguous())
+    return pos
+
+
 def features(orders, B: torch.Tensor, reference: List[int]) -> torch.Tensor:
     """[R, T * degree]: for batch l and degree j, P_j(position of l in the order) - P_j(its position
     in the reference order) (zero for the reference order itself)."""
-    idx = torch.as_tensor(orders, dtype=torch.long)
-    R, T = idx.shape
-    pos = torch.empty_like(idx)
-    pos.scatter_(1, idx, torch.arange(T).expand(R, -1).contiguous())
-    ref_pos = torch.empty(T, dtype=torch.long)
-    ref_pos[torch.as_tensor(reference)] = torch.arange(T)
-    return (B[pos] - B[ref_pos]).reshape(R, -1)
+    pos = positions(orders)
+    return (B[pos] - B[positions([reference])[0]]).reshape(pos.shape[0], -1)
 
 
 def ridge_fit(X: torch.Tensor, y: torch.Tensor, strengths, folds: int, seed: int = 0):
