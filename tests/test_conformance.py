@@ -214,7 +214,7 @@ def test_an_nm_pattern_that_does_not_fit_a_layer_is_refused_before_anything_is_p
 def test_regional_optimisation_replays_single_sequences_of_every_family(family, models):
     """Wanda++'s regional optimisation calls each block on one sequence at a time (the batch's call
     sliced): it runs on every family, moves only the prunable weights and leaves the exact sparsity."""
-    from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, run_block, slice_call
+    from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, run_block, slice_call, take_call
 
     dense = models[family]
     hidden, calls = capture_block_calls(dense, windows(), 2, torch.device("cpu"))
@@ -224,6 +224,9 @@ def test_regional_optimisation_replays_single_sequences_of_every_family(family, 
             for j in range(hidden[0].shape[0]):
                 one = run_block(block, hidden[0][j:j + 1], slice_call(call[0], j, j + 1, hidden[0].shape[0]))
                 torch.testing.assert_close(one, whole[j:j + 1], rtol=1e-5, atol=1e-6, msg=family)
+            rows = list(range(hidden[0].shape[0]))[::-1]  # gathered rows, reordered, replay as theirs too
+            some = run_block(block, hidden[0][rows], take_call(call[0], rows, hidden[0].shape[0]))
+            torch.testing.assert_close(some, whole[rows], rtol=1e-5, atol=1e-6, msg=family)
     model, plain = copy.deepcopy(dense), copy.deepcopy(dense)
     prune_with(model, method="wanda++", sparsity=0.5, windows=windows(), batch_size=2, ro_iters=1, ro_samples=3,
                ro_lr=1e-4)

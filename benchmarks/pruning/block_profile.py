@@ -1,12 +1,16 @@
 """Where the time of one decoder-block pass goes, on the Llama-2-7B shape (random bf16 weights): the
 call the block receives (attention implementation, mask), the achieved TFLOP/s of one pass over a
 batch of the calibration windows, the same for the GEMMs alone, and torch.profiler's top operators
-for the block pass and for one batch of GBLM's per-sequence gradient pass.
+for the block pass and for one batch of GBLM's per-sequence gradient pass. With ``--ro``: instead,
+Wanda++'s regional optimisation of the first block (5 rounds x 32 of --windows sequences, bf16
+products), timed, then profiled once: the time of each of its named phases and its top operators.
 
     python benchmarks/pruning/block_profile.py --out profile.json [--layers 2] [--batch 8]
+    python benchmarks/pruning/block_profile.py --ro --out ro_profile.json [--windows 128]
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, require_cuda  # noqa: E402
 from speed_7b import build, reinit  # noqa: E402
 from taylorlab.pruning import per_sequence_gradient_stats  # noqa: E402
-from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, run_block  # noqa: E402
+from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
 
 
 def timed(fn, reps=5):
@@ -41,17 +45,38 @@ def describe(v):
     return repr(v)[:80]
 
 
-def top_ops(fn, n=15):
+def top_ops(fn, n=15, keep=lambda key: True):
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     rows = []
-    for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:n]:
-        rows.append({"op": e.key, "calls": e.count, "device_ms": round(e.device_time_total / 1e3, 2),
-                     "host_ms": round(e.cpu_time_total / 1e3, 2)})
+    for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
+        if keep(e.key) and len(rows) < n:
+            rows.append({"op": e.key, "calls": e.count, "device_ms": round(e.device_time_total / 1e3, 2),
+                         "host_ms": round(e.cpu_time_total / 1e3, 2)})
     return rows
+
+
+def ro_profile(args) -> dict:
+    """Wanda++'s regional optimisation on the first block of the 7B shape, as the walk runs it."""
+    from taylorlab.pruning import registry
+    from taylorlab.pruning.methods.wandapp import regional_optimisation
+    from taylorlab.pruning.registry import BlockTask
+
+    model = build(1)
+    reinit(model)
+    windows = torch.randint(0, 32000, (args.windows, args.seqlen), generator=torch.Generator().manual_seed(0))
+    hidden, calls = capture_block_calls(model, windows, args.batch, torch.device("cuda"))
+    block = find_decoder_layers(model)[1][0]
+    opts = registry.get("wanda++").make_options({"ro_iters": 5, "ro_samples": 32, "ro_lr": 1e-5,
+                                                 "ro_precision": "bfloat16"})
+    task = BlockTask(0, block, find_linears(block), hidden, calls[0], 0.5, None, opts)
+    out = {"config": vars(args), "ro_block_s": timed(lambda: regional_optimisation(task), reps=2)}
+    out["ro_phases"] = top_ops(lambda: regional_optimisation(task), n=10, keep=lambda k: k.startswith("wanda++ ro:"))
+    out["ro_top_ops"] = top_ops(lambda: regional_optimisation(task), n=20, keep=lambda k: not k.startswith("wanda++"))
+    return out
 
 
 def main():
@@ -60,10 +85,17 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--ro", action="store_true", help="profile Wanda++'s regional optimisation instead")
+    ap.add_argument("--windows", type=int, default=128, help="calibration sequences (--ro)")
     args = ap.parse_args()
     if require_cuda("profiles a GPU pass"):
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.ro:
+        out = ro_profile(args)
+        record(Path(args.out), out)
+        print(json.dumps(out, indent=1), flush=True)
+        return 0
     model = build(args.layers)
     reinit(model)
     out = {"config": vars(args), "attn_implementation": getattr(model.config, "_attn_implementation", None)}

@@ -9,7 +9,7 @@ and masks see one orientation and write through to the stored weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -110,6 +110,22 @@ def slice_call(call: BlockCall, start: int, stop: int, batch: int) -> BlockCall:
             return t
         rest = t.shape[1:]
         return t.reshape(batch, -1, *rest)[start:stop].reshape(-1, *rest)
+
+    return map_call(call, cut)
+
+
+def take_call(call: BlockCall, rows: Sequence[int], batch: int) -> BlockCall:
+    """The call for sequences ``rows`` (any of them, in any order) of a batch of ``batch``, cut as
+    ``slice_call`` cuts: a gathered batch for the rows one pass serves (Wanda++'s rounds)."""
+    rows = list(rows)
+    if batch == 1 or rows == list(range(batch)):
+        return call
+
+    def cut(t):
+        if t.dim() < 2 or t.shape[0] % batch or t.shape[0] < batch:
+            return t
+        rest = t.shape[1:]
+        return t.reshape(batch, -1, *rest)[torch.tensor(rows, device=t.device)].reshape(-1, *rest)
 
     return map_call(call, cut)
 

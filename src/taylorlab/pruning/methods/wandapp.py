@@ -19,7 +19,9 @@ matrix products run: ``float32`` (the default, exact), ``tf32`` (fp32 with TF32 
 on CUDA) or ``bfloat16`` (autocast: bf16 products, fp32 master weights, loss and optimiser state, as
 mixed-precision training does); a dense 7B block's 160 forward-backward passes in plain fp32 are most
 of the method's time on a GPU. Each sequence's dense target is computed once and kept (one block
-output per drawn sequence, in fp32) for the rounds that draw it again.
+output per drawn sequence, in fp32) for the rounds that draw it again. The targets and a round's
+activation norms need no per-sequence order, so they run over the drawn sequences gathered into
+batches (no larger than the walk's own); only the RMSprop steps go one sequence at a time.
 
 Choices where the paper is silent (its code is not public): as in the community reproduction
 (TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
@@ -44,7 +46,7 @@ from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import make_mask
 from taylorlab.pruning.registry import BlockTask, LayerTask, Method, register
 from taylorlab.pruning.stats import attach
-from taylorlab.pruning.structure import map_call, run_block, slice_call, weight_matrix
+from taylorlab.pruning.structure import map_call, run_block, slice_call, take_call, weight_matrix
 
 
 @dataclass
@@ -85,6 +87,12 @@ def precision(kind: str, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def phase(name: str):
+    """A named range of the optimisation for torch.profiler (benchmarks/pruning/block_profile.py --ro
+    reads them); free when no profiler runs."""
+    return torch.profiler.record_function(f"wanda++ ro: {name}")
+
+
 def score(w: torch.Tensor, act_norm: torch.Tensor, regional_rms: torch.Tensor, alpha: float) -> torch.Tensor:
     return (alpha * regional_rms.float() + act_norm.float().reshape(1, -1)) * w.abs().float()
 
@@ -109,21 +117,27 @@ def regional_optimisation(task: BlockTask) -> None:
 
     hidden = [x.to(work) for x in task.hidden]
     calls = [map_call(c, cast) for c in task.calls]
-    seqs = [(x[j:j + 1], slice_call(c, j, j + 1, x.shape[0])) for x, c in zip(hidden, calls) for j in range(x.shape[0])]
+    where = [(k, j) for k, x in enumerate(hidden) for j in range(x.shape[0])]  # sequence -> (batch, row)
+    seqs = [(hidden[k][j:j + 1], slice_call(calls[k], j, j + 1, hidden[k].shape[0])) for k, j in where]
     dense = copy.deepcopy(block).to(work)
     block.to(work)
     requires = {p: p.requires_grad for p in block.parameters()}
     device = hidden[0].device
     targets = {}  # sequence index -> the dense block's output, computed once
 
-    def target(i):
-        if i not in targets:
-            targets[i] = run_block(dense, *seqs[i]).to(work)
-        return targets[i]
+    def batches(picked):
+        """The picked sequences as gathered batches, one per calibration batch they come from (no
+        larger than the batches the walk already runs): (their indices, hidden, call)."""
+        by = {}
+        for i in picked:
+            by.setdefault(where[i][0], []).append(i)
+        for k, ids in sorted(by.items()):
+            rows = [where[i][1] for i in ids]
+            yield ids, hidden[k][rows], take_call(calls[k], rows, hidden[k].shape[0])
 
     try:
         n = sum(x.shape[0] for x in hidden)
-        with torch.enable_grad(), precision(o.ro_precision, device):
+        with torch.enable_grad(), precision(o.ro_precision, device), phase("regional gradients"):
             rms = {k: torch.sqrt(g / n) for k, g in regional_gradient_stats(block, linears, hidden, calls).items()}
         for p in block.parameters():
             p.requires_grad_(False)
@@ -135,26 +149,31 @@ def regional_optimisation(task: BlockTask) -> None:
         for _ in range(o.ro_iters):
             pick = torch.randperm(len(seqs), generator=gen)[: o.ro_samples].tolist()
             with torch.no_grad(), precision(o.ro_precision, device):
-                for i in pick:
-                    target(i)
-                stats, handles = attach(linears, hessian=False)
+                with phase("dense targets"):
+                    for ids, x, call in batches([i for i in pick if i not in targets]):
+                        out = run_block(dense, x, call).to(work)
+                        targets.update((i, out[r:r + 1]) for r, i in enumerate(ids))
+                rows = [0]
+                stats, handles = attach(linears, hessian=False, sequences=lambda: rows[0])
                 try:
-                    for i in pick:
-                        run_block(block, *seqs[i])
+                    with phase("activation norms"):
+                        for ids, x, call in batches(pick):
+                            rows[0] = len(ids)
+                            run_block(block, x, call)
                 finally:
                     for h in handles:
                         h.remove()
-            with torch.no_grad():
+            with torch.no_grad(), phase("masks"):
                 for name, lin in linears.items():
                     w = weight_matrix(lin)
                     w.masked_fill_(make_mask(score(w, stats[name].act_norm(), rms[name], o.alpha), task.sparsity,
                                              task.nm, per_row=True), 0)
-            with torch.enable_grad():
+            with torch.enable_grad(), phase("rmsprop steps"):
                 for i in pick:
                     opt.zero_grad(set_to_none=True)
                     with precision(o.ro_precision, device):
                         out = run_block(block, *seqs[i])
-                    loss = torch.nn.functional.mse_loss(out.to(work), target(i), reduction="sum")
+                    loss = torch.nn.functional.mse_loss(out.to(work), targets[i], reduction="sum")
                     loss.backward()
                     opt.step()
     finally:
