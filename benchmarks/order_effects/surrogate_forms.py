@@ -10,10 +10,15 @@ Forms (all anchored at the recorded run; ridge strengths and the form's own size
              U started from the Legendre basis)
   mallows    kernel ridge over whole orders, k = exp(-g * discordant pairs / all pairs) (not additive)
   legendre+mallows  the Mallows kernel fitted to the Legendre form's residuals
+  additive   the adjoint surrogate's first-order scores alone (no fit; ``additive``)
+  legendre+additive  the Legendre form with the adjoint score as one more feature (what
+             ``surrogate prior=additive`` ships: the hybrid)
 
     python benchmarks/order_effects/make_tokens.py --out .bench/order_tokens.pt
     python benchmarks/order_effects/surrogate_forms.py --tokens .bench/order_tokens.pt \
         --out benchmarks/order_effects/surrogate_forms_cpu.json --cells 64:3e-4,64:1e-3
+
+``--forms`` picks some of them (default: all).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from setup_order import HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import build_llama
 from taylorlab.order import FlatModel
+from taylorlab.order.estimators.additive import additive_scores, score_orders
 from taylorlab.order.estimators.surrogate import features, position_basis, positions, ridge_fit
 from taylorlab.order.queries import random_orders
 from taylorlab.order.trajectory import record, retrain
@@ -46,6 +52,23 @@ def fit_legendre(train, y, test, ref):
         err = float(((pred - y) ** 2).mean())
         if best is None or err < best[0]:
             best = (err, features(test, B, ref) @ coef, pred, {"degree": deg, "ridge": lam})
+    return best[1:]
+
+
+def fit_hybrid(train, y, test, ref, S_add):
+    """The Legendre form plus the adjoint score as one column (scaled to unit spread on the training
+    orders), as ``surrogate prior=additive`` fits it."""
+    a_tr, a_te = score_orders(S_add, train, 0.0), score_orders(S_add, test, 0.0)
+    scale = float(a_tr.std()) or 1.0
+    best = None
+    for deg in (1, 2, 3):
+        B = position_basis(len(ref), deg)
+        X = torch.cat([features(train, B, ref), (a_tr / scale)[:, None]], dim=1)
+        coef, lam, pred = ridge_fit(X, y, STRENGTHS, 5)
+        err = float(((pred - y) ** 2).mean())
+        if best is None or err < best[0]:
+            Xt = torch.cat([features(test, B, ref), (a_te / scale)[:, None]], dim=1)
+            best = (err, Xt @ coef, pred, {"degree": deg, "ridge": lam, "prior_weight": float(coef[-1] / scale)})
     return best[1:]
 
 
@@ -156,6 +179,8 @@ def main():
     ap.add_argument("--sizes", default="50,100,200,400", help="R values fitted (the first R training orders)")
     ap.add_argument("--held-out", type=int, default=40)
     ap.add_argument("--val-batches", type=int, default=4)
+    ap.add_argument("--forms", default="legendre,onehot,lowrank,mallows,legendre+mallows,additive,legendre+additive",
+                    help="which fitted forms (comma-separated)")
     ap.set_defaults(seq_len=32)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -190,20 +215,33 @@ def main():
         cell = {"T": T, "lr": lr, "warmup_steps": w, "reference_loss": ref_loss, "retrain_s": retrain_s,
                 "retrain_s_per_order": retrain_s / len(orders), "true_spread": float(y_test.std()),
                 "held_out": a.held_out, "fits": []}
+        forms = a.forms.split(",")
+        S_add = None
+        if "additive" in forms or "legendre+additive" in forms:
+            t1 = time.time()
+            S_add = additive_scores(flat, traj, train_tok, val).double()
+            cell["additive_precompute_s"] = time.time() - t1
+            cell["additive_precompute_retrain_equivalents"] = cell["additive_precompute_s"] / cell["retrain_s_per_order"]
         for R in [int(s) for s in a.sizes.split(",") if s and int(s) <= a.train_orders]:
             tr, y = orders[:R], y_all[:R]
             row = {"R": R}
-            for name, fn in (("legendre", fit_legendre), ("onehot", fit_onehot), ("lowrank", fit_lowrank),
-                             ("mallows", fit_mallows)):
+            fits = {"legendre": fit_legendre, "onehot": fit_onehot, "lowrank": fit_lowrank, "mallows": fit_mallows,
+                    "legendre+additive": lambda *args: fit_hybrid(*args, S_add)}
+            for name in [f for f in forms if f in fits]:
                 t1 = time.time()
-                pred, cv, info = fn(tr, y, test, ref)
+                pred, cv, info = fits[name](tr, y, test, ref)
                 row[name] = {"spearman": spearman(pred, y_test), "cv_spearman": spearman(cv, y),
                              "mae_ratio_to_none": float((pred - y_test).abs().mean() / y_test.abs().mean()),
                              "fit_s": time.time() - t1, **info}
                 if name == "legendre":
                     base_pred, base_cv = pred, cv
-            pred, cv, info = fit_mallows(tr, y, test, ref, base=base_cv, base_test=base_pred)
-            row["legendre+mallows"] = {"spearman": spearman(pred, y_test), "cv_spearman": spearman(cv, y), **info}
+            if "legendre+mallows" in forms and "legendre" in row:
+                pred, cv, info = fit_mallows(tr, y, test, ref, base=base_cv, base_test=base_pred)
+                row["legendre+mallows"] = {"spearman": spearman(pred, y_test), "cv_spearman": spearman(cv, y), **info}
+            if "additive" in forms:
+                pred, cv = score_orders(S_add, test, 0.0), score_orders(S_add, tr, 0.0)
+                row["additive"] = {"spearman": spearman(pred, y_test), "cv_spearman": spearman(cv, y),
+                                   "note": "no fit: the first-order scores themselves"}
             cell["fits"].append(row)
             logging.info("T=%d lr=%g R=%d: %s", T, lr, R,
                          ", ".join(f"{k} {v['spearman']:.3f} (cv {v['cv_spearman']:.3f})" for k, v in row.items() if k != "R"))
