@@ -446,6 +446,14 @@ def test_the_study_predicts_costs_first_and_reports_cost_against_batched_retrain
     assert rows["surrogate"]["orders_scored"] == 3006 and rows["surrogate"]["predicted_s"] == pred["estimators"]["surrogate"]
     # fut-carry's prediction within an order of magnitude of what it measured (same device, same passes)
     assert 0.1 < fc["predicted_s"] / fc["wall_s"] < 10
+    # the surrogate's training set is kept: its orders from the seed, each loss that order's true loss
+    from taylorlab.order.queries import random_orders as drawn
+
+    fit = res["fitted"]["surrogate"]
+    train = drawn(T, 12, fit["train_seed"])
+    assert len(fit["train_losses"]) == 12 and not {tuple(o) for o in train} & {tuple(o["order"]) for o in res["orders"]}
+    again = retrain(flat, traj.theta0, batches, train[-1:], traj.lrs, traj.hp, batched=False, reference=traj)[0]
+    assert fit["train_losses"][-1] == flat.eval_loss(again, val)
 
 
 def test_curriculum_screens_many_orders_with_one_fit_and_verifies_the_best():

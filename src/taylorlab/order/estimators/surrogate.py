@@ -135,7 +135,8 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
         raise ValueError("surrogate needs the validation batches and the reference validation loss")
     T, ref, ref_loss = rec.T, rec.traj.order, rec.reference_loss
     batched = rec.device.type == "cuda" if opts.batched is None else bool(opts.batched)
-    train = random_orders(T, opts.train_orders, 10_000 + opts.seed)  # a seed range the study's queries do not use
+    train_seed = 10_000 + opts.seed  # a seed range the study's queries do not use
+    train = random_orders(T, opts.train_orders, train_seed)
     y_train, retrain_s = timed(lambda: retrained_losses(rec, train, batched, opts.chunk or None))
     S_add, prior_s, prior_scale, prior_col = None, 0.0, 1.0, None
     if opts.prior == "additive":
@@ -179,7 +180,10 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
                 "search_orders": opts.search_orders, "search_score_s": score_s}
     extra = {"S": S, "train_orders": len(train), "train_retrain_s": retrain_s, "prior_s": prior_s, "fit_s": fit_s,
              "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam, "degree": degree,
-             "cv_spearman": cv_rho, "retrained_orders": len(train)}
+             "cv_spearman": cv_rho, "retrained_orders": len(train),
+             # the training set itself (orders from random_orders(T, R, train_seed)), so other fitted forms
+             # can be studied offline on what a GPU run paid for
+             "train_seed": train_seed, "train_losses": [float(v) for v in y_train]}
     return Estimate(loss=[float(x) for x in loss], proposal=proposal, extra=extra,
                     linearisation=None)
 
