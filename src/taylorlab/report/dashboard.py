@@ -87,6 +87,7 @@ def collect(run_dirs: List[Path]) -> Dict[str, Any]:
     estimates = _done_json(run_dirs, "estimate", "estimates")
     for E in estimates:
         E["judged"] = judge(E)
+        E.pop("fitted", None)  # a fitted estimator's training set is for offline study, not drawn here
     return _finite({"results": collect_results(run_dirs), "stages": stages, "curves": curves,
                     "order_estimates": estimates,
                     "memorization": _done_json(run_dirs, "memorize", "memorization"),
