@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--orders", type=int, default=32, help="K held-out random orders")
     ap.add_argument("--train-orders", type=int, default=200, help="the surrogate's R retrained training orders")
     ap.add_argument("--search", type=int, default=10000, help="orders the surrogate scores inside its timed call")
+    ap.add_argument("--prior", default="none", choices=["none", "additive"],
+                    help="the surrogate's prior: additive = the adjoint score as one more feature (the hybrid)")
     ap.add_argument("--perturb", default="1e-6", help="relative nudges of theta_0 for the truth's own stability")
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--device", default="cuda")
@@ -66,7 +68,8 @@ def main():
         traj = record(flat, train, list(range(T)), lrs, HP, every=plan["checkpoint_every"])
         rec = Record(flat, traj, train, val)
         queries = study_queries(rec, a.orders, 1, [h for h in a.heuristics.split(",") if h])
-        options = {n: ({"train_orders": a.train_orders, "search_orders": a.search} if n == "surrogate" else None)
+        options = {n: ({"train_orders": a.train_orders, "search_orders": a.search, "prior": a.prior}
+                       if n == "surrogate" else None)
                    for n in names.split(",")}
         res = run_study(rec, queries, options, batched=True,
                         sensitivity=[float(x) for x in perturb.split(",") if x])
