@@ -102,6 +102,17 @@ def slice_call(call: BlockCall, start: int, stop: int, batch: int) -> BlockCall:
     whose first is the batch (masks, per-sequence position embeddings) are sliced, and those whose first
     is a multiple of it batch-major (BLOOM's alibi, [batch x heads, 1, T]); shared ones (first dimension
     1, or one-dimensional such as cache positions) are kept."""
+    return _rows_of(call, slice(start, stop), batch)
+
+
+def take_call(call: BlockCall, rows: Sequence[int], batch: int) -> BlockCall:
+    """The call for sequences ``rows`` (any of them, in any order) of a batch of ``batch``, cut as
+    ``slice_call`` cuts: a gathered batch for the rows one pass serves (Wanda++'s rounds)."""
+    rows = list(rows)
+    return call if rows == list(range(batch)) else _rows_of(call, rows, batch)
+
+
+def _rows_of(call: BlockCall, index, batch: int) -> BlockCall:
     if batch == 1:
         return call
 
@@ -109,23 +120,7 @@ def slice_call(call: BlockCall, start: int, stop: int, batch: int) -> BlockCall:
         if t.dim() < 2 or t.shape[0] % batch or t.shape[0] < batch:
             return t
         rest = t.shape[1:]
-        return t.reshape(batch, -1, *rest)[start:stop].reshape(-1, *rest)
-
-    return map_call(call, cut)
-
-
-def take_call(call: BlockCall, rows: Sequence[int], batch: int) -> BlockCall:
-    """The call for sequences ``rows`` (any of them, in any order) of a batch of ``batch``, cut as
-    ``slice_call`` cuts: a gathered batch for the rows one pass serves (Wanda++'s rounds)."""
-    rows = list(rows)
-    if batch == 1 or rows == list(range(batch)):
-        return call
-
-    def cut(t):
-        if t.dim() < 2 or t.shape[0] % batch or t.shape[0] < batch:
-            return t
-        rest = t.shape[1:]
-        return t.reshape(batch, -1, *rest)[torch.tensor(rows, device=t.device)].reshape(-1, *rest)
+        return t.reshape(batch, -1, *rest)[index].reshape(-1, *rest)
 
     return map_call(call, cut)
 
