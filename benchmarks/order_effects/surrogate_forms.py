@@ -44,31 +44,27 @@ def cv_folds(R: int, folds: int = 5, seed: int = 0):
     return [perm[i::folds] for i in range(folds)]
 
 
-def fit_legendre(train, y, test, ref):
+def fit_legendre(train, y, test, ref, S_add=None):
+    """The shipped form; with ``S_add`` the adjoint score joins as one column (scaled to unit spread on
+    the training orders), as ``surrogate prior=additive`` fits it (the hybrid)."""
+    extra = None
+    if S_add is not None:
+        a_tr, a_te = score_orders(S_add, train, 0.0), score_orders(S_add, test, 0.0)
+        scale = float(a_tr.std()) or 1.0
+        extra = ((a_tr / scale)[:, None], (a_te / scale)[:, None])
     best = None
     for deg in (1, 2, 3):
         B = position_basis(len(ref), deg)
-        coef, lam, pred = ridge_fit(features(train, B, ref), y, STRENGTHS, 5)
-        err = float(((pred - y) ** 2).mean())
-        if best is None or err < best[0]:
-            best = (err, features(test, B, ref) @ coef, pred, {"degree": deg, "ridge": lam})
-    return best[1:]
-
-
-def fit_hybrid(train, y, test, ref, S_add):
-    """The Legendre form plus the adjoint score as one column (scaled to unit spread on the training
-    orders), as ``surrogate prior=additive`` fits it."""
-    a_tr, a_te = score_orders(S_add, train, 0.0), score_orders(S_add, test, 0.0)
-    scale = float(a_tr.std()) or 1.0
-    best = None
-    for deg in (1, 2, 3):
-        B = position_basis(len(ref), deg)
-        X = torch.cat([features(train, B, ref), (a_tr / scale)[:, None]], dim=1)
+        X, Xt = features(train, B, ref), features(test, B, ref)
+        if extra is not None:
+            X, Xt = torch.cat([X, extra[0]], dim=1), torch.cat([Xt, extra[1]], dim=1)
         coef, lam, pred = ridge_fit(X, y, STRENGTHS, 5)
         err = float(((pred - y) ** 2).mean())
         if best is None or err < best[0]:
-            Xt = torch.cat([features(test, B, ref), (a_te / scale)[:, None]], dim=1)
-            best = (err, Xt @ coef, pred, {"degree": deg, "ridge": lam, "prior_weight": float(coef[-1] / scale)})
+            info = {"degree": deg, "ridge": lam}
+            if extra is not None:
+                info["prior_weight"] = float(coef[-1] / scale)
+            best = (err, Xt @ coef, pred, info)
     return best[1:]
 
 
@@ -226,7 +222,7 @@ def main():
             tr, y = orders[:R], y_all[:R]
             row = {"R": R}
             fits = {"legendre": fit_legendre, "onehot": fit_onehot, "lowrank": fit_lowrank, "mallows": fit_mallows,
-                    "legendre+additive": lambda *args: fit_hybrid(*args, S_add)}
+                    "legendre+additive": lambda *args: fit_legendre(*args, S_add=S_add)}
             for name in [f for f in forms if f in fits]:
                 t1 = time.time()
                 pred, cv, info = fits[name](tr, y, test, ref)
