@@ -425,6 +425,39 @@ def test_surrogate_with_the_adjoint_prior_and_bad_options():
             estimate("surrogate", rec, random_orders(2), bad)
 
 
+def test_chunks_are_balanced_and_the_surrogate_plans_each_chunk_again(monkeypatch):
+    """A chunk that no longer fits is split evenly, never into a full chunk and a lone copy; the
+    surrogate's training retrainings follow the free memory chunk by chunk. The GPU's memory
+    shrinking between chunks is faked (``fake_plan``: there is no GPU here)."""
+    from taylorlab.order.estimators import surrogate
+    from taylorlab.order.memory import ChunkPlan
+    from taylorlab.order.trajectory import balanced_chunk
+
+    assert [balanced_chunk(15, f) for f in (15, 14, 8, 7, 1, 99)] == [15, 8, 8, 5, 1, 15]
+    assert balanced_chunk(35, 15) == 12 and balanced_chunk(1, 4) == 1 and balanced_chunk(0, 4) == 1
+    for n in range(1, 40):
+        for fit in range(1, 20):
+            c = balanced_chunk(n, fit)
+            chunks = -(-n // c)
+            assert c <= fit and chunks == -(-n // min(n, fit)) and n - (chunks - 1) * c >= c - chunks
+
+    flat, batches, val, lrs, hp, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    fits, sizes = iter([5, 4, 4, 4, 4, 4, 4]), []
+
+    def fake_plan(flat_, theta0, batches_, K, bound=None):  # the free memory drops after the first chunk
+        return ChunkPlan("batched retraining", min(K, next(fits)), K, bound)
+
+    real = surrogate.retrain
+    monkeypatch.setattr(surrogate, "plan_retrain_chunk", fake_plan)
+    monkeypatch.setattr(surrogate, "retrain", lambda *a, **k: sizes.append(len(a[3])) or real(*a, **k))
+    orders = random_orders(13, seed=3)
+    losses = surrogate.retrained_losses(rec, orders, True, None)
+    assert sizes == [5, 4, 4] and len(losses) == 13
+    one = [flat.eval_loss(p, val) for p in retrain(flat, traj.theta0, batches, orders, lrs, hp, batched=False)]
+    assert max(abs(a - b) for a, b in zip(losses, one)) < 1e-9
+
+
 def test_the_study_predicts_costs_first_and_reports_cost_against_batched_retraining():
     """The cost advisor's prediction beside the measurement: every requested estimator with a cost
     model has a positive prediction, batched retraining is measured in the same run, and the

@@ -118,13 +118,18 @@ def ridge_fit(X: torch.Tensor, y: torch.Tensor, strengths, folds: int, seed: int
 def retrained_losses(rec: Record, orders, batched: bool, bound: Optional[int]) -> List[float]:
     """The final validation loss of each order retrained for real, in chunks that fit the device
     (the parameters of a chunk are dropped once their losses are taken: R x d is never held)."""
-    step = plan_retrain_chunk(rec.flat, rec.traj.theta0, rec.batches, len(orders), bound).chunk if batched else 8
-    out = []
-    for lo in range(0, len(orders), step):
+    out, lo = [], 0
+    while lo < len(orders):
+        # planned again for every chunk: when the free memory shrinks between chunks, a chunk planned
+        # once would no longer fit and ``retrain`` would split it, running its last copy alone (a
+        # one-copy pass costs about half a full one)
+        step = plan_retrain_chunk(rec.flat, rec.traj.theta0, rec.batches, len(orders) - lo, bound).chunk \
+            if batched else 8
         params = retrain(rec.flat, rec.traj.theta0, rec.batches, orders[lo:lo + step], rec.traj.lrs, rec.traj.hp,
                          batched=batched, chunk=step, reference=rec.traj)
         out += [rec.flat.eval_loss(p, rec.val) for p in params]
         del params
+        lo += step
     return out
 
 
