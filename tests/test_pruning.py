@@ -334,7 +334,11 @@ def test_regional_gradients_equal_a_per_sequence_autograd_loop(tiny_llama):
     block = layers[1]
     linears = find_linears(block)
     hidden, calls = capture_block_calls(tiny_llama, w, 6, torch.device("cpu"))
-    batched = regional_gradient_stats(block, linears, hidden, calls[1])
+    outputs = []
+    batched = regional_gradient_stats(block, linears, hidden, calls[1], outputs=outputs)
+    with torch.no_grad():  # the outputs it hands back (Wanda++'s dense targets) are the block's own
+        assert len(outputs) == len(hidden) and all(
+            torch.equal(o, run_block(block, x, c)) and not o.requires_grad for o, x, c in zip(outputs, hidden, calls[1]))
     one_hidden, one_calls = capture_block_calls(tiny_llama, w, 1, torch.device("cpu"))
     expected = {n: torch.zeros_like(b) for n, b in batched.items()}
     for x, call in zip(one_hidden, one_calls[1]):

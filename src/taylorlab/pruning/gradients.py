@@ -11,7 +11,7 @@ each ``G_n`` is exactly the gradient of sequence n's own loss.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -96,12 +96,13 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
 
 
 def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.Module], hidden, calls,
-                            ) -> Dict[str, torch.Tensor]:
+                            outputs: Optional[list] = None) -> Dict[str, torch.Tensor]:
     """{layer name: sum_n g_n^2} (fp32) with g_n the gradient of ||block(x_n)||_2 (sequence n's own
     block output, l2 norm over its tokens and features, not squared: the gradient's scale does not
     grow with the output's) with respect to the layer's weight: Wanda++'s regional gradient. Per-sequence gradients come from each layer's saved input and output
     gradient inside a tensor hook (as in ``per_sequence_gradient_stats``); one backward per block call,
-    no parameter ``.grad`` allocated."""
+    no parameter ``.grad`` allocated. ``outputs``, when given, gets each call's block output (detached):
+    the forward pass the gradients need is the block's own output, which a caller may want too."""
     acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=weight_matrix(m).device)
            for name, m in linears.items()}
     batch = [0]
@@ -121,6 +122,8 @@ def regional_gradient_stats(block: torch.nn.Module, linears: Dict[str, torch.nn.
                 out = run_block(block, inp, call)
                 # the sum of per-sequence norms: each sequence's gradient is that of its own norm
                 out.float().flatten(1).norm(dim=1).sum().backward()
+                if outputs is not None:
+                    outputs.append(out.detach())
     finally:
         for h in handles:
             h.remove()

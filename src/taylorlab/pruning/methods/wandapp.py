@@ -18,10 +18,11 @@ sequences are the community reproduction's defaults. ``ro_precision`` says how t
 matrix products run: ``float32`` (the default, exact), ``tf32`` (fp32 with TF32 tensor-core products
 on CUDA) or ``bfloat16`` (autocast: bf16 products, fp32 master weights, loss and optimiser state, as
 mixed-precision training does); a dense 7B block's 160 forward-backward passes in plain fp32 are most
-of the method's time on a GPU. Each sequence's dense target is computed once and kept (one block
-output per drawn sequence, in fp32) for the rounds that draw it again. The targets and a round's
-activation norms need no per-sequence order, so they run over the drawn sequences gathered into
-batches (no larger than the walk's own); only the RMSprop steps go one sequence at a time.
+of the method's time on a GPU. The dense targets are the outputs of the regional gradients' own
+forward pass (the block before any change), kept in fp32 for every sequence: no dense copy of the
+block and no target pass. A round's activation norms need no per-sequence order, so they run over
+the drawn sequences gathered into batches (no larger than the walk's own); only the RMSprop steps go
+one sequence at a time.
 
 Choices where the paper is silent (its code is not public): as in the community reproduction
 (TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
@@ -36,7 +37,6 @@ Published (LLaMA-1-7B, WikiText-2, dense 5.68): 50% 7.02 (Wanda 7.26, GBLM 7.15)
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -119,11 +119,9 @@ def regional_optimisation(task: BlockTask) -> None:
     calls = [map_call(c, cast) for c in task.calls]
     where = [(k, j) for k, x in enumerate(hidden) for j in range(x.shape[0])]  # sequence -> (batch, row)
     seqs = [(hidden[k][j:j + 1], slice_call(calls[k], j, j + 1, hidden[k].shape[0])) for k, j in where]
-    dense = copy.deepcopy(block).to(work)
     block.to(work)
     requires = {p: p.requires_grad for p in block.parameters()}
     device = hidden[0].device
-    targets = {}  # sequence index -> the dense block's output, computed once
 
     def batches(picked):
         """The picked sequences as gathered batches, one per calibration batch they come from (no
@@ -137,8 +135,14 @@ def regional_optimisation(task: BlockTask) -> None:
 
     try:
         n = sum(x.shape[0] for x in hidden)
+        dense = []  # the block's output per calibration batch before any change: the targets
         with torch.enable_grad(), precision(o.ro_precision, device), phase("regional gradients"):
-            rms = {k: torch.sqrt(g / n) for k, g in regional_gradient_stats(block, linears, hidden, calls).items()}
+            rms = {k: torch.sqrt(g / n)
+                   for k, g in regional_gradient_stats(block, linears, hidden, calls, outputs=dense).items()}
+        # the regional gradients' forward pass is the dense block's: its outputs are every sequence's
+        # target, so no dense copy of the block is kept and no target pass runs
+        targets = [dense[k][j:j + 1].to(work) for k, j in where]
+        del dense
         for p in block.parameters():
             p.requires_grad_(False)
         weights = [lin.weight for lin in linears.values()]
@@ -149,10 +153,6 @@ def regional_optimisation(task: BlockTask) -> None:
         for _ in range(o.ro_iters):
             pick = torch.randperm(len(seqs), generator=gen)[: o.ro_samples].tolist()
             with torch.no_grad(), precision(o.ro_precision, device):
-                with phase("dense targets"):
-                    for ids, x, call in batches([i for i in pick if i not in targets]):
-                        out = run_block(dense, x, call).to(work)
-                        targets.update((i, out[r:r + 1]) for r, i in enumerate(ids))
                 rows = [0]
                 stats, handles = attach(linears, hessian=False, sequences=lambda: rows[0])
                 try:
@@ -181,7 +181,6 @@ def regional_optimisation(task: BlockTask) -> None:
             p.grad = None
             p.requires_grad_(flag)
         block.to(dtype)
-        targets.clear()
 
 
 METHOD = register(Method("wanda++", prune_layer, WandaPPOptions, needs_regional_gradients=True, rank=35,
