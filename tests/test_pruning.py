@@ -510,3 +510,16 @@ def test_wandapp_regional_optimisation_options_are_checked():
         registry.get("wanda++").make_options({"ro_iters": -1})
     with pytest.raises(ConfigError, match="ro_precision"):
         registry.get("wanda++").make_options({"ro_iters": 2, "ro_precision": "fp16"})
+
+
+def test_rmsprop_falls_back_to_torchs_where_the_fused_kernel_cannot_run():
+    """On the CPU (no CUDA, no Triton here) Wanda++'s optimiser is torch.optim.RMSprop itself, and
+    insisting on the fused kernel says why it cannot run. The kernel is tested on the GPU
+    (tests/gpu/test_gpu_pruning.py)."""
+    from taylorlab.pruning.optim import rmsprop
+
+    w = [torch.zeros(4, 4, requires_grad=True)]
+    assert type(rmsprop(w, 1e-3)) is torch.optim.RMSprop
+    assert type(rmsprop(w, 1e-3, fused=False)) is torch.optim.RMSprop
+    with pytest.raises(RuntimeError, match="CUDA"):
+        rmsprop(w, 1e-3, fused=True)

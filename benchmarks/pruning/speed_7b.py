@@ -35,6 +35,15 @@ from taylorlab.pruning import (Calibration, Profile, per_sequence_gradient_stats
 from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
 
 
+
+def parse_option(default, text: str):
+    """``text`` as the type of the option's default (``bool("false")`` would be True)."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"error: boolean option value {text!r}: use true or false")
+        return text.lower() == "true"
+    return type(default)(text)
+
 def build(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -196,7 +205,7 @@ def main():
             two_pass(model, windows)
         else:
             name, _, opts = spec.partition(":")  # e.g. wanda++:ro_iters=5/ro_precision=bfloat16
-            options = {k: type(getattr(registry.get(name).make_options(), k))(v)
+            options = {k: parse_option(getattr(registry.get(name).make_options(), k), v)
                        for k, v in (kv.split("=") for kv in opts.split("/") if kv)}
             profile = Profile("owl", m=OWL_M, lmbda=OWL_LAMBDA) if owl else None
             prune_model(model, name, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,

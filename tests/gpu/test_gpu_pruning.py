@@ -110,3 +110,43 @@ def test_half_precision_statistics_equal_their_fp32_products(dtype):
     got = per_sequence_weight_grads(gy, xs)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, torch.bmm(gy.float().transpose(1, 2), xs.float()), rtol=1e-5, atol=1e-4)
+
+
+def test_fused_rmsprop_steps_equal_torch_rmsprop():
+    """Wanda++'s fused RMSprop update against torch.optim.RMSprop, over steps with fresh gradients,
+    on tensors shaped as a block's weights (sizes that do not fill the kernel's last tile included)."""
+    pytest.importorskip("triton")
+    from taylorlab.pruning.optim import FusedRMSprop, rmsprop
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ours = [torch.randn(s, device="cuda", generator=gen) for s in [(256, 128), (384, 96), (1000, 7)]]
+    theirs, start = [w.clone() for w in ours], [w.clone() for w in ours]
+    a, b = rmsprop(ours, 1e-3), torch.optim.RMSprop(theirs, lr=1e-3)
+    assert isinstance(a, FusedRMSprop)
+    for _ in range(6):
+        for x, y in zip(ours, theirs):
+            g = torch.randn(x.shape, device="cuda", generator=gen)
+            x.grad, y.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+        a.zero_grad()
+        assert all(x.grad is None for x in ours)
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
+    assert all(float((x - s).abs().max()) > 1e-3 for x, s in zip(ours, start))  # the steps moved them
+
+
+def test_wandapp_regional_optimisation_with_and_without_the_fused_update():
+    """The whole regional optimisation, fused update or torch's, gives the same masks and weights to
+    rounding (fp32 products)."""
+    pytest.importorskip("triton")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _model(), _windows()
+    a, b = copy.deepcopy(m).cuda(), copy.deepcopy(m).cuda()
+    opts = dict(windows=w, batch_size=4, ro_iters=2, ro_samples=4, ro_lr=1e-4, device=torch.device("cuda"))
+    prune_with(a, "wanda++", **opts)
+    prune_with(b, "wanda++", ro_fused=False, **opts)
+    for (name, x), y in zip(block_linears(a).items(), block_linears(b).values()):
+        same = float(((x.weight == 0) == (y.weight == 0)).float().mean())
+        assert same > 0.999, name
+        torch.testing.assert_close(x.weight, y.weight, rtol=1e-3, atol=1e-5)

@@ -22,7 +22,8 @@ of the method's time on a GPU. The dense targets are the outputs of the regional
 forward pass (the block before any change), kept in fp32 for every sequence: no dense copy of the
 block and no target pass. A round's activation norms need no per-sequence order, so they run over
 the drawn sequences gathered into batches (no larger than the walk's own); only the RMSprop steps go
-one sequence at a time.
+one sequence at a time. On CUDA with Triton, RMSprop's update is one fused kernel per weight
+(``ro_fused``; ``pruning/optim.py`` says why), checked against ``torch.optim.RMSprop`` on first use.
 
 Choices where the paper is silent (its code is not public): as in the community reproduction
 (TTTTTTris/wandaplus), the regional loss is the l2 norm of the block output per sequence (not its
@@ -44,6 +45,7 @@ import torch
 from taylorlab.errors import ConfigError
 from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import make_mask
+from taylorlab.pruning.optim import rmsprop
 from taylorlab.pruning.registry import BlockTask, LayerTask, Method, register
 from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import map_call, run_block, slice_call, take_call, weight_matrix
@@ -57,6 +59,7 @@ class WandaPPOptions:
     ro_lr: float = 3e-7  # RMSprop's learning rate
     ro_seed: int = 0  # which sequences each round draws (with the block's index)
     ro_precision: str = "float32"  # the optimisation's products: float32, tf32 or bfloat16 (autocast)
+    ro_fused: bool = True  # RMSprop's update as one Triton kernel per weight (CUDA; else torch's RMSprop)
 
     def validate(self) -> None:
         if self.alpha < 0:
@@ -148,7 +151,7 @@ def regional_optimisation(task: BlockTask) -> None:
         weights = [lin.weight for lin in linears.values()]
         for w in weights:
             w.requires_grad_(True)
-        opt = torch.optim.RMSprop(weights, lr=o.ro_lr)
+        opt = rmsprop(weights, o.ro_lr, fused=None if o.ro_fused else False)
         gen = torch.Generator().manual_seed(o.ro_seed * 100_003 + task.index)
         for _ in range(o.ro_iters):
             pick = torch.randperm(len(seqs), generator=gen)[: o.ro_samples].tolist()
