@@ -14,7 +14,8 @@
 #              SmolLM2 on the GPU
 #   PART=speed stash part a as in a, install the carried wheels; in the background the 7B-shape speed
 #              run (speed_7b.py --check, unless CHECK= : the Hessian check, the two-pass floor, every
-#              method of $METHODS; then, with PROFILE_RO=1, block_profile.py --ro), waited for (up to WAIT_S)
+#              method of $METHODS; then, with PROFILE_RO=1, block_profile.py --ro; first, with GPU_TESTS=<-k
+#              expression>, those GPU pruning tests), waited for (up to WAIT_S)
 #   PART=owl   join and install as in b; Wanda at 70% uniform and with OWL (m=10, lambda=0.14) through the
 #              pipeline at the full protocol, beside the GPU tests; then wait for the speed run and the cells
 #   PART=ro_a  stash part a and the data stage's directory (carried) outside the repo
@@ -76,7 +77,9 @@ case "${PART:-}" in
     if [ -e .bench/prune-data.tgz ]; then mkdir -p /tmp/keep && tar xzf .bench/prune-data.tgz -C /tmp/keep; fi
     install_wheels
     rm -f "$RES/DONE"
-    setsid nohup bash -c "PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/pruning/speed_7b.py ${CHECK---check} \
+    setsid nohup bash -c "${GPU_TESTS:+PYTHONPATH=/tmp/site:$PWD/src python3 -m pytest -q -p no:cacheprovider \
+        tests/gpu/test_gpu_pruning.py -k '$GPU_TESTS' >$RES/gpu_tests_speed_h200.log 2>&1;} \
+        PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/pruning/speed_7b.py ${CHECK---check} \
         --out $RES/speed_7b_h200.json --methods ${METHODS:-two-pass,magnitude,wanda,gblm,sparsegpt,wanda++} \
         >$RES/speed.log 2>&1; ${PROFILE_RO:+PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/pruning/block_profile.py \
         --ro --out $RES/ro_profile_h200.json >$RES/ro_profile.log 2>&1;} echo \$? >$RES/DONE" >/dev/null 2>&1 &
