@@ -36,11 +36,12 @@ def _kernel():
             return None
 
         @triton.jit
-        def rmsprop_kernel(p_ptr, g_ptr, s_ptr, n, lr, alpha, eps, BLOCK: tl.constexpr):
+        def rmsprop_kernel(p_ptr, g_ptr, s_ptr, n, lr, alpha, beta, eps, BLOCK: tl.constexpr):
             offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             keep = offs < n
             g = tl.load(g_ptr + offs, mask=keep)
-            s = tl.load(s_ptr + offs, mask=keep) * alpha + g * g * (1.0 - alpha)
+            # beta = 1 - alpha, taken in double precision as torch takes it (in fp32 it is off by 1e-6)
+            s = tl.load(s_ptr + offs, mask=keep) * alpha + g * g * beta
             p = tl.load(p_ptr + offs, mask=keep)
             # round-to-nearest root and quotient, as torch's sqrt and addcdiv give
             p = p - lr * tl.div_rn(g, tl.sqrt_rn(s) + eps)
@@ -73,7 +74,8 @@ class FusedRMSprop:
                 continue
             g = w.grad if w.grad.is_contiguous() else w.grad.contiguous()
             n = w.numel()
-            self.fn[(self.triton.cdiv(n, self.BLOCK),)](w, g, s, n, self.lr, self.alpha, self.eps, BLOCK=self.BLOCK)
+            self.fn[(self.triton.cdiv(n, self.BLOCK),)](w, g, s, n, self.lr, self.alpha, 1.0 - self.alpha, self.eps,
+                                                       BLOCK=self.BLOCK)
 
 
 def fused_available(weights: List[torch.Tensor]) -> bool:
@@ -96,17 +98,29 @@ def rmsprop(weights: List[torch.Tensor], lr: float, fused: Optional[bool] = None
         except Exception as exc:  # a Triton that cannot build the kernel: the eager optimiser is exact
             if fused:
                 raise
-            log.warning("fused RMSprop unavailable (%s: %s); using torch.optim.RMSprop", type(exc).__name__, exc)
+            if not getattr(exc, "warned", False):
+                log.warning("fused RMSprop unavailable (%s: %s); using torch.optim.RMSprop", type(exc).__name__, exc)
+                exc.warned = True
     return torch.optim.RMSprop(weights, lr=lr)
 
 
-_CHECKED = set()
+_CHECKED = {}  # device -> None (the kernel agrees with torch) or why it does not
 
 
 def _check(device: torch.device) -> None:
-    """Two steps of the kernel against ``torch.optim.RMSprop`` on a probe tensor, once per device."""
-    if device in _CHECKED:
-        return
+    """Two steps of the kernel against ``torch.optim.RMSprop`` on a probe tensor, once per device
+    (a failure is remembered too: the warning comes once, not once per block)."""
+    if device not in _CHECKED:
+        try:
+            _compare(device)
+            _CHECKED[device] = None
+        except Exception as exc:
+            _CHECKED[device] = exc
+    if _CHECKED[device] is not None:
+        raise _CHECKED[device]
+
+
+def _compare(device: torch.device) -> None:
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(4096, device=device, generator=gen)
     b = a.clone()
@@ -116,6 +130,7 @@ def _check(device: torch.device) -> None:
         a.grad, b.grad = g.clone(), g.clone()
         ours.step()
         theirs.step()
-    if not torch.allclose(a, b, rtol=1e-6, atol=1e-9):
+    # a step moves a weight by about lr (RMSprop normalises the gradient): rounding may differ by a
+    # few ulps of the weight (fused multiply-adds) and by 1e-5 of a step
+    if not torch.allclose(a, b, rtol=1e-6, atol=1e-5 * 1e-3):
         raise RuntimeError(f"the kernel's update differs from torch's by {float((a - b).abs().max()):.3g}")
-    _CHECKED.add(device)
