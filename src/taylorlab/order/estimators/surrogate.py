@@ -121,8 +121,8 @@ def retrained_losses(rec: Record, orders, batched: bool, bound: Optional[int]) -
     out, lo = [], 0
     while lo < len(orders):
         # planned again for every chunk: when the free memory shrinks between chunks, a chunk planned
-        # once would no longer fit and ``retrain`` would split it, running its last copy alone (a
-        # one-copy pass costs about half a full one)
+        # once would no longer fit and ``retrain`` would split it, running its last copies as a small
+        # chunk that pays a full pass's fixed cost per step
         step = plan_retrain_chunk(rec.flat, rec.traj.theta0, rec.batches, len(orders) - lo, bound).chunk \
             if batched else 8
         params = retrain(rec.flat, rec.traj.theta0, rec.batches, orders[lo:lo + step], rec.traj.lrs, rec.traj.hp,
