@@ -425,6 +425,31 @@ def test_surrogate_with_the_adjoint_prior_and_bad_options():
             estimate("surrogate", rec, random_orders(2), bad)
 
 
+def test_surrogate_shared_by_batch_loss_rebuilds_its_own_fit():
+    """prior=batch_loss: the batches' losses at theta_0 scale a shared position profile. The S it
+    returns (own parts plus the shared part put back per batch) reproduces its fit on its own
+    training orders and ranks held-out orders; the shared weight is one of the offered ones."""
+    from scipy.stats import spearmanr
+    from taylorlab.errors import ConfigError
+    from taylorlab.order.estimators.additive import score_orders
+
+    flat, batches, val, lrs, hp, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    held = random_orders(16, seed=5)
+    true = [flat.eval_loss(p, val) for p in retrain(flat, traj.theta0, batches, held, lrs, hp, batched=False)]
+    out = estimate("surrogate", rec, [list(range(T))] + held,
+                   {"train_orders": 48, "search_orders": 0, "prior": "batch_loss", "share": [0.5, 2.0]})
+    x = out.extra
+    assert x["share"] in (0.5, 2.0) and x["prior_s"] > 0
+    assert out.loss[0] == flat.eval_loss(traj.final, val)
+    train = helpers.random_orders(48, T, x["train_seed"])
+    fitted = score_orders(x["S"], train, out.loss[0])
+    assert spearmanr(fitted, x["train_losses"]).statistic > 0.9
+    assert spearmanr(out.loss[1:], true).statistic > 0.8
+    with pytest.raises(ConfigError, match="share"):
+        estimate("surrogate", rec, random_orders(2), {"prior": "batch_loss", "share": [0.0]})
+
+
 def test_chunks_are_balanced_and_the_surrogate_plans_each_chunk_again(monkeypatch):
     """A chunk that no longer fits is split evenly, never into a full chunk and a lone copy; the
     surrogate's training retrainings follow the free memory chunk by chunk. The GPU's memory

@@ -37,8 +37,9 @@ def main():
     ap.add_argument("--orders", type=int, default=32, help="K held-out random orders")
     ap.add_argument("--train-orders", type=int, default=200, help="the surrogate's R retrained training orders")
     ap.add_argument("--search", type=int, default=10000, help="orders the surrogate scores inside its timed call")
-    ap.add_argument("--prior", default="none", choices=["none", "additive"],
-                    help="the surrogate's prior: additive = the adjoint score as one more feature (the hybrid)")
+    ap.add_argument("--prior", default="none", choices=["none", "additive", "batch_loss"],
+                    help="the surrogate's prior: additive = the adjoint score as one more feature (the hybrid); "
+                    "batch_loss = a position profile shared by the batches, scaled by their loss at theta_0")
     ap.add_argument("--perturb", default="1e-6", help="relative nudges of theta_0 for the truth's own stability")
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--device", default="cuda")

@@ -6,7 +6,12 @@ own loss, exactly). The a_{l,j} are fitted by ridge regression to the final vali
 ``train_orders`` random orders retrained exactly (batched on a GPU, in chunks that fit its memory),
 the ridge strength chosen by ``folds``-fold cross-validation. With ``prior="additive"`` the adjoint
 surrogate's score of the order (``additive``: T^2 gradients and T double-backward passes) joins as one
-more feature, so the fit starts from the first-order theory and corrects it (the hybrid).
+more feature, so the fit starts from the first-order theory and corrects it (the hybrid). With
+``prior="batch_loss"`` the batches share what they say of themselves: each batch's loss at theta_0 (T
+forward passes), standardised to phi_l, enters as a_{l,j} = a'_{l,j} + w phi_l c_j -- a position profile
+c_j common to all batches, scaled by how hard the batch is at the start, which few training orders
+pin down, plus each batch's own correction under the ridge; w (the shared part's weight against the
+own parts, i.e. its relative prior scale) is chosen by cross-validation with the degree and strength.
 
 Cost: R retrainings plus a fit of R x (T degree) — independent of how many orders are scored
 afterwards (O(T) each: ``search_orders`` random orders are scored inside the timed call, and the
@@ -28,7 +33,7 @@ from taylorlab.order.recorded import Record
 from taylorlab.order.registry import Estimate, Estimator, register
 from taylorlab.order.trajectory import plan_retrain_chunk, retrain
 
-PRIORS = ("none", "additive")
+PRIORS = ("none", "additive", "batch_loss")
 
 
 @dataclass
@@ -38,7 +43,8 @@ class SurrogateOptions:
     # chosen with the ridge strength by cross-validation: few training orders favour a low degree)
     ridge: List[float] = field(default_factory=lambda: [10.0 ** k for k in range(-6, 3)])  # relative strengths
     folds: int = 5  # cross-validation folds choosing the ridge strength
-    prior: str = "none"  # none | additive (the adjoint score as one more feature)
+    prior: str = "none"  # none | additive (the adjoint score as one more feature) | batch_loss (shared by loss at theta_0)
+    share: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # batch_loss: weights w of the shared part
     seed: int = 7  # of the training orders (the study's held-out orders use their own seed)
     search_orders: int = 10000  # random orders scored inside the timed call (what a curriculum search screens)
     batched: Optional[bool] = None  # retrain the training orders batched (vmap); None: on a GPU
@@ -55,6 +61,8 @@ class SurrogateOptions:
             raise ConfigError(f"folds={self.folds} must be between 2 and train_orders.")
         if self.prior not in PRIORS:
             raise ConfigError(f"prior={self.prior!r} is not one of {', '.join(PRIORS)}.")
+        if not self.share or any(not (w > 0) for w in self.share):
+            raise ConfigError("share must list positive weights.")
         if self.search_orders < 0 or self.chunk < 0:
             raise ConfigError("search_orders and chunk must be 0 or more.")
 
@@ -149,27 +157,40 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
         a = score_orders(S_add, train, 0.0)
         prior_scale = float(a.std()) or 1.0
         prior_col = (a / prior_scale)[:, None]
+    phi = None
+    if opts.prior == "batch_loss":
+        def losses_at_theta0():
+            with torch.no_grad():
+                return torch.tensor([float(rec.flat.loss(rec.traj.theta0, b)) for b in rec.batches], dtype=torch.float64)
+        phi, prior_s = timed(losses_at_theta0)
+        phi = (phi - phi.mean()) / (phi.std() if T > 1 and float(phi.std()) > 0 else 1.0)
     y = torch.tensor(y_train, dtype=torch.float64) - ref_loss
     finite = torch.isfinite(y)
     if int(finite.sum()) < opts.folds:
         raise ValueError(f"surrogate: only {int(finite.sum())} of {len(train)} training orders retrained to a finite "
                          "loss; the run diverges at these settings")
 
-    def fit_all():  # every degree up to opts.degree with every ridge strength; the best by the folds' error
+    def fit_all():  # every degree (and shared weight) with every ridge strength; the best by the folds' error
         best = None
         for deg in range(1, opts.degree + 1):
-            Xd = features(train, position_basis(T, deg), ref)
-            if prior_col is not None:
-                Xd = torch.cat([Xd, prior_col], dim=1)
-            coef, lam, pred = ridge_fit(Xd[finite], y[finite], opts.ridge, opts.folds, opts.seed)
-            err = float(((pred - y[finite]) ** 2).mean())
-            if best is None or err < best[0]:
-                best = (err, deg, coef, lam, pred)
+            X0 = features(train, position_basis(T, deg), ref)
+            for w in (opts.share if phi is not None else [0.0]):
+                Xd = X0
+                if phi is not None:  # the shared part: sum_l phi_l (P_j(pos) - P_j(ref pos)), weighted by w
+                    Xd = torch.cat([Xd, w * torch.einsum("rlj,l->rj", X0.view(len(train), T, deg), phi)], dim=1)
+                if prior_col is not None:
+                    Xd = torch.cat([Xd, prior_col], dim=1)
+                coef, lam, pred = ridge_fit(Xd[finite], y[finite], opts.ridge, opts.folds, opts.seed)
+                err = float(((pred - y[finite]) ** 2).mean())
+                if best is None or err < best[0]:
+                    best = (err, deg, w, coef, lam, pred)
         return best[1:]
 
-    (degree, coef, lam, cv_pred), fit_s = timed(fit_all)
+    (degree, share, coef, lam, cv_pred), fit_s = timed(fit_all)
     B = position_basis(T, degree)
     a_l = coef[:T * degree].reshape(T, degree)  # a[l, j]
+    if phi is not None:  # a_lj = a'_lj + w phi_l c_j
+        a_l = a_l + share * phi[:, None] * coef[T * degree:T * degree + degree][None, :]
     ref_pos = torch.empty(T, dtype=torch.long)
     ref_pos[torch.as_tensor(ref)] = torch.arange(T)
     S = B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]  # S[t, l] = sum_j a_lj (P_j(u_t) - P_j(u_ref(l)))
@@ -185,6 +206,7 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
                 "search_orders": opts.search_orders, "search_score_s": score_s}
     extra = {"S": S, "train_orders": len(train), "train_retrain_s": retrain_s, "prior_s": prior_s, "fit_s": fit_s,
              "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam, "degree": degree,
+             "share": share if phi is not None else None,
              "cv_spearman": cv_rho, "retrained_orders": len(train),
              # the training set itself (orders from random_orders(T, R, train_seed)), so other fitted forms
              # can be studied offline on what a GPU run paid for
@@ -197,6 +219,8 @@ def cost(u, K: int, T: int, o: SurrogateOptions) -> float:
     """R retrainings (batched on a GPU) and their evaluations, the prior's precompute; K does not enter."""
     per = u.batched_grad_s if (o.batched if o.batched is not None else u.device.startswith("cuda")) else u.grad_s
     prior = T * (T - 1) * u.batched_grad_s + T * u.hvp_s if o.prior == "additive" else 0.0
+    if o.prior == "batch_loss":  # T forward passes at theta_0 (a gradient's cost bounds each)
+        prior = T * per
     return o.train_orders * (T * per + u.eval_s) + prior
 
 
