@@ -142,7 +142,8 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
              "device": str(rec.device),
              "gpus": gpus if gpus is not None else (1 if rec.device.type == "cuda" else 0)}
     memory = {n: r.extra["memory_plan"] for n, r in results.items() if r.extra.get("memory_plan")}
-    fitted = {n: {"train_seed": r.extra["train_seed"], "train_losses": r.extra["train_losses"]}
+    fitted = {n: {"train_seed": r.extra["train_seed"], "train_losses": r.extra["train_losses"],
+                  **({"batch_loss_theta0": r.extra["batch_loss_theta0"]} if r.extra.get("batch_loss_theta0") else {})}
               for n, r in results.items() if "train_losses" in r.extra}
     return {"orders": per_order, "fitted": fitted, "fidelity": table, "speed": speed, "sensitivity": sens,
             "cost_prediction": prediction, "memory_plans": memory,

@@ -141,6 +141,57 @@ def retrained_losses(rec: Record, orders, batched: bool, bound: Optional[int]) -
     return out
 
 
+def standardised(v: torch.Tensor) -> torch.Tensor:
+    """phi_l for the batch_loss prior: zero mean, unit spread (unchanged spread when all are equal)."""
+    sd = float(v.std()) if v.numel() > 1 else 0.0
+    return (v - v.mean()) / (sd if sd > 0 else 1.0)
+
+
+def fit_surrogate(train, y: torch.Tensor, ref: List[int], opts: SurrogateOptions, phi: Optional[torch.Tensor] = None,
+                  extra_col: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None):
+    """(degree, shared weight, coefficients, ridge strength, cv predictions of ``rows``): every degree up
+    to ``opts.degree`` (and, with ``phi``, every weight in ``opts.share``) with every ridge strength,
+    the best by the folds' squared error. Columns: the T x degree own parts a'_{l,j}, then (with phi)
+    the degree shared parts c_j, then ``extra_col`` (the adjoint prior). Module-level so the offline
+    refits (benchmarks/order_effects/surrogate_refit.py) run exactly the estimator's own fit."""
+    T = len(ref)
+    rows = torch.ones(len(train), dtype=torch.bool) if rows is None else rows
+    best = None
+    for deg in range(1, opts.degree + 1):
+        X0 = features(train, position_basis(T, deg), ref)
+        for w in (opts.share if phi is not None else [0.0]):
+            Xd = X0
+            if phi is not None:  # the shared part: sum_l phi_l (P_j(pos) - P_j(ref pos)), weighted by w
+                Xd = torch.cat([Xd, w * torch.einsum("rlj,l->rj", X0.view(len(train), T, deg), phi)], dim=1)
+            if extra_col is not None:
+                Xd = torch.cat([Xd, extra_col], dim=1)
+            coef, lam, pred = ridge_fit(Xd[rows], y[rows], opts.ridge, opts.folds, opts.seed)
+            err = float(((pred - y[rows]) ** 2).mean())
+            if best is None or err < best[0]:
+                best = (err, deg, w, coef, lam, pred)
+    return best[1:]
+
+
+def surrogate_S(coef: torch.Tensor, degree: int, ref: List[int], phi: Optional[torch.Tensor] = None,
+                share: float = 0.0) -> torch.Tensor:
+    """S [T, T] from a fit's coefficients: S[t, l] = sum_j a_lj (P_j(u_t) - P_j(u_ref(l))), with
+    a_lj = a'_lj + w phi_l c_j when the batches share a profile (the adjoint column is left out)."""
+    T = len(ref)
+    B = position_basis(T, degree)
+    a_l = coef[:T * degree].reshape(T, degree)  # a[l, j]
+    if phi is not None:  # a_lj = a'_lj + w phi_l c_j
+        a_l = a_l + share * phi[:, None] * coef[T * degree:T * degree + degree][None, :]
+    ref_pos = torch.empty(T, dtype=torch.long)
+    ref_pos[torch.as_tensor(ref)] = torch.arange(T)
+    return B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]
+
+
+def batch_losses_at(rec: Record) -> torch.Tensor:
+    """Each training batch's loss at theta_0 (float64, on the CPU): T forward passes."""
+    with torch.no_grad():
+        return torch.tensor([float(rec.flat.loss(rec.traj.theta0, b)) for b in rec.batches], dtype=torch.float64)
+
+
 def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
     from scipy.stats import spearmanr
 
@@ -157,43 +208,19 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
         a = score_orders(S_add, train, 0.0)
         prior_scale = float(a.std()) or 1.0
         prior_col = (a / prior_scale)[:, None]
-    phi = None
+    phi, batch_loss = None, None
     if opts.prior == "batch_loss":
-        def losses_at_theta0():
-            with torch.no_grad():
-                return torch.tensor([float(rec.flat.loss(rec.traj.theta0, b)) for b in rec.batches], dtype=torch.float64)
-        phi, prior_s = timed(losses_at_theta0)
-        phi = (phi - phi.mean()) / (phi.std() if T > 1 and float(phi.std()) > 0 else 1.0)
+        batch_loss, prior_s = timed(lambda: batch_losses_at(rec))
+        phi = standardised(batch_loss)
     y = torch.tensor(y_train, dtype=torch.float64) - ref_loss
     finite = torch.isfinite(y)
     if int(finite.sum()) < opts.folds:
         raise ValueError(f"surrogate: only {int(finite.sum())} of {len(train)} training orders retrained to a finite "
                          "loss; the run diverges at these settings")
 
-    def fit_all():  # every degree (and shared weight) with every ridge strength; the best by the folds' error
-        best = None
-        for deg in range(1, opts.degree + 1):
-            X0 = features(train, position_basis(T, deg), ref)
-            for w in (opts.share if phi is not None else [0.0]):
-                Xd = X0
-                if phi is not None:  # the shared part: sum_l phi_l (P_j(pos) - P_j(ref pos)), weighted by w
-                    Xd = torch.cat([Xd, w * torch.einsum("rlj,l->rj", X0.view(len(train), T, deg), phi)], dim=1)
-                if prior_col is not None:
-                    Xd = torch.cat([Xd, prior_col], dim=1)
-                coef, lam, pred = ridge_fit(Xd[finite], y[finite], opts.ridge, opts.folds, opts.seed)
-                err = float(((pred - y[finite]) ** 2).mean())
-                if best is None or err < best[0]:
-                    best = (err, deg, w, coef, lam, pred)
-        return best[1:]
-
-    (degree, share, coef, lam, cv_pred), fit_s = timed(fit_all)
-    B = position_basis(T, degree)
-    a_l = coef[:T * degree].reshape(T, degree)  # a[l, j]
-    if phi is not None:  # a_lj = a'_lj + w phi_l c_j
-        a_l = a_l + share * phi[:, None] * coef[T * degree:T * degree + degree][None, :]
-    ref_pos = torch.empty(T, dtype=torch.long)
-    ref_pos[torch.as_tensor(ref)] = torch.arange(T)
-    S = B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]  # S[t, l] = sum_j a_lj (P_j(u_t) - P_j(u_ref(l)))
+    (degree, share, coef, lam, cv_pred), fit_s = timed(
+        lambda: fit_surrogate(train, y, ref, opts, phi=phi, extra_col=prior_col, rows=finite))
+    S = surrogate_S(coef, degree, ref, phi=phi, share=share)
     if S_add is not None:
         S = S + coef[-1] / prior_scale * S_add
     loss, query_s = timed(lambda: score_orders(S, orders, ref_loss))
@@ -207,6 +234,7 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
     extra = {"S": S, "train_orders": len(train), "train_retrain_s": retrain_s, "prior_s": prior_s, "fit_s": fit_s,
              "query_s": query_s, "orders_scored": len(orders) + opts.search_orders, "ridge": lam, "degree": degree,
              "share": share if phi is not None else None,
+             "batch_loss_theta0": batch_loss.tolist() if batch_loss is not None else None,
              "cv_spearman": cv_rho, "retrained_orders": len(train),
              # the training set itself (orders from random_orders(T, R, train_seed)), so other fitted forms
              # can be studied offline on what a GPU run paid for
