@@ -4,8 +4,11 @@ retraining of every order it scored (log scale). Left of 1 an estimator is cheap
 answer; the shaded band is the target (Spearman >= 0.9 at <= 0.1x).
 
     python benchmarks/order_effects/plot_scale.py benchmarks/order_effects/smollm2_scale_h200.json \
-        benchmarks/order_effects/smollm2_scale64_h200.json benchmarks/order_effects/smollm2_scale64_3e-4_h200.json
-        (cells of every file; figure beside the first)
+        benchmarks/order_effects/smollm2_scale64_h200.json benchmarks/order_effects/smollm2_scale64_3e-4_h200.json \
+        benchmarks/order_effects/smollm2_scale64_3e-4_r400_h200.json \
+        benchmarks/order_effects/smollm2_scale64_3e-4_hybrid_r200_h200.json \
+        benchmarks/order_effects/smollm2_scale64_3e-4_batchloss_r640_h200.json
+        (cells of every file; figure beside the first; a cell run again keeps its colour)
 """
 
 import json
@@ -22,23 +25,33 @@ MARKERS = {"fut-carry": "o", "surrogate": "s", "fut": "^", "fut2": "v", "additiv
 
 def main(paths):
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    data = {"tokens_per_step": runs[0]["tokens_per_step"], "cells": [c for r in runs for c in r["cells"]]}
+    # the surrogate's prior is a run-wide argument: carried onto each cell for its label
+    data = {"tokens_per_step": runs[0]["tokens_per_step"],
+            "cells": [dict(c, prior=r["config"].get("prior", "none")) for r in runs for c in r["cells"]]}
+    keys, labelled = [], set()  # one colour and one legend entry per (T, lr), whichever runs hold the cell
     path = paths[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.axvspan(1e-3, 0.1, ymin=0.9 / 1.05, ymax=1, color="#e8f4e8", zorder=0)  # the target region
     ax.axhline(0.9, color="#999", lw=0.8, ls=":")
     ax.axvline(1.0, color="#999", lw=0.8, ls=":")
-    for i, cell in enumerate(data["cells"]):
+    for cell in data["cells"]:
+        if (cell["T"], cell["lr"]) not in keys:
+            keys.append((cell["T"], cell["lr"]))
+        i = keys.index((cell["T"], cell["lr"]))
         sens = [s["spearman_true_vs_perturbed"] for s in cell.get("sensitivity") or []]
         label = f"T={cell['T']}, lr {cell['lr']:g}" + (f" (truth vs 1e-6 nudge: {sens[0]:.3f})" if sens else "")
         first = True
         for r in cell["fidelity"]:
             if r["estimator"] not in MARKERS or r["spearman"] != r["spearman"]:
                 continue
+            new = (cell["T"], cell["lr"]) not in labelled
+            labelled.add((cell["T"], cell["lr"]))
             ax.scatter(r["cost_vs_batched_retrain"], r["spearman"], marker=MARKERS[r["estimator"]], s=60,
-                       color=colors[i % len(colors)], label=label if first else None, zorder=3)
+                       color=colors[i % len(colors)], label=label if first and new else None, zorder=3)
             fitted = f"R={r['train_orders']}, " if r.get("train_orders") else ""
+            if r.get("train_orders") and cell["prior"] != "none":
+                fitted += f"{cell['prior']}, "
             ax.annotate(f"{r['estimator']} ({fitted}{r['orders_scored']} orders)", (r["cost_vs_batched_retrain"], r["spearman"]),
                         textcoords="offset points", xytext=(6, -3), fontsize=7)
             first = False
