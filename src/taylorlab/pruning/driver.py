@@ -111,6 +111,14 @@ def block_sparsities(model: torch.nn.Module, sparsity: float, nm, profile: Profi
     return dict(enumerate(out))
 
 
+class _InputsTaken(Exception):
+    """Ends a statistics call of a block at its last linear's input: that call's output is never used."""
+
+
+def _inputs_taken(mod, inp):
+    raise _InputsTaken
+
+
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
                 device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False,
                 regional: bool = False, refine=None):
@@ -145,12 +153,24 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             if refine is not None:
                 refine(i, block, linears, hidden, calls[i])
             stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
+            ran = []  # the linears in the order the block's first call runs them
+            probes = [m.register_forward_pre_hook(lambda mod, inp, n=n: ran.append(n)) for n, m in linears.items()]
             try:
-                for x, call in zip(hidden, calls[i]):
+                for k, (x, call) in enumerate(zip(hidden, calls[i])):
                     current[0] = x.shape[0]
-                    run_block(block, x, call)
+                    if k == 1:
+                        for h in probes:
+                            h.remove()
+                        probes = []
+                        if sorted(ran) == sorted(linears):  # each linear once per call: once the last one has its
+                            # input, the rest of the call (its product, the residual) changes no statistic
+                            handles.append(linears[ran[-1]].register_forward_pre_hook(_inputs_taken))
+                    try:
+                        run_block(block, x, call)
+                    except _InputsTaken:
+                        pass
             finally:
-                for h in handles:
+                for h in handles + probes:
                     h.remove()
             if regional:
                 for name, g in regional_gradient_stats(block, linears, hidden, calls[i]).items():

@@ -99,7 +99,7 @@ def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] =
     def hook(name):
         s = stats[name]
 
-        def fn(mod, inp, out):
+        def fn(mod, inp):
             x = inp[0]
             if first_call[0]:
                 if len(seen) and seen[0] is s:  # the first layer again: the first call is over
@@ -120,5 +120,7 @@ def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] =
 
         return fn
 
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    # before the layer runs (its input is all a statistic reads): a hook registered after these on the
+    # block's last linear may then stop the call without losing that layer's statistic
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
     return stats, handles
