@@ -154,7 +154,8 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
                 refine(i, block, linears, hidden, calls[i])
             stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
             ran = []  # the linears in the order the block's first call runs them
-            probes = [m.register_forward_pre_hook(lambda mod, inp, n=n: ran.append(n)) for n, m in linears.items()]
+            probes = [m.register_forward_pre_hook(lambda mod, inp, n=n, ran=ran: ran.append(n))
+                      for n, m in linears.items()]
             try:
                 for k, (x, call) in enumerate(zip(hidden, calls[i])):
                     current[0] = x.shape[0]
