@@ -28,7 +28,7 @@ def main(paths):
     # the surrogate's prior is a run-wide argument: carried onto each cell for its label
     data = {"tokens_per_step": runs[0]["tokens_per_step"],
             "cells": [dict(c, prior=r["config"].get("prior", "none")) for r in runs for c in r["cells"]]}
-    keys, labelled = [], set()  # one colour and one legend entry per (T, lr), whichever runs hold the cell
+    colour, labelled = {}, set()  # one colour and one legend entry per (T, lr), whichever runs hold the cell
     path = paths[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -36,19 +36,17 @@ def main(paths):
     ax.axhline(0.9, color="#999", lw=0.8, ls=":")
     ax.axvline(1.0, color="#999", lw=0.8, ls=":")
     for cell in data["cells"]:
-        if (cell["T"], cell["lr"]) not in keys:
-            keys.append((cell["T"], cell["lr"]))
-        i = keys.index((cell["T"], cell["lr"]))
+        key = (cell["T"], cell["lr"])
+        i = colour.setdefault(key, len(colour))
         sens = [s["spearman_true_vs_perturbed"] for s in cell.get("sensitivity") or []]
         label = f"T={cell['T']}, lr {cell['lr']:g}" + (f" (truth vs 1e-6 nudge: {sens[0]:.3f})" if sens else "")
-        first = True
+        first = key not in labelled
         for r in cell["fidelity"]:
             if r["estimator"] not in MARKERS or r["spearman"] != r["spearman"]:
                 continue
-            new = (cell["T"], cell["lr"]) not in labelled
-            labelled.add((cell["T"], cell["lr"]))
+            labelled.add(key)
             ax.scatter(r["cost_vs_batched_retrain"], r["spearman"], marker=MARKERS[r["estimator"]], s=60,
-                       color=colors[i % len(colors)], label=label if first and new else None, zorder=3)
+                       color=colors[i % len(colors)], label=label if first else None, zorder=3)
             fitted = f"R={r['train_orders']}, " if r.get("train_orders") else ""
             if r.get("train_orders") and cell["prior"] != "none":
                 fitted += f"{cell['prior']}, "

@@ -25,6 +25,7 @@ import torch
 from setup_order import HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import load_gguf_model
 from taylorlab.order import FlatModel, Record, record
+from taylorlab.order.estimators.surrogate import PRIORS
 from taylorlab.order.memory import plan_checkpoints
 from taylorlab.order.study import run_study, study_queries
 
@@ -37,7 +38,7 @@ def main():
     ap.add_argument("--orders", type=int, default=32, help="K held-out random orders")
     ap.add_argument("--train-orders", type=int, default=200, help="the surrogate's R retrained training orders")
     ap.add_argument("--search", type=int, default=10000, help="orders the surrogate scores inside its timed call")
-    ap.add_argument("--prior", default="none", choices=["none", "additive", "batch_loss"],
+    ap.add_argument("--prior", default="none", choices=list(PRIORS),
                     help="the surrogate's prior: additive = the adjoint score as one more feature (the hybrid); "
                     "batch_loss = a position profile shared by the batches, scaled by their loss at theta_0")
     ap.add_argument("--perturb", default="1e-6", help="relative nudges of theta_0 for the truth's own stability")

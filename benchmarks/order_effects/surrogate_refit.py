@@ -21,7 +21,8 @@ import logging
 import torch
 
 from setup_order import parser, record_json  # first: sets sys.path
-from taylorlab.order.estimators.surrogate import SurrogateOptions, fit_surrogate, standardised, surrogate_S
+from taylorlab.order.estimators.surrogate import (SurrogateOptions, batch_losses_at, fit_surrogate, standardised,
+                                                  surrogate_S)
 from taylorlab.order.estimators.additive import score_orders
 from taylorlab.order.queries import random_orders
 
@@ -32,10 +33,8 @@ def theta0_batch_losses(gguf: str, tokens: str, T: int, B: int, L: int) -> torch
 
     model, _ = load_gguf_model(gguf)
     flat = FlatModel(model.float())
-    theta = flat.flat()
     train = torch.load(tokens, weights_only=True)["train"].long()[: T * B * L].view(T, B, L)
-    with torch.no_grad():
-        return torch.tensor([float(flat.loss(theta, b)) for b in train], dtype=torch.float64)
+    return batch_losses_at(flat, flat.flat(), train)
 
 
 def main():

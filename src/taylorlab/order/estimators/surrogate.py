@@ -186,10 +186,10 @@ def surrogate_S(coef: torch.Tensor, degree: int, ref: List[int], phi: Optional[t
     return B @ a_l.T - (a_l * B[ref_pos]).sum(1)[None, :]
 
 
-def batch_losses_at(rec: Record) -> torch.Tensor:
-    """Each training batch's loss at theta_0 (float64, on the CPU): T forward passes."""
+def batch_losses_at(flat, theta: torch.Tensor, batches) -> torch.Tensor:
+    """Each batch's loss at ``theta`` (float64, on the CPU): one forward pass per batch."""
     with torch.no_grad():
-        return torch.tensor([float(rec.flat.loss(rec.traj.theta0, b)) for b in rec.batches], dtype=torch.float64)
+        return torch.tensor([float(flat.loss(theta, b)) for b in batches], dtype=torch.float64)
 
 
 def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
@@ -210,7 +210,7 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
         prior_col = (a / prior_scale)[:, None]
     phi, batch_loss = None, None
     if opts.prior == "batch_loss":
-        batch_loss, prior_s = timed(lambda: batch_losses_at(rec))
+        batch_loss, prior_s = timed(lambda: batch_losses_at(rec.flat, rec.traj.theta0, rec.batches))
         phi = standardised(batch_loss)
     y = torch.tensor(y_train, dtype=torch.float64) - ref_loss
     finite = torch.isfinite(y)
@@ -246,9 +246,8 @@ def est_surrogate(rec: Record, orders, opts: SurrogateOptions) -> Estimate:
 def cost(u, K: int, T: int, o: SurrogateOptions) -> float:
     """R retrainings (batched on a GPU) and their evaluations, the prior's precompute; K does not enter."""
     per = u.batched_grad_s if (o.batched if o.batched is not None else u.device.startswith("cuda")) else u.grad_s
-    prior = T * (T - 1) * u.batched_grad_s + T * u.hvp_s if o.prior == "additive" else 0.0
-    if o.prior == "batch_loss":  # T forward passes at theta_0 (a gradient's cost bounds each)
-        prior = T * per
+    prior = {"additive": T * (T - 1) * u.batched_grad_s + T * u.hvp_s,
+             "batch_loss": T * per}.get(o.prior, 0.0)  # batch_loss: T forward passes, a gradient's cost bounds each
     return o.train_orders * (T * per + u.eval_s) + prior
 
 
