@@ -29,7 +29,8 @@ def random_orders(k, T, seed=1):
 
 
 def prune_with(model, method, *, windows=None, gradients=None, grad_nsamples=None, grad_norm="l2", sparsity=0.5,
-               pattern="unstructured", batch_size=8, device=None, offload=False, progress=False, **options):
+               pattern="unstructured", batch_size=8, device=None, offload=False, progress=False, walk="block",
+               **options):
     """``prune_model`` with the calibration spelled out as keywords. Tests parametrized over every
     method share one call, so ``options`` keeps only the keys the method has (``prune_model`` itself
     refuses keys that do not apply)."""
@@ -43,4 +44,4 @@ def prune_with(model, method, *, windows=None, gradients=None, grad_nsamples=Non
     return prune_model(model, method, sparsity=sparsity, pattern=pattern,
                        options={k: v for k, v in options.items() if k in own},
                        calibration=Calibration(windows, gradients, grad_nsamples, grad_norm), batch_size=batch_size,
-                       device=device or torch.device("cpu"), offload=offload, progress=progress)
+                       device=device or torch.device("cpu"), offload=offload, progress=progress, walk=walk)

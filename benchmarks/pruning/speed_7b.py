@@ -6,7 +6,8 @@ pruned model in memory. GBLM's time includes its per-sequence gradient pass.
 
 ``two-pass`` (a pseudo-method) times what every calibrated method's block walk must at least do: the
 capture and two plain passes of every block over the windows (statistics, then the pruned block's
-outputs), no hooks. ``--check`` compares, on block 0's inputs, the fp32 Hessian (inputs cast to fp32,
+outputs), no hooks; ``one-pass`` the capture and one pass (what ``@seq``, the sequential walk, must
+at least do). ``--check`` compares, on block 0's inputs, the fp32 Hessian (inputs cast to fp32,
 fp32 GEMM without TF32, as the reference) with the one the library accumulates (bf16 operands, fp32
 accumulation on the tensor cores), and the SparseGPT masks both give on q_proj and down_proj.
 
@@ -15,7 +16,7 @@ accumulation on the tensor cores), and the SparseGPT masks both give on q_proj a
 and the same calibration windows.
 
 A method may carry options after a colon, separated by ``/`` (``wanda++:ro_iters=5/ro_precision=bfloat16``),
-and ``@owl`` at the end spreads the sparsity with OWL (m = 5, lambda = 0.08, the paper's defaults), ours
+``@seq`` at the end prunes with ``walk="sequential"``, and ``@owl`` spreads the sparsity with OWL (m = 5, lambda = 0.08, the paper's defaults), ours
 through ``prune.profile``, llm-compressor's through its ``sparsity_profile="owl"``.
 """
 
@@ -99,13 +100,15 @@ def llmc_prune(model, method: str, windows: torch.Tensor, sparsity: float = 0.5,
 
 
 @torch.no_grad()
-def two_pass(model, windows, batch_size=8):
-    """The capture and two plain passes of every block (the floor of a sequential block walk)."""
+def two_pass(model, windows, batch_size=8, passes=2):
+    """The capture and two plain passes of every block (the floor of the block walk), or one
+    (``passes=1``: the floor of ``walk="sequential"``)."""
     _, layers = find_decoder_layers(model)
     hidden, calls = capture_block_calls(model, windows, batch_size, torch.device("cuda"))
     for i, block in enumerate(layers):
-        for x, call in zip(hidden, calls[i]):
-            run_block(block, x, call)
+        for _ in range(passes - 1):
+            for x, call in zip(hidden, calls[i]):
+                run_block(block, x, call)
         hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
 
 
@@ -191,7 +194,8 @@ def main():
                                                 device=torch.device("cuda"))
             torch.cuda.synchronize()
             tg = time.time() - t0
-        spec, owl = (method[:-4], True) if method.endswith("@owl") else (method, False)
+        spec, *flags = method.split("@")  # wanda@owl: OWL's profile; wanda@seq: walk="sequential"
+        owl, walk = "owl" in flags, "sequential" if "seq" in flags else "block"
         if spec.startswith("llmc-"):
             try:
                 llmc_prune(model, spec, windows, owl=owl)
@@ -201,15 +205,15 @@ def main():
                 print(row, flush=True)
                 record(Path(args.out), results)
                 continue
-        elif spec == "two-pass":
-            two_pass(model, windows)
+        elif spec in ("two-pass", "one-pass"):
+            two_pass(model, windows, passes=2 if spec == "two-pass" else 1)
         else:
             name, _, opts = spec.partition(":")  # e.g. wanda++:ro_iters=5/ro_precision=bfloat16
             options = {k: parse_option(getattr(registry.get(name).make_options(), k), v)
                        for k, v in (kv.split("=") for kv in opts.split("/") if kv)}
             profile = Profile("owl", m=OWL_M, lmbda=OWL_LAMBDA) if owl else None
             prune_model(model, name, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
-                        options=options, profile=profile,
+                        options=options, profile=profile, walk=walk,
                         calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
         wall = time.time() - t0
@@ -217,7 +221,7 @@ def main():
         row = {"method": method, "offload": offload, "wall_s": round(wall, 2), "gradient_pass_s": round(tg, 2),
                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                "model_resident_gib_before": round(base_mem / 2**30, 2),
-               "sparsity": round(sparsity_report(model)["total"]["sparsity"], 4) if method != "two-pass" else 0.0}
+               "sparsity": round(sparsity_report(model)["total"]["sparsity"], 4) if not method.endswith("-pass") else 0.0}
         if spec.startswith("wanda++") and "ro_iters" in spec:
             row["note"] = "regional optimisation on every block"
         results["runs"].append(row)

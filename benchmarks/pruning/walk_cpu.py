@@ -1,10 +1,14 @@
 """Wall time of Wanda and SparseGPT on the embedded SmolLM2-135M on this machine's CPU, from the model
 in memory to the pruned model in memory, with N x L calibration windows of its own tokens: the cost
 of the layer-by-layer walk where no GPU is lent. The masks' digest is recorded, so two runs (two
-commits) can be compared for identical results as well as for time.
+commits) can be compared for identical results as well as for time. A method spelled ``name@seq``
+runs with ``walk="sequential"`` (one pass per block); ``--eval-windows`` adds the pruned model's
+perplexity on that many windows of the validation tokens (a reduced protocol: the walks compared
+on quality as well as time).
 
     python benchmarks/pruning/walk_cpu.py --gguf <SmolLM2 .gguf> --tokens .bench/smollm2_tokens.pt \\
-        --out benchmarks/pruning/walk_cpu.json [--methods wanda,sparsegpt] [--windows 32] [--seqlen 512]
+        --out benchmarks/pruning/walk_cpu.json [--methods wanda,sparsegpt,wanda@seq] [--windows 32] [--seqlen 512] \\
+        [--pattern 2:4] [--eval-windows 16]
 
 Needs torch, transformers and gguf.
 """
@@ -26,6 +30,19 @@ from taylorlab.pruning import Calibration, prune_model  # noqa: E402
 from taylorlab.pruning.structure import block_linears  # noqa: E402
 
 
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch: int) -> float:
+    """exp of the mean next-token cross-entropy over the windows."""
+    total, count = 0.0, 0
+    for i in range(0, windows.shape[0], batch):
+        ids = windows[i : i + batch]
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                         reduction="sum"))
+        count += ids[:, 1:].numel()
+    return float(torch.exp(torch.tensor(total / count)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", required=True)
@@ -36,25 +53,37 @@ def main():
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
+    ap.add_argument("--pattern", default="unstructured", help="unstructured (50%%) or N:M")
+    ap.add_argument("--eval-windows", type=int, default=0, help="perplexity on this many validation windows (0: none)")
     a = ap.parse_args()
     torch.manual_seed(0)
     ids = torch.load(a.tokens, weights_only=True)["train"].long()
     windows = ids[: a.windows * a.seqlen].view(a.windows, a.seqlen)
+    val = torch.load(a.tokens, weights_only=True)["validation"].long()
+    val = val[: a.eval_windows * a.seqlen].view(a.eval_windows, a.seqlen)
     base, _ = load_gguf_model(a.gguf)
     state = {k: v.clone() for k, v in base.state_dict().items()}
     rows = []
+    if a.eval_windows:
+        rows.append({"method": "dense", "ppl": round(perplexity(base, val, a.batch), 4)})
+        print(rows[-1], flush=True)
     for method in [m for m in a.methods.split(",") if m]:
+        name, _, flag = method.partition("@")
+        walk = {"": "block", "seq": "sequential"}[flag]
         times = []
         for _ in range(a.repeats):
             base.load_state_dict(state)
             t0 = time.perf_counter()
-            prune_model(base, method, sparsity=0.5, calibration=Calibration(windows=windows), batch_size=a.batch)
+            prune_model(base, name, sparsity=0.5, pattern=a.pattern, calibration=Calibration(windows=windows),
+                        batch_size=a.batch, walk=walk)
             times.append(time.perf_counter() - t0)
         digest = hashlib.sha256()
-        for name, lin in sorted(block_linears(base).items()):
+        for _, lin in sorted(block_linears(base).items()):
             digest.update((lin.weight != 0).cpu().numpy().tobytes())
-        rows.append({"method": method, "wall_s": round(min(times), 3), "all_s": [round(t, 3) for t in times],
-                     "mask_sha256": digest.hexdigest()[:16]})
+        rows.append({"method": method, "walk": walk, "pattern": a.pattern, "wall_s": round(min(times), 3),
+                     "all_s": [round(t, 3) for t in times], "mask_sha256": digest.hexdigest()[:16]})
+        if a.eval_windows:
+            rows[-1]["ppl"] = round(perplexity(base, val, a.batch), 4)
         print(rows[-1], flush=True)
     record(Path(a.out), {"config": vars(a), "threads": torch.get_num_threads(), "results": rows})
 

@@ -150,3 +150,21 @@ def test_wandapp_regional_optimisation_with_and_without_the_fused_update():
         same = float(((x.weight == 0) == (y.weight == 0)).float().mean())
         assert same > 0.999, name
         torch.testing.assert_close(x.weight, y.weight, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sequential_walk_on_gpu_matches_cpu_and_keeps_the_block_walks_qkv_masks(method):
+    """walk=sequential on the GPU: the masks the CPU gives, and block 0's q/k/v masks (whose input is
+    the same in both walks) equal to the block walk's on the same device."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _model(), _windows()
+    a, b, c = copy.deepcopy(m), copy.deepcopy(m), copy.deepcopy(m)
+    prune_with(a, method=method, windows=w, blocksize=32, walk="sequential")
+    prune_with(b, method=method, windows=w, blocksize=32, walk="sequential", device=torch.device("cuda"))
+    prune_with(c, method=method, windows=w, blocksize=32, walk="block", device=torch.device("cuda"))
+    agree = [float(((la.weight == 0) == (lb.weight.cpu() == 0)).float().mean())
+             for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
+    assert min(agree) > 0.999
+    for (n, lb), lc in zip(block_linears(b).items(), block_linears(c).values()):
+        if n.startswith("model.layers.0.self_attn.") and n.split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
+            assert torch.equal(lb.weight == 0, lc.weight == 0), n

@@ -20,7 +20,7 @@ from omegaconf.errors import ReadonlyConfigError
 from taylorlab.data import userfiles
 from taylorlab.errors import ConfigError
 from taylorlab.order import registry as order_registry
-from taylorlab.pruning import Profile, check_method, registry as pruning_registry
+from taylorlab.pruning import Profile, check_method, check_walk, registry as pruning_registry
 from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
 
 
@@ -142,6 +142,9 @@ class PruneConfig:
     owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the block's mean score
     owl_lambda: float = 0.08  # owl: the block sparsities span 2 x owl_lambda around the mean, prune.sparsity
     offload: bool = False  # keep the model on CPU, one decoder block on the device
+    # block: each block's linears scored from the block as it stands (the reference codes); sequential: one
+    # pass per block, each linear pruned once every calibration call reached it (later linears see it pruned)
+    walk: str = "block"
     save_compact: bool = True  # also model.compact.safetensors: kept values + a bitmask (taylorlab.pruning.compact)
     batch_size: int = 8  # calibration windows per block forward
     device: str = "auto"
@@ -541,6 +544,7 @@ def validate_prune(p: Any, calibrate: Any) -> Any:
             raise ConfigError(f"prune.pattern={p.pattern} fixes the sparsity at {fixed:g}, but prune.sparsity={p.sparsity} "
                               f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
     check_method(method, nm, p.pattern, opts)
+    check_walk(p.walk, method)
     _positive("prune.batch_size", p.batch_size)
     Profile(p.profile, p.owl_m, p.owl_lambda)  # a known profile
     if p.profile != "owl" and (p.owl_m != 5.0 or p.owl_lambda != 0.08):

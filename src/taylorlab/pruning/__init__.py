@@ -8,7 +8,8 @@ driver (``driver``), and the dense model's per-sequence gradient norms (``gradie
 """
 
 from taylorlab.pruning import methods  # noqa: F401  (registers the built-in methods)
-from taylorlab.pruning.driver import Profile, check_method, check_prunable, prune_model, sparsity_report  # noqa: F401
+from taylorlab.pruning.driver import (Profile, check_method, check_prunable, check_walk, prune_model,  # noqa: F401
+                                      sparsity_report, walk_sequential)
 from taylorlab.pruning.gradients import per_sequence_gradient_stats  # noqa: F401
 from taylorlab.pruning.masks import mask_nm, mask_per_row, mask_per_matrix  # noqa: F401
 from taylorlab.pruning.registry import Calibration, LayerTask, Method, register  # noqa: F401

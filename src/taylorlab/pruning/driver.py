@@ -5,6 +5,8 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -16,7 +18,7 @@ from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
 from taylorlab.pruning.registry import BlockTask, Calibration, LayerTask, Method, get as get_method
-from taylorlab.pruning.stats import attach
+from taylorlab.pruning.stats import InputStats, attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
 
@@ -37,6 +39,10 @@ class Profile:
 
 
 PROFILES = ("uniform", "owl")
+# block: each block's linears scored from one statistics pass of the block as it stands (the reference codes);
+# sequential: one pass per block, each linear pruned once every calibration call has reached it, so the
+# linears after it see the pruned ones' outputs (SparseGPT's "true sequential", for any method)
+WALKS = ("block", "sequential")
 
 
 @torch.no_grad()
@@ -53,6 +59,7 @@ def prune_model(
     device: torch.device = torch.device("cpu"),
     offload: bool = False,
     progress: bool = False,
+    walk: str = "block",
 ) -> Dict[str, float]:
     """Prune every prunable layer inside the decoder blocks of ``model`` in place with the
     registered ``method``; returns the sparsity asked of each block ({block index: sparsity}).
@@ -60,11 +67,14 @@ def prune_model(
     ``options``: the method's options (its dataclass, or a mapping checked against it).
     ``calibration``: the calibration windows (and gradient statistics) methods that need them use.
     ``profile``: the spread of ``sparsity`` over the blocks (uniform, or OWL's outlier-weighted one).
+    ``walk``: ``block`` (statistics of each block as it stands, then its linears pruned) or
+    ``sequential`` (one pass per block, each linear pruned as soon as every call has reached it).
     """
     m = get_method(method)
     opts = m.make_options(options)
     nm = parse_pattern(pattern)
     check_prunable(model, pattern, method=m, options=opts)
+    check_walk(walk, m)
     cal = calibration or Calibration()
     prefix, layers = find_decoder_layers(model)
     per_block = block_sparsities(model, sparsity, nm, profile or Profile(), cal, batch_size=batch_size, device=device)
@@ -79,6 +89,14 @@ def prune_model(
         raise ValueError(f"{method} needs calibration windows")
     if m.needs_gradients and cal.gradients is None:
         raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
+    if walk == "sequential":
+        layer_tasks = lambda i, name, lin, st: m.prune_layer(  # noqa: E731
+            LayerTask(f"{prefix}.{i}.{name}", lin, st, cal, per_block[i], nm, opts))
+        for _ in tqdm(walk_sequential(model, cal.windows, layer_tasks, batch_size=batch_size, device=device,
+                                      offload=offload, hessian=m.needs_hessian),
+                      total=len(layers), desc=f"prune {method}", disable=not progress, leave=False):
+            pass
+        return per_block
     refine = None if m.refine_block is None else (
         lambda i, block, linears, hidden, calls: m.refine_block(
             BlockTask(i, block, linears, hidden, calls, per_block[i], nm, opts)))
@@ -189,6 +207,153 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             model.config.use_cache = cache
 
 
+class _Abort(Exception):
+    """Ends a call's thread when another call of the same block failed."""
+
+
+class _Turns:
+    """A block's calibration calls as coroutines: each call runs on a thread of its own, but exactly
+    one runs at a time, in call order, and each hands over at every linear's input. The device then
+    sees the kernels one thread would issue, in the same order, the statistics add up in call order,
+    and no call runs a linear before every call has handed it its input."""
+
+    def __init__(self, n: int):
+        self.cv = threading.Condition()
+        self.turn: Optional[int] = 0
+        self.live = list(range(n))  # the calls not yet finished, in call order
+        self.error: Optional[BaseException] = None
+
+    def wait(self, b: int) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.turn == b or self.error is not None)
+            if self.error is not None:
+                raise _Abort
+
+    def hand_over(self, b: int, finished: bool = False) -> None:
+        with self.cv:
+            k = self.live.index(b)
+            nxt = self.live[(k + 1) % len(self.live)]
+            if finished:
+                self.live.remove(b)
+            self.turn = nxt if self.live else None
+            self.cv.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cv:
+            if self.error is None:
+                self.error = exc
+            self.cv.notify_all()
+
+
+def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden, calls, prune, hessian: bool):
+    """One pass of every calibration call through ``block``: at each linear's input every call adds
+    its input to the linear's statistics, and once the last call has, ``prune(i, name, layer, stats)``
+    prunes the linear before any call runs it. Returns the block's outputs (the next block's inputs)."""
+    n = len(hidden)
+    turns, local = _Turns(n), threading.local()
+    stats = {name: InputStats(lin, hessian, name) for name, lin in linears.items()}
+    order: list = []  # the linears in the order the first call runs them
+    shared: Dict[str, str] = {}  # a linear reading the very input an earlier one read -> that one
+    outs: list = [None] * n
+
+    def hook(name):
+        def fn(mod, inp):
+            b, p, x = local.b, local.point, inp[0]
+            local.point += 1
+            if b == 0:
+                if name in order:
+                    raise RuntimeError(f"{name} runs more than once in a call of block {i}; prune.walk=sequential "
+                                       "prunes a linear at its first input: use prune.walk=block")
+                order.append(name)
+                lead = next((o for o, ref in local.inputs.items() if ref() is x), None)
+                if lead is not None:
+                    shared[name] = lead
+                    stats[name].follow(stats[lead])
+            elif p >= len(order) or order[p] != name:
+                raise RuntimeError(f"call {b} of block {i} runs {name} where the first call ran "
+                                   f"{order[p] if p < len(order) else 'no more linears'}; prune.walk=sequential "
+                                   "needs every call to run the same linears in the same order: use prune.walk=block")
+            if name in shared:
+                ref = local.inputs.get(shared[name])
+                if ref is None or ref() is not x:
+                    raise RuntimeError(f"{name} read the same input as {shared[name]} in the first calibration call "
+                                       "but not in a later one; its statistics cannot be shared")
+            else:
+                stats[name].add(x, hidden[b].shape[0])  # the call's sequences (OPT flattens them)
+                local.inputs[name] = weakref.ref(x)
+            if b == turns.live[-1]:  # every call has handed this linear its input
+                prune(i, name, linears[name], stats[name])
+            turns.hand_over(b)
+            turns.wait(b)
+        return fn
+
+    def body(b):
+        local.b, local.point, local.inputs = b, 0, {}
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                turns.wait(b)
+                out = run_block(block, hidden[b], calls[b])
+                if local.point != len(order):
+                    raise RuntimeError(f"call {b} of block {i} ran {local.point} linears, the first call "
+                                       f"{len(order)}; prune.walk=sequential needs every call to run the same "
+                                       "linears: use prune.walk=block")
+                outs[b] = out
+            turns.hand_over(b, finished=True)
+        except _Abort:
+            pass
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller's thread
+            turns.fail(exc)
+
+    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
+    try:
+        threads = [threading.Thread(target=body, args=(b,), name=f"prune-call-{b}", daemon=True) for b in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for h in handles:
+            h.remove()
+    if turns.error is not None:
+        raise turns.error
+    for name, lin in linears.items():
+        if name not in order:  # never called: pruned from empty statistics, as the block walk does
+            prune(i, name, lin, stats[name])
+    return outs
+
+
+def walk_sequential(model: torch.nn.Module, windows: torch.Tensor, prune, *, batch_size: int = 8,
+                    device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False):
+    """Prune every decoder block in one pass of its calibration calls (``_sequential_block``),
+    yielding each block's index once it is pruned. Each linear's statistics come from the inputs
+    the block's already pruned linears give it, and each block's from the pruned blocks before it:
+    one forward of each block per batch, where the block walk needs a statistics pass and a pass
+    of the pruned block."""
+    _, layers = find_decoder_layers(model)
+    if offload:
+        model.to("cpu")
+        _move_non_block_modules(model, layers, device)
+    else:
+        model.to(device)
+    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
+    if cache is not None:
+        model.config.use_cache = False
+    try:
+        hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
+        for i, block in enumerate(layers):
+            if offload:
+                block.to(device)
+            hidden = _sequential_block(i, block, find_linears(block), hidden, calls[i], prune, hessian)
+            if offload:
+                block.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            yield i
+    finally:
+        if cache is not None:
+            model.config.use_cache = cache
+
+
 @torch.no_grad()
 def calibration_statistics(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
                            device: torch.device = torch.device("cpu"), hessian: bool = False):
@@ -199,6 +364,16 @@ def calibration_statistics(model: torch.nn.Module, windows: torch.Tensor, *, bat
                                                    hessian=hessian):
         out.update({f"{prefix}.{i}.{name}": s for name, s in stats.items()})
     return out
+
+
+def check_walk(walk: str, method: Method) -> None:
+    """The walk is known and the method can be walked that way (used by the config check too)."""
+    if walk not in WALKS:
+        raise ConfigError(f"prune.walk={walk!r} is not one of {', '.join(WALKS)}.")
+    if walk == "sequential" and (method.needs_regional_gradients or method.refine_block is not None):
+        raise ConfigError(f"prune.walk=sequential prunes each linear while the block's calls are under way, but "
+                          f"prune.method={method.name} needs the whole block first (regional gradients, "
+                          "block refinement); use prune.walk=block.")
 
 
 def check_prunable(model: torch.nn.Module, pattern: str, method: Optional[Method] = None, options: Any = None) -> None:
