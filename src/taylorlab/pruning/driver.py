@@ -5,7 +5,6 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -90,9 +89,10 @@ def prune_model(
     if m.needs_gradients and cal.gradients is None:
         raise ValueError(f"{method} needs the gradient statistics of the calibrate stage")
     if walk == "sequential":
-        layer_tasks = lambda i, name, lin, st: m.prune_layer(  # noqa: E731
-            LayerTask(f"{prefix}.{i}.{name}", lin, st, cal, per_block[i], nm, opts))
-        for _ in tqdm(walk_sequential(model, cal.windows, layer_tasks, batch_size=batch_size, device=device,
+        def prune_one(i, name, lin, st):
+            m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lin, st, cal, per_block[i], nm, opts))
+
+        for _ in tqdm(walk_sequential(model, cal.windows, prune_one, batch_size=batch_size, device=device,
                                       offload=offload, hessian=m.needs_hessian),
                       total=len(layers), desc=f"prune {method}", disable=not progress, leave=False):
             pass
@@ -207,115 +207,88 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             model.config.use_cache = cache
 
 
-class _Abort(Exception):
-    """Ends a call's thread when another call of the same block failed."""
-
-
-class _Turns:
-    """A block's calibration calls as coroutines: each call runs on a thread of its own, but exactly
-    one runs at a time, in call order, and each hands over at every linear's input. The device then
-    sees the kernels one thread would issue, in the same order, the statistics add up in call order,
-    and no call runs a linear before every call has handed it its input."""
-
-    def __init__(self, n: int):
-        self.cv = threading.Condition()
-        self.turn: Optional[int] = 0
-        self.live = list(range(n))  # the calls not yet finished, in call order
-        self.error: Optional[BaseException] = None
-
-    def wait(self, b: int) -> None:
-        with self.cv:
-            self.cv.wait_for(lambda: self.turn == b or self.error is not None)
-            if self.error is not None:
-                raise _Abort
-
-    def hand_over(self, b: int, finished: bool = False) -> None:
-        with self.cv:
-            k = self.live.index(b)
-            nxt = self.live[(k + 1) % len(self.live)]
-            if finished:
-                self.live.remove(b)
-            self.turn = nxt if self.live else None
-            self.cv.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self.cv:
-            if self.error is None:
-                self.error = exc
-            self.cv.notify_all()
-
-
 def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden, calls, prune, hessian: bool):
     """One pass of every calibration call through ``block``: at each linear's input every call adds
     its input to the linear's statistics, and once the last call has, ``prune(i, name, layer, stats)``
-    prunes the linear before any call runs it. Returns the block's outputs (the next block's inputs)."""
+    prunes the linear before any call runs it. Returns the block's outputs (the next block's inputs).
+
+    Each call is a greenlet (a coroutine on this thread): its hook at a linear's input switches back
+    to the loop here, which resumes the calls in order and prunes the linear once all stand at it. The
+    device sees the kernels of one thread in one order and the statistics add up in call order, as in
+    the block walk. A switch costs microseconds; threads handing over to each other cost the GPU its
+    queue (each hand-over waits on the OS and the interpreter lock, and the block's Python is what
+    keeps a GPU fed). A linear reading the very input an earlier one read (k/v after q, up after gate)
+    shares its statistics, complete by then, and is pruned at once."""
+    from greenlet import GreenletExit, getcurrent, greenlet  # only this walk needs it
+
     n = len(hidden)
-    turns, local = _Turns(n), threading.local()
     stats = {name: InputStats(lin, hessian, name) for name, lin in linears.items()}
     order: list = []  # the linears in the order the first call runs them
     shared: Dict[str, str] = {}  # a linear reading the very input an earlier one read -> that one
     outs: list = [None] * n
+    points, inputs, cur, main = [0] * n, [dict() for _ in range(n)], [0], None
 
     def hook(name):
         def fn(mod, inp):
-            b, p, x = local.b, local.point, inp[0]
-            local.point += 1
+            b, x = cur[0], inp[0]
+            p = points[b]
+            points[b] += 1
             if b == 0:
                 if name in order:
                     raise RuntimeError(f"{name} runs more than once in a call of block {i}; prune.walk=sequential "
                                        "prunes a linear at its first input: use prune.walk=block")
                 order.append(name)
-                lead = next((o for o, ref in local.inputs.items() if ref() is x), None)
-                if lead is not None:
+                lead = next((o for o, ref in inputs[0].items() if ref() is x), None)
+                if lead is not None:  # its statistics are the leader's, complete: pruned now, no call waits
                     shared[name] = lead
                     stats[name].follow(stats[lead])
+                    prune(i, name, linears[name], stats[name])
+                    return
             elif p >= len(order) or order[p] != name:
                 raise RuntimeError(f"call {b} of block {i} runs {name} where the first call ran "
                                    f"{order[p] if p < len(order) else 'no more linears'}; prune.walk=sequential "
                                    "needs every call to run the same linears in the same order: use prune.walk=block")
             if name in shared:
-                ref = local.inputs.get(shared[name])
+                ref = inputs[b].get(shared[name])
                 if ref is None or ref() is not x:
                     raise RuntimeError(f"{name} read the same input as {shared[name]} in the first calibration call "
                                        "but not in a later one; its statistics cannot be shared")
-            else:
-                stats[name].add(x, hidden[b].shape[0])  # the call's sequences (OPT flattens them)
-                local.inputs[name] = weakref.ref(x)
-            if b == turns.live[-1]:  # every call has handed this linear its input
-                prune(i, name, linears[name], stats[name])
-            turns.hand_over(b)
-            turns.wait(b)
+                return
+            stats[name].add(x, hidden[b].shape[0])  # the call's sequences (OPT flattens them)
+            inputs[b][name] = weakref.ref(x)
+            main.switch(name)
         return fn
 
     def body(b):
-        local.b, local.point, local.inputs = b, 0, {}
-        try:
-            with torch.no_grad():  # grad mode is per thread
-                turns.wait(b)
-                out = run_block(block, hidden[b], calls[b])
-                if local.point != len(order):
-                    raise RuntimeError(f"call {b} of block {i} ran {local.point} linears, the first call "
-                                       f"{len(order)}; prune.walk=sequential needs every call to run the same "
-                                       "linears: use prune.walk=block")
-                outs[b] = out
-            turns.hand_over(b, finished=True)
-        except _Abort:
-            pass
-        except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller's thread
-            turns.fail(exc)
+        out = run_block(block, hidden[b], calls[b])
+        outs[b] = out
+        return None
 
     handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
+    main = getcurrent()
+    lets = [greenlet(lambda b=b: body(b)) for b in range(n)]
     try:
-        threads = [threading.Thread(target=body, args=(b,), name=f"prune-call-{b}", daemon=True) for b in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        while True:
+            at = []
+            for b, g in enumerate(lets):
+                if g.dead:
+                    continue
+                cur[0] = b
+                at.append(g.switch())  # runs call b to its next linear (the linear's name) or to its end (None)
+            if not at:
+                break
+            if any(a != at[0] for a in at):
+                raise RuntimeError(f"the calls of block {i} stopped at different linears ({', '.join(map(str, at))}); "
+                                   "prune.walk=sequential needs every call to run the same linears: use prune.walk=block")
+            if at[0] is None:
+                break
+            prune(i, at[0], linears[at[0]], stats[at[0]])
     finally:
         for h in handles:
             h.remove()
-    if turns.error is not None:
-        raise turns.error
+        for g in lets:
+            if not g.dead:
+                g.throw(GreenletExit)
     for name, lin in linears.items():
         if name not in order:  # never called: pruned from empty statistics, as the block walk does
             prune(i, name, lin, stats[name])
