@@ -252,3 +252,19 @@ def test_wandb_artifacts_with_lineage_images_and_no_secrets(tmp_path):
     for f in run_dir.rglob("*"):
         if f.is_file() and f.suffix not in (".safetensors", ".png", ".bin"):
             assert b"sk-secret-123" not in f.read_bytes(), f
+
+
+def test_the_prune_stage_walks_blocks_sequentially_when_asked(tmp_path):
+    """prune.walk is a stage key: each walk its own stage (its own hash), recorded in recipe.json, and
+    the two give different masks from the same calibration."""
+    run_cli(FAST + ["-m", "run=walks", "launcher=inline", "stages=[prune]", "prune.method=wanda",
+                    "prune.walk=block,sequential"], tmp_path, check=True)
+    dirs = stage_dirs(tmp_path, "walks", "prune")
+    assert len(dirs) == 2 and len(stage_dirs(tmp_path, "walks", "calibrate")) == 1
+    recipes = {json.loads((d / "recipe.json").read_text())["walk"]: d for d in dirs}
+    assert set(recipes) == {"block", "sequential"}
+    a = load_file(str(recipes["block"] / "model" / "model.safetensors"))
+    b = load_file(str(recipes["sequential"] / "model" / "model.safetensors"))
+    name = next(k for k in a if k.endswith("layers.0.mlp.down_proj.weight"))
+    assert not torch.equal(a[name] == 0, b[name] == 0)
+    assert (a[name] == 0).float().mean() == pytest.approx(0.5, abs=0.01)

@@ -8,7 +8,7 @@ on quality as well as time).
 
     python benchmarks/pruning/walk_cpu.py --gguf <SmolLM2 .gguf> --tokens .bench/smollm2_tokens.pt \\
         --out benchmarks/pruning/walk_cpu.json [--methods wanda,sparsegpt,wanda@seq] [--windows 32] [--seqlen 512] \\
-        [--pattern 2:4] [--eval-windows 16]
+        [--pattern 2:4 | --sparsity 0.7] [--eval-windows 16]
 
 Needs torch, transformers and gguf.
 """
@@ -53,7 +53,8 @@ def main():
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
-    ap.add_argument("--pattern", default="unstructured", help="unstructured (50%%) or N:M")
+    ap.add_argument("--pattern", default="unstructured", help="unstructured or N:M")
+    ap.add_argument("--sparsity", type=float, default=0.5, help="of each layer, with --pattern unstructured")
     ap.add_argument("--eval-windows", type=int, default=0, help="perplexity on this many validation windows (0: none)")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -74,13 +75,14 @@ def main():
         for _ in range(a.repeats):
             base.load_state_dict(state)
             t0 = time.perf_counter()
-            prune_model(base, name, sparsity=0.5, pattern=a.pattern, calibration=Calibration(windows=windows),
+            prune_model(base, name, sparsity=a.sparsity, pattern=a.pattern, calibration=Calibration(windows=windows),
                         batch_size=a.batch, walk=walk)
             times.append(time.perf_counter() - t0)
         digest = hashlib.sha256()
         for _, lin in sorted(block_linears(base).items()):
             digest.update((lin.weight != 0).cpu().numpy().tobytes())
-        rows.append({"method": method, "walk": walk, "pattern": a.pattern, "wall_s": round(min(times), 3),
+        rows.append({"method": method, "walk": walk, "pattern": a.pattern,
+                     "sparsity": a.sparsity if a.pattern == "unstructured" else None, "wall_s": round(min(times), 3),
                      "all_s": [round(t, 3) for t in times], "mask_sha256": digest.hexdigest()[:16]})
         if a.eval_windows:
             rows[-1]["ppl"] = round(perplexity(base, val, a.batch), 4)
