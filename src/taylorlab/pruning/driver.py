@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -137,6 +138,34 @@ def _inputs_taken(mod, inp):
     raise _InputsTaken
 
 
+@contextmanager
+def _prepared(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, offload: bool):
+    """(blocks, first-block inputs per batch, calls per block and batch) with the model on ``device``
+    (with ``offload``: everything but the blocks, which visit one at a time) and its KV cache off."""
+    _, layers = find_decoder_layers(model)
+    if offload:
+        model.to("cpu")
+        _move_non_block_modules(model, layers, device)
+    else:
+        model.to(device)
+    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
+    if cache is not None:
+        model.config.use_cache = False
+    try:
+        yield (layers, *capture_block_calls(model, windows, batch_size, device, offload=offload))
+    finally:
+        if cache is not None:
+            model.config.use_cache = cache
+
+
+def _send_back(block: torch.nn.Module, device: torch.device, offload: bool) -> None:
+    """With ``offload``, a visiting block goes back to the CPU once done."""
+    if offload:
+        block.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
                 device: torch.device = torch.device("cpu"), offload: bool = False, hessian: bool = False,
                 regional: bool = False, refine=None):
@@ -151,18 +180,7 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
     weight (Wanda++'s regional gradient), from one block-local backward per call. ``refine(index,
     block, layers, hidden, calls)``, when given, runs on each block before its statistics are taken.
     """
-    _, layers = find_decoder_layers(model)
-    if offload:
-        model.to("cpu")
-        # everything but the blocks goes to the device; blocks visit one at a time
-        _move_non_block_modules(model, layers, device)
-    else:
-        model.to(device)
-    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
-    if cache is not None:
-        model.config.use_cache = False
-    try:
-        hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
+    with _prepared(model, windows, batch_size, device, offload) as (layers, hidden, calls):
         current = [0]  # sequences in the block call under way (the stats hooks cannot always see it)
         for i, block in enumerate(layers):
             if offload:
@@ -198,13 +216,7 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
             # the (possibly pruned) outputs of this block are the next block's inputs
             if i + 1 < len(layers):
                 hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
-            if offload:
-                block.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    finally:
-        if cache is not None:
-            model.config.use_cache = cache
+            _send_back(block, device, offload)
 
 
 def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden, calls, prune, hessian: bool):
@@ -302,29 +314,13 @@ def walk_sequential(model: torch.nn.Module, windows: torch.Tensor, prune, *, bat
     the block's already pruned linears give it, and each block's from the pruned blocks before it:
     one forward of each block per batch, where the block walk needs a statistics pass and a pass
     of the pruned block."""
-    _, layers = find_decoder_layers(model)
-    if offload:
-        model.to("cpu")
-        _move_non_block_modules(model, layers, device)
-    else:
-        model.to(device)
-    cache = model.config.use_cache if hasattr(model.config, "use_cache") else None
-    if cache is not None:
-        model.config.use_cache = False
-    try:
-        hidden, calls = capture_block_calls(model, windows, batch_size, device, offload=offload)
+    with _prepared(model, windows, batch_size, device, offload) as (layers, hidden, calls):
         for i, block in enumerate(layers):
             if offload:
                 block.to(device)
             hidden = _sequential_block(i, block, find_linears(block), hidden, calls[i], prune, hessian)
-            if offload:
-                block.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            _send_back(block, device, offload)
             yield i
-    finally:
-        if cache is not None:
-            model.config.use_cache = cache
 
 
 @torch.no_grad()
