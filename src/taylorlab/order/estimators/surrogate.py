@@ -105,22 +105,25 @@ def ridge_fit(X: torch.Tensor, y: torch.Tensor, strengths, folds: int, seed: int
     perm = torch.randperm(R, generator=torch.Generator().manual_seed(seed))
     parts = [perm[i::folds] for i in range(folds)]
 
-    def solve(Xa, ya, lam):
-        U, s, Vh = torch.linalg.svd(Xa, full_matrices=False)
+    def solve(svd, ya, lam):
+        U, s, Vh = svd
         return Vh.T @ ((s / (s * s + lam * scale)) * (U.T @ ya))
 
+    # one SVD per fold serves every strength (the solve for a strength is a rescaling of its values)
+    preds = {lam: torch.empty(R, dtype=X.dtype) for lam in strengths}
+    for held in parts:
+        keep = torch.ones(R, dtype=torch.bool)
+        keep[held] = False
+        svd = torch.linalg.svd(X[keep], full_matrices=False)
+        for lam in strengths:
+            preds[lam][held] = X[held] @ solve(svd, y[keep], lam)
     best = None
     for lam in strengths:
-        pred = torch.empty(R, dtype=X.dtype)
-        for held in parts:
-            keep = torch.ones(R, dtype=torch.bool)
-            keep[held] = False
-            pred[held] = X[held] @ solve(X[keep], y[keep], lam)
-        err = float(((pred - y) ** 2).mean())
+        err = float(((preds[lam] - y) ** 2).mean())
         if best is None or err < best[0]:
-            best = (err, lam, pred)
+            best = (err, lam, preds[lam])
     _, lam, pred = best
-    return solve(X, y, lam), lam, pred
+    return solve(torch.linalg.svd(X, full_matrices=False), y, lam), lam, pred
 
 
 def retrained_losses(rec: Record, orders, batched: bool, bound: Optional[int]) -> List[float]:
