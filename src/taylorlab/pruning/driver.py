@@ -227,9 +227,8 @@ def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden
     Each call is a greenlet (a coroutine on this thread): its hook at a linear's input switches back
     to the loop here, which resumes the calls in order and prunes the linear once all stand at it. The
     device sees the kernels of one thread in one order and the statistics add up in call order, as in
-    the block walk. A switch costs microseconds; threads handing over to each other cost the GPU its
-    queue (each hand-over waits on the OS and the interpreter lock, and the block's Python is what
-    keeps a GPU fed). A linear reading the very input an earlier one read (k/v after q, up after gate)
+    the block walk. A switch costs microseconds and takes no lock: on a GPU the block's Python is what
+    keeps the device fed, and threads handing a turn to each other starved it. A linear reading the very input an earlier one read (k/v after q, up after gate)
     shares its statistics, complete by then, and is pruned at once."""
     from greenlet import GreenletExit, getcurrent, greenlet  # only this walk needs it
 
