@@ -257,7 +257,7 @@ def test_wandb_artifacts_with_lineage_images_and_no_secrets(tmp_path):
 def test_the_prune_stage_walks_blocks_sequentially_when_asked(tmp_path):
     """prune.walk is a stage key: each walk its own stage (its own hash), recorded in recipe.json, and
     the two give different masks from the same calibration."""
-    run_cli(FAST + ["-m", "run=walks", "launcher=inline", "stages=[prune]", "prune.method=wanda",
+    run_cli(FAST + ["-m", "run=walks", "launcher=inline", "stages=[evaluate_pruned]", "prune.method=wanda",
                     "prune.walk=block,sequential"], tmp_path, check=True)
     dirs = stage_dirs(tmp_path, "walks", "prune")
     assert len(dirs) == 2 and len(stage_dirs(tmp_path, "walks", "calibrate")) == 1
@@ -268,3 +268,7 @@ def test_the_prune_stage_walks_blocks_sequentially_when_asked(tmp_path):
     name = next(k for k in a if k.endswith("layers.0.mlp.down_proj.weight"))
     assert not torch.equal(a[name] == 0, b[name] == 0)
     assert (a[name] == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+    report = subprocess.run([sys.executable, "-m", "taylorlab.cli", "report", str(tmp_path / "walks")],
+                            capture_output=True, text=True, check=True)
+    rows = [ln for ln in report.stdout.splitlines() if "wanda" in ln]
+    assert any("wanda+seq" in ln for ln in rows) and any("wanda+seq" not in ln for ln in rows), report.stdout
