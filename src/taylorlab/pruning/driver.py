@@ -228,8 +228,9 @@ def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden
     to the loop here, which resumes the calls in order and prunes the linear once all stand at it. The
     device sees the kernels of one thread in one order and the statistics add up in call order, as in
     the block walk. A switch costs microseconds and takes no lock: on a GPU the block's Python is what
-    keeps the device fed, and threads handing a turn to each other starved it. A linear reading the very input an earlier one read (k/v after q, up after gate)
-    shares its statistics, complete by then, and is pruned at once."""
+    keeps the device fed, and threads handing a turn to each other starved it. A linear reading the
+    very input an earlier one read (k/v after q, up after gate) shares its statistics, complete by
+    then, and is pruned at once."""
     from greenlet import GreenletExit, getcurrent, greenlet  # only this walk needs it
 
     n = len(hidden)
@@ -237,7 +238,8 @@ def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden
     order: list = []  # the linears in the order the first call runs them
     shared: Dict[str, str] = {}  # a linear reading the very input an earlier one read -> that one
     outs: list = [None] * n
-    points, inputs, cur, main = [0] * n, [dict() for _ in range(n)], [0], None
+    points, inputs, cur = [0] * n, [dict() for _ in range(n)], [0]  # per call: linears reached, their inputs
+    main = getcurrent()  # the loop below; a call's hook switches back to it
 
     def hook(name):
         def fn(mod, inp):
@@ -271,12 +273,9 @@ def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden
         return fn
 
     def body(b):
-        out = run_block(block, hidden[b], calls[b])
-        outs[b] = out
-        return None
+        outs[b] = run_block(block, hidden[b], calls[b])
 
     handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
-    main = getcurrent()
     lets = [greenlet(lambda b=b: body(b)) for b in range(n)]
     try:
         while True:
