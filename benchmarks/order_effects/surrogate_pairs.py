@@ -22,16 +22,14 @@ Needs torch, transformers, gguf and scipy.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import torch
 
 from setup_order import parser, record_json, schedule  # first: sets sys.path
-from surrogate_refit import theta0_batch_losses
+from surrogate_refit import run_data
 from taylorlab.order.estimators.surrogate import (SurrogateOptions, features, fit_surrogate, position_basis, positions,
-                                                  ridge_fit, standardised)
-from taylorlab.order.queries import random_orders
+                                                  ridge_fit)
 
 SCALES = (0.03, 0.1, 0.3, 1.0)
 
@@ -56,20 +54,13 @@ def main():
 
     ap = parser(__doc__)
     ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
-    ap.add_argument("--gguf", required=True, help="the embedded model, for the batches' losses at theta_0")
+    ap.add_argument("--gguf", help="the embedded model, for the batches' losses at theta_0 when the result lacks them")
     ap.add_argument("--sizes", default="320,640", help="R values refitted (the first R training orders)")
     ap.add_argument("--cell", type=int, default=0)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cell = json.loads(open(a.result).read())["cells"][a.cell]
-    T, ref_loss, fitted = cell["T"], cell["reference_loss"], cell["fitted"]["surrogate"]
-    ref = list(range(T))
-    y_all = torch.tensor(fitted["train_losses"], dtype=torch.float64) - ref_loss
-    train_all = random_orders(T, len(y_all), fitted["train_seed"])
-    held_rows = [o for o in cell["orders"] if str(o["order_name"]).startswith("random-")]
-    held = random_orders(T, len(held_rows), 1)  # the study's held-out queries (study_queries, seed 1)
-    y_held = torch.tensor([o["true_loss"] for o in held_rows], dtype=torch.float64) - ref_loss
-    phi = standardised(theta0_batch_losses(a.gguf, a.tokens, T, a.batch, a.seq_len))
+    cell, T, ref, train_all, y_all, held, y_held, phi, _ = run_data(a)
+    y_held = torch.tensor(y_held, dtype=torch.float64) - cell["reference_loss"]
     lrs, _ = schedule(cell["lr"], 0.1, T)  # smollm2_scale's: warmup 10% + cosine to 10%
     eta = torch.tensor(lrs, dtype=torch.float64) / cell["lr"]
     t = torch.arange(T, dtype=torch.float64)

@@ -37,19 +37,12 @@ def theta0_batch_losses(gguf: str, tokens: str, T: int, B: int, L: int) -> torch
     return batch_losses_at(flat, flat.flat(), train)
 
 
-def main():
-    from scipy.stats import spearmanr
-
-    ap = parser(__doc__)
-    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
-    ap.add_argument("--gguf", help="the embedded model, for the batches' losses at theta_0 when the result lacks them")
-    ap.add_argument("--sizes", default="100,200,320,480,640", help="R values refitted (the first R training orders)")
-    ap.add_argument("--cell", type=int, default=0)
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+def run_data(a):
+    """What a GPU run paid for, from ``a.result`` (cell ``a.cell``): (cell, T, the reference order,
+    the training orders and their losses minus the reference loss, the held-out random orders, their
+    true losses, phi: the batches' standardised losses at theta_0 and where they came from)."""
     cell = json.loads(open(a.result).read())["cells"][a.cell]
     T, ref_loss, fitted = cell["T"], cell["reference_loss"], cell["fitted"]["surrogate"]
-    ref = list(range(T))
     y_all = torch.tensor(fitted["train_losses"], dtype=torch.float64) - ref_loss
     train_all = random_orders(T, len(y_all), fitted["train_seed"])
     held_rows = [o for o in cell["orders"] if str(o["order_name"]).startswith("random-")]
@@ -61,7 +54,21 @@ def main():
         if not a.gguf:
             raise SystemExit("error: the result does not store the batches' losses at theta_0; pass --gguf")
         losses, source = theta0_batch_losses(a.gguf, a.tokens, T, a.batch, a.seq_len), "this machine (CPU)"
-    phi = standardised(losses)
+    return cell, T, list(range(T)), train_all, y_all, held, y_held, standardised(losses), source
+
+
+def main():
+    from scipy.stats import spearmanr
+
+    ap = parser(__doc__)
+    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
+    ap.add_argument("--gguf", help="the embedded model, for the batches' losses at theta_0 when the result lacks them")
+    ap.add_argument("--sizes", default="100,200,320,480,640", help="R values refitted (the first R training orders)")
+    ap.add_argument("--cell", type=int, default=0)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cell, T, ref, train_all, y_all, held, y_held, phi, source = run_data(a)
+    ref_loss = cell["reference_loss"]
     opts = SurrogateOptions()
     rows = []
     for R in [int(x) for x in a.sizes.split(",") if int(x) <= len(y_all)]:
