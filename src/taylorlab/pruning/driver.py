@@ -5,7 +5,6 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -18,7 +17,7 @@ from taylorlab.pruning.gradients import regional_gradient_stats
 from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
 from taylorlab.pruning.registry import BlockTask, Calibration, LayerTask, Method, get as get_method
-from taylorlab.pruning.stats import InputStats, attach
+from taylorlab.pruning.stats import attach
 from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
                                          in_features, run_block, weight_matrix)
 
@@ -158,12 +157,18 @@ def _prepared(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, de
             model.config.use_cache = cache
 
 
-def _send_back(block: torch.nn.Module, device: torch.device, offload: bool) -> None:
-    """With ``offload``, a visiting block goes back to the CPU once done."""
+@contextmanager
+def _visiting(block: torch.nn.Module, device: torch.device, offload: bool):
+    """With ``offload``, the block on ``device`` while it is worked on, then back on the CPU."""
     if offload:
-        block.to("cpu")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        block.to(device)
+    try:
+        yield
+    finally:
+        if offload:
+            block.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8,
@@ -183,40 +188,38 @@ def walk_blocks(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: in
     with _prepared(model, windows, batch_size, device, offload) as (layers, hidden, calls):
         current = [0]  # sequences in the block call under way (the stats hooks cannot always see it)
         for i, block in enumerate(layers):
-            if offload:
-                block.to(device)
-            linears = find_linears(block)
-            if refine is not None:
-                refine(i, block, linears, hidden, calls[i])
-            stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
-            ran = []  # the linears in the order the block's first call runs them
-            probes = [m.register_forward_pre_hook(lambda mod, inp, n=n, ran=ran: ran.append(n))
-                      for n, m in linears.items()]
-            try:
-                for k, (x, call) in enumerate(zip(hidden, calls[i])):
-                    current[0] = x.shape[0]
-                    if k == 1:
-                        for h in probes:
-                            h.remove()
-                        probes = []
-                        if sorted(ran) == sorted(linears):  # each linear once per call: once the last one has its
-                            # input, the rest of the call (its product, the residual) changes no statistic
-                            handles.append(linears[ran[-1]].register_forward_pre_hook(_inputs_taken))
-                    try:
-                        run_block(block, x, call)
-                    except _InputsTaken:
-                        pass
-            finally:
-                for h in handles + probes:
-                    h.remove()
-            if regional:
-                for name, g in regional_gradient_stats(block, linears, hidden, calls[i]).items():
-                    stats[name].regional = g
-            yield i, block, linears, stats
-            # the (possibly pruned) outputs of this block are the next block's inputs
-            if i + 1 < len(layers):
-                hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
-            _send_back(block, device, offload)
+            with _visiting(block, device, offload):  # with offload, the block visits the device
+                linears = find_linears(block)
+                if refine is not None:
+                    refine(i, block, linears, hidden, calls[i])
+                stats, handles = attach(linears, hessian=hessian, sequences=lambda: current[0])
+                ran = []  # the linears in the order the block's first call runs them
+                probes = [m.register_forward_pre_hook(lambda mod, inp, n=n, ran=ran: ran.append(n))
+                          for n, m in linears.items()]
+                try:
+                    for k, (x, call) in enumerate(zip(hidden, calls[i])):
+                        current[0] = x.shape[0]
+                        if k == 1:
+                            for h in probes:
+                                h.remove()
+                            probes = []
+                            if sorted(ran) == sorted(linears):  # each linear once per call: once the last one has its
+                                # input, the rest of the call (its product, the residual) changes no statistic
+                                handles.append(linears[ran[-1]].register_forward_pre_hook(_inputs_taken))
+                        try:
+                            run_block(block, x, call)
+                        except _InputsTaken:
+                            pass
+                finally:
+                    for h in handles + probes:
+                        h.remove()
+                if regional:
+                    for name, g in regional_gradient_stats(block, linears, hidden, calls[i]).items():
+                        stats[name].regional = g
+                yield i, block, linears, stats
+                # the (possibly pruned) outputs of this block are the next block's inputs
+                if i + 1 < len(layers):
+                    hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
 
 
 def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden, calls, prune, hessian: bool):
@@ -234,48 +237,38 @@ def _sequential_block(i: int, block, linears: Dict[str, torch.nn.Module], hidden
     from greenlet import GreenletExit, getcurrent, greenlet  # only this walk needs it
 
     n = len(hidden)
-    stats = {name: InputStats(lin, hessian, name) for name, lin in linears.items()}
+    cur = [0]  # the call under way
+    stats, handles = attach(linears, hessian=hessian, sequences=lambda: hidden[cur[0]].shape[0],
+                            call=lambda: cur[0])  # the call's sequences (OPT flattens them)
     order: list = []  # the linears in the order the first call runs them
-    shared: Dict[str, str] = {}  # a linear reading the very input an earlier one read -> that one
+    points = [0] * n  # per call: how many linears it has reached
     outs: list = [None] * n
-    points, inputs, cur = [0] * n, [dict() for _ in range(n)], [0]  # per call: linears reached, their inputs
     main = getcurrent()  # the loop below; a call's hook switches back to it
 
-    def hook(name):
+    def hook(name):  # registered after the statistics' hooks, so it runs once the input is added
         def fn(mod, inp):
-            b, x = cur[0], inp[0]
-            p = points[b]
+            b, p = cur[0], points[cur[0]]
             points[b] += 1
             if b == 0:
                 if name in order:
                     raise RuntimeError(f"{name} runs more than once in a call of block {i}; prune.walk=sequential "
                                        "prunes a linear at its first input: use prune.walk=block")
                 order.append(name)
-                lead = next((o for o, ref in inputs[0].items() if ref() is x), None)
-                if lead is not None:  # its statistics are the leader's, complete: pruned now, no call waits
-                    shared[name] = lead
-                    stats[name].follow(stats[lead])
-                    prune(i, name, linears[name], stats[name])
-                    return
             elif p >= len(order) or order[p] != name:
                 raise RuntimeError(f"call {b} of block {i} runs {name} where the first call ran "
                                    f"{order[p] if p < len(order) else 'no more linears'}; prune.walk=sequential "
                                    "needs every call to run the same linears in the same order: use prune.walk=block")
-            if name in shared:
-                ref = inputs[b].get(shared[name])
-                if ref is None or ref() is not x:
-                    raise RuntimeError(f"{name} read the same input as {shared[name]} in the first calibration call "
-                                       "but not in a later one; its statistics cannot be shared")
+            if stats[name].leader is not None:  # the leader's statistics, complete: pruned at once, no call waits
+                if b == 0:
+                    prune(i, name, linears[name], stats[name])
                 return
-            stats[name].add(x, hidden[b].shape[0])  # the call's sequences (OPT flattens them)
-            inputs[b][name] = weakref.ref(x)
             main.switch(name)
         return fn
 
     def body(b):
         outs[b] = run_block(block, hidden[b], calls[b])
 
-    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
+    handles += [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
     lets = [greenlet(lambda b=b: body(b)) for b in range(n)]
     try:
         while True:
@@ -314,10 +307,8 @@ def walk_sequential(model: torch.nn.Module, windows: torch.Tensor, prune, *, bat
     of the pruned block."""
     with _prepared(model, windows, batch_size, device, offload) as (layers, hidden, calls):
         for i, block in enumerate(layers):
-            if offload:
-                block.to(device)
-            hidden = _sequential_block(i, block, find_linears(block), hidden, calls[i], prune, hessian)
-            _send_back(block, device, offload)
+            with _visiting(block, device, offload):
+                hidden = _sequential_block(i, block, find_linears(block), hidden, calls[i], prune, hessian)
             yield i
 
 

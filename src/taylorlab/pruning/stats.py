@@ -53,7 +53,6 @@ class InputStats:
         self.name = name
         self._sums = _Sums(in_features(layer), hessian, layer.weight.device)
         self.leader: Optional["InputStats"] = None  # the layer whose sums these are, when shared
-        self._last_input = None  # weak reference to the last input added (to recognise a shared input)
         self.regional = None  # set by walk_blocks(regional=True): sum_n (d ||block_n(x)||_2 / dW)^2
 
     sq_sum = property(lambda self: self._sums.sq_sum)
@@ -73,7 +72,6 @@ class InputStats:
             # running mean as in the reference: H <- H * n/(n+b) + 2/(n+b) * X^T X
             gram_(s.hessian, x2, s.nsamples / (s.nsamples + b), 2.0 / (s.nsamples + b))
         s.nsamples += b
-        self._last_input = weakref.ref(x)
 
     def follow(self, leader: "InputStats") -> None:
         """Share ``leader``'s sums from now on: this layer reads the same input."""
@@ -84,39 +82,45 @@ class InputStats:
         return torch.sqrt(self.sq_sum / max(self.nsamples, 1))
 
 
-def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] = None):
+def attach(layers: dict, hessian: bool, sequences: Optional[Callable[[], int]] = None,
+           call: Optional[Callable[[], int]] = None):
     """Hooks that feed every layer's input to its ``InputStats``; ``sequences()`` tells how many
     sequences the current call holds (the caller knows; the tensor may not).
 
     A layer whose input, at the first call, is the very tensor an earlier layer of the same call
     received (q/k/v after one norm, gate/up) shares that layer's sums instead of computing them again
     (SparseGPT's Hessian is the costly part); on every later call the input must again be that
-    tensor, else it is an error rather than a silently wrong statistic."""
+    tensor, else it is an error rather than a silently wrong statistic. ``call()``, when given, is the
+    index of the calibration call under way: calls may then interleave (the sequential walk runs them
+    as coroutines), call 0 is the first, and each call's inputs are told apart."""
     stats = {name: InputStats(layer, hessian, name) for name, layer in layers.items()}
     first_call = [True]
     seen = []  # the leaders that received an input so far in the first call
+    last = {}  # (leader name, call) -> weak reference to the input the leader took in that call
 
     def hook(name):
         s = stats[name]
 
         def fn(mod, inp):
             x = inp[0]
-            if first_call[0]:
-                if len(seen) and seen[0] is s:  # the first layer again: the first call is over
+            c = call() if call is not None else 0
+            if (c == 0) if call is not None else first_call[0]:
+                if call is None and len(seen) and seen[0] is s:  # the first layer again: the first call is over
                     first_call[0] = False
                 else:
-                    lead = next((o for o in seen if o._last_input is not None and o._last_input() is x), None)
+                    lead = next((o for o in seen if (ref := last.get((o.name, c))) is not None and ref() is x), None)
                     if lead is not None:
                         s.follow(lead)
                         return
                     seen.append(s)
             if s.leader is not None:
-                ref = s.leader._last_input
+                ref = last.get((s.leader.name, c))
                 if ref is None or ref() is not x:
                     raise RuntimeError(f"{name} read the same input as {s.leader.name} in the first calibration "
                                        "call but not in a later one; its statistics cannot be shared")
                 return
             s.add(x, sequences() if sequences else None)
+            last[(name, c)] = weakref.ref(x)
 
         return fn
 
