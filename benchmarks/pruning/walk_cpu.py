@@ -25,22 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record  # noqa: E402
+from taylorlab.evaluation.perplexity import perplexity as _perplexity  # noqa: E402
 from taylorlab.models import load_gguf_model  # noqa: E402
 from taylorlab.pruning import Calibration, prune_model  # noqa: E402
 from taylorlab.pruning.structure import block_linears  # noqa: E402
-
-
-@torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch: int) -> float:
-    """exp of the mean next-token cross-entropy over the windows."""
-    total, count = 0.0, 0
-    for i in range(0, windows.shape[0], batch):
-        ids = windows[i : i + batch]
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                         reduction="sum"))
-        count += ids[:, 1:].numel()
-    return float(torch.exp(torch.tensor(total / count)))
 
 
 def main():
@@ -61,12 +49,14 @@ def main():
     ids = torch.load(a.tokens, weights_only=True)["train"].long()
     windows = ids[: a.windows * a.seqlen].view(a.windows, a.seqlen)
     val = torch.load(a.tokens, weights_only=True)["validation"].long()
-    val = val[: a.eval_windows * a.seqlen].view(a.eval_windows, a.seqlen)
+
+    def perplexity(model):  # the evaluate stage's own: non-overlapping windows of --seqlen tokens
+        return _perplexity(model, val, a.seqlen, batch_size=a.batch, max_windows=a.eval_windows)["ppl"]
     base, _ = load_gguf_model(a.gguf)
     state = {k: v.clone() for k, v in base.state_dict().items()}
     rows = []
     if a.eval_windows:
-        rows.append({"method": "dense", "ppl": round(perplexity(base, val, a.batch), 4)})
+        rows.append({"method": "dense", "ppl": round(perplexity(base), 4)})
         print(rows[-1], flush=True)
     for method in [m for m in a.methods.split(",") if m]:
         name, _, flag = method.partition("@")
@@ -85,7 +75,7 @@ def main():
                      "sparsity": a.sparsity if a.pattern == "unstructured" else None, "wall_s": round(min(times), 3),
                      "all_s": [round(t, 3) for t in times], "mask_sha256": digest.hexdigest()[:16]})
         if a.eval_windows:
-            rows[-1]["ppl"] = round(perplexity(base, val, a.batch), 4)
+            rows[-1]["ppl"] = round(perplexity(base), 4)
         print(rows[-1], flush=True)
     record(Path(a.out), {"config": vars(a), "threads": torch.get_num_threads(), "results": rows})
 
