@@ -246,12 +246,12 @@ def test_the_sequential_walk_is_its_definition_on_every_family(family, method, m
     """walk=sequential, one pass with the calls as coroutines, equals one statistics pass of the block
     as it stands per linear (the linears before it pruned), on every family: parallel attention and
     MLP (Falcon, Phi, GPT-NeoX), Conv1D (GPT-2), OPT's flattened fc1/fc2, sliding layers."""
-    from test_pruning_walk import _one_linear_at_a_time
+    from helpers import prune_one_linear_at_a_time
 
     w = windows()
     a, b = copy.deepcopy(models[family]), copy.deepcopy(models[family])
     prune_with(a, method=method, sparsity=0.5, windows=w, batch_size=2, blocksize=8, walk="sequential")
-    _one_linear_at_a_time(b, method, w, 2, **({"blocksize": 8} if method == "sparsegpt" else {}))
+    prune_one_linear_at_a_time(b, method, w, 2, **({"blocksize": 8} if method == "sparsegpt" else {}))
     for (name, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
         assert torch.equal(weight_matrix(la) == 0, weight_matrix(lb) == 0), f"{family} {name}"
         torch.testing.assert_close(weight_matrix(la), weight_matrix(lb), rtol=1e-5, atol=1e-6,

@@ -7,41 +7,12 @@ import copy
 import pytest
 import torch
 
-from helpers import prune_with
+from helpers import prune_one_linear_at_a_time, prune_with
 from test_pruning import _tiny, windows
 
 from taylorlab.errors import ConfigError
-from taylorlab.pruning import Calibration, LayerTask, per_sequence_gradient_stats, registry, walk_sequential
-from taylorlab.pruning.stats import InputStats
-from taylorlab.pruning.structure import (block_linears, capture_block_calls, find_decoder_layers, find_linears,
-                                         run_block)
-
-
-@torch.no_grad()
-def _one_linear_at_a_time(model, method, w, batch_size, gradients=None, **options):
-    """The definition, spelled out slowly: for each linear in the order a call runs them, a full pass
-    of every calibration call through the block as it now stands gathers that linear's statistics,
-    then the linear is pruned; the pruned block's outputs feed the next block."""
-    m = registry.get(method)
-    opts = m.make_options(options)
-    cal = Calibration(w, gradients, w.shape[0] if gradients is not None else None)
-    prefix, layers = find_decoder_layers(model)
-    hidden, calls = capture_block_calls(model, w, batch_size, torch.device("cpu"))
-    for i, block in enumerate(layers):
-        lins = find_linears(block)
-        ran = []
-        hs = [lin.register_forward_pre_hook(lambda mod, inp, n=n: ran.append(n)) for n, lin in lins.items()]
-        run_block(block, hidden[0], calls[i][0])
-        for h in hs:
-            h.remove()
-        for name in ran:
-            st = InputStats(lins[name], m.needs_hessian, name)
-            for x, call in zip(hidden, calls[i]):
-                h = lins[name].register_forward_pre_hook(lambda mod, inp, st=st, b=x.shape[0]: st.add(inp[0], b))
-                run_block(block, x, call)
-                h.remove()
-            m.prune_layer(LayerTask(f"{prefix}.{i}.{name}", lins[name], st, cal, 0.5, None, opts))
-        hidden = [run_block(block, x, call) for x, call in zip(hidden, calls[i])]
+from taylorlab.pruning import per_sequence_gradient_stats, walk_sequential
+from taylorlab.pruning.structure import block_linears, find_decoder_layers, find_linears
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
@@ -52,7 +23,7 @@ def test_sequential_walk_equals_pruning_one_linear_at_a_time(arch, method):
     g = per_sequence_gradient_stats(model, w, batch_size=5) if method == "gblm" else None
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     prune_with(a, method, windows=w, gradients=g, grad_nsamples=10, batch_size=4, blocksize=16, walk="sequential")
-    _one_linear_at_a_time(b, method, w, 4, gradients=g, **({"blocksize": 16} if method == "sparsegpt" else {}))
+    prune_one_linear_at_a_time(b, method, w, 4, gradients=g, **({"blocksize": 16} if method == "sparsegpt" else {}))
     for (name, la), lb in zip(block_linears(a).items(), block_linears(b).values()):
         assert torch.equal(la.weight == 0, lb.weight == 0), name
         assert torch.allclose(la.weight, lb.weight, rtol=1e-6, atol=1e-7), name
