@@ -163,6 +163,7 @@ def main():
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--grad-batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8, help="calibration sequences per block call")
     ap.add_argument("--offload-methods", default="", help="methods to run again with the model on the CPU, one block on the GPU")
     ap.add_argument("--check", action="store_true", help="compare the fp32 and the library's Hessians on block 0 first")
     args = ap.parse_args()
@@ -206,13 +207,13 @@ def main():
                 record(Path(args.out), results)
                 continue
         elif spec in ("two-pass", "one-pass"):
-            two_pass(model, windows, passes=2 if spec == "two-pass" else 1)
+            two_pass(model, windows, batch_size=args.batch, passes=2 if spec == "two-pass" else 1)
         else:
             name, _, opts = spec.partition(":")  # e.g. wanda++:ro_iters=5/ro_precision=bfloat16
             options = {k: parse_option(getattr(registry.get(name).make_options(), k), v)
                        for k, v in (kv.split("=") for kv in opts.split("/") if kv)}
             profile = Profile("owl", m=OWL_M, lmbda=OWL_LAMBDA) if owl else None
-            prune_model(model, name, sparsity=0.5, batch_size=8, device=torch.device("cuda"), offload=offload,
+            prune_model(model, name, sparsity=0.5, batch_size=args.batch, device=torch.device("cuda"), offload=offload,
                         options=options, profile=profile, walk=walk,
                         calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
