@@ -11,7 +11,6 @@ each ``G_n`` is exactly the gradient of sequence n's own loss.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional
 
 import torch
@@ -29,34 +28,23 @@ def per_sequence_weight_grads(gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return torch.bmm(gy.transpose(1, 2), x)
 
 
-def _per_sequence_hook(acc: torch.Tensor, batch, norm: str, stream=None):
+def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
     """A forward hook that adds, once the backward pass reaches the layer's output, each sequence's
     weight gradient ``G_n = dY_n^T X_n`` squared (l2) or absolute (l1) to ``acc``; ``batch[0]`` is how
-    many sequences the pass holds (some models, e.g. OPT, flatten [B, T, d] to [B*T, d]).
-
-    With a CUDA ``stream``, the products and the sum run there, beside the rest of the backward pass:
-    nothing downstream reads them, so the backward's own element-wise kernels and these GEMMs can share
-    the device. The saved input and the output gradient are marked as used by that stream, so their
-    memory is not handed out again before it is done with them."""
+    many sequences the pass holds (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])."""
     def hook(mod, inp, out):
         x = inp[0].detach()
 
         def grad_hook(gy, x=x):
             b = batch[0]
-            if stream is not None:
-                stream.wait_stream(torch.cuda.current_stream(gy.device))
-                x.record_stream(stream)
-                gy.record_stream(stream)
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
-                if xs.dtype != gs.dtype:  # under autocast the layer multiplied its input cast to the output's dtype
-                    xs = xs.to(gs.dtype)
-                g = per_sequence_weight_grads(gs, xs)
-                # one read of g: sum_n g_n^2 (l2) or sum_n |g_n| (l1), in fp32
-                acc.add_(torch.linalg.vector_norm(g, ord=2 if norm == "l2" else 1, dim=0,
-                                                  dtype=torch.promote_types(g.dtype, torch.float32))
-                         .pow_(2 if norm == "l2" else 1))
-                del g
+            xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
+            if xs.dtype != gs.dtype:  # under autocast the layer multiplied its input cast to the output's dtype
+                xs = xs.to(gs.dtype)
+            g = per_sequence_weight_grads(gs, xs)
+            # one read of g: sum_n g_n^2 (l2) or sum_n |g_n| (l1), in fp32
+            acc.add_(torch.linalg.vector_norm(g, ord=2 if norm == "l2" else 1, dim=0,
+                                              dtype=torch.promote_types(g.dtype, torch.float32))
+                     .pow_(2 if norm == "l2" else 1))
 
         if out.requires_grad:
             out.register_hook(grad_hook)
@@ -65,12 +53,8 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str, stream=None):
 
 
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
-                                device: torch.device = torch.device("cpu"), progress: bool = False,
-                                side_stream: bool = True) -> Dict[str, torch.Tensor]:
-    """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``.
-
-    ``side_stream`` (CUDA only): form and add the per-sequence products on a second stream, beside the
-    backward pass; the same operations in the same order per layer, so the same sums."""
+                                device: torch.device = torch.device("cpu"), progress: bool = False) -> Dict[str, torch.Tensor]:
+    """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``."""
     from tqdm.auto import tqdm
 
     if norm not in ("l1", "l2"):
@@ -83,10 +67,9 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
         p.requires_grad_(False)
 
     batch = [0]  # sequences in the current pass (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])
-    stream = torch.cuda.Stream(device) if side_stream and device.type == "cuda" else None
 
     def forward_hook(name):
-        return _per_sequence_hook(acc[name], batch, norm, stream)
+        return _per_sequence_hook(acc[name], batch, norm)
 
     handles = [m.register_forward_hook(forward_hook(n)) for n, m in linears.items()]
     was_training = model.training
@@ -104,8 +87,6 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
             loss.backward()
             del logits, loss, emb
     finally:
-        if stream is not None:
-            torch.cuda.current_stream(device).wait_stream(stream)
         for h in handles:
             h.remove()
         for n, p in model.named_parameters():
