@@ -164,6 +164,8 @@ def main():
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--grad-batch", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8, help="calibration sequences per block call")
+    ap.add_argument("--sdpa", default="default", choices=["default", "flash", "efficient", "cudnn"],
+                    help="the only scaled-dot-product attention backend allowed (default: torch's choice)")
     ap.add_argument("--offload-methods", default="", help="methods to run again with the model on the CPU, one block on the GPU")
     ap.add_argument("--check", action="store_true", help="compare the fp32 and the library's Hessians on block 0 first")
     args = ap.parse_args()
@@ -178,6 +180,12 @@ def main():
         reinit(model)
         results["hessian_check"] = check_hessians(model, windows)
         print(results["hessian_check"], flush=True)
+    if args.sdpa != "default":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                   "cudnn": SDPBackend.CUDNN_ATTENTION}[args.sdpa]
+        sdpa_kernel(backend).__enter__()  # for the whole run
     runs = [(m, False) for m in args.methods.split(",") if m] + [(m, True) for m in args.offload_methods.split(",") if m]
     for method, offload in runs:
         model.to("cuda")
