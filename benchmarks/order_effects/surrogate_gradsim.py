@@ -28,10 +28,9 @@ import time
 
 import torch
 
-from setup_order import parser, record_json, schedule  # first: sets sys.path
-from surrogate_refit import run_data
-from taylorlab.order.estimators.surrogate import (SurrogateOptions, features, fit_surrogate, position_basis,
-                                                  ridge_fit)
+from setup_order import record_json, schedule  # first: sets sys.path
+from surrogate_refit import best_scaled_fit, offline_parser, run_data, shipped_columns
+from taylorlab.order.estimators.surrogate import SurrogateOptions
 
 SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 SKETCH = 1 << 20
@@ -97,12 +96,9 @@ def pair_feature(orders, K: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 def main():
     from scipy.stats import spearmanr
 
-    ap = parser(__doc__)
-    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
-    ap.add_argument("--gguf", required=True, help="the embedded model (gradients and losses at theta_0)")
-    ap.add_argument("--sizes", default="320,640", help="R values refitted (the first R training orders)")
-    ap.add_argument("--cell", type=int, default=0)
-    a = ap.parse_args()
+    a = offline_parser(__doc__, "the embedded model (gradients and losses at theta_0)", "320,640").parse_args()
+    if not a.gguf:
+        raise SystemExit("error: --gguf is needed: the batches' gradients at theta_0 come from the embedded model")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cell, T, ref, train_all, y_all, held, y_held, phi, _ = run_data(a)
     y_held = torch.tensor(y_held, dtype=torch.float64) - cell["reference_loss"]
@@ -120,29 +116,15 @@ def main():
     rows = []
     for R in [int(x) for x in a.sizes.split(",") if int(x) <= len(y_all)]:
         train, y = train_all[:R], y_all[:R]
-        degree, share, coef, lam, cv = fit_surrogate(train, y, ref, opts, phi=phi)
-
-        def additive(orders):
-            X0 = features(orders, position_basis(T, degree), ref)
-            return torch.cat([X0, share * torch.einsum("rlj,l->rj", X0.view(len(orders), T, degree), phi)], 1)
-
-        Xa, Ha = additive(train), additive(held)
+        _, _, coef, cv, Xa, Ha = shipped_columns(train, y, held, ref, phi, opts)
         rows.append({"R": R, "form": "legendre+batch_loss", "cv_spearman": float(spearmanr(cv, y).statistic),
                      "held_out_spearman": float(spearmanr(Ha @ coef, y_held).statistic)})
         logging.info("%s", rows[-1])
-        rms = lambda M: float((M * M).mean().sqrt()) or 1.0  # noqa: E731
         for kn, Km in K.items():
             for wn, W in weights.items():
                 base = pair_feature([ref], Km, W)
                 F, Fh = (pair_feature(train, Km, W) - base)[:, None], (pair_feature(held, Km, W) - base)[:, None]
-                k = rms(Xa) / rms(F)
-                best = None
-                for c in SCALES:
-                    beta, lam, pred = ridge_fit(torch.cat([Xa, c * k * F], 1), y, opts.ridge, opts.folds, opts.seed)
-                    err = float(((pred - y) ** 2).mean())
-                    if best is None or err < best[0]:
-                        best = (err, c, beta, pred)
-                _, c, beta, pred = best
+                c, k, beta, _, pred = best_scaled_fit(Xa, F, y, opts, SCALES)
                 rows.append({"R": R, "form": f"legendre+batch_loss+sim:{kn}:{wn}", "scale": c,
                              "cv_spearman": float(spearmanr(pred, y).statistic),
                              "held_out_spearman": float(spearmanr(torch.cat([Ha, c * k * Fh], 1) @ beta,

@@ -26,10 +26,9 @@ import logging
 
 import torch
 
-from setup_order import parser, record_json, schedule  # first: sets sys.path
-from surrogate_refit import run_data
-from taylorlab.order.estimators.surrogate import (SurrogateOptions, features, fit_surrogate, position_basis, positions,
-                                                  ridge_fit)
+from setup_order import record_json, schedule  # first: sets sys.path
+from surrogate_refit import best_scaled_fit, offline_parser, run_data, shipped_columns
+from taylorlab.order.estimators.surrogate import SurrogateOptions, positions
 
 SCALES = (0.03, 0.1, 0.3, 1.0)
 
@@ -52,12 +51,8 @@ def pair_block(orders, W: torch.Tensor, ref, symmetric: bool) -> torch.Tensor:
 def main():
     from scipy.stats import spearmanr
 
-    ap = parser(__doc__)
-    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
-    ap.add_argument("--gguf", help="the embedded model, for the batches' losses at theta_0 when the result lacks them")
-    ap.add_argument("--sizes", default="320,640", help="R values refitted (the first R training orders)")
-    ap.add_argument("--cell", type=int, default=0)
-    a = ap.parse_args()
+    a = offline_parser(__doc__, "the embedded model, for the batches' losses at theta_0 when the result lacks them",
+                       "320,640").parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cell, T, ref, train_all, y_all, held, y_held, phi, _ = run_data(a)
     y_held = torch.tensor(y_held, dtype=torch.float64) - cell["reference_loss"]
@@ -70,29 +65,15 @@ def main():
     rows = []
     for R in [int(x) for x in a.sizes.split(",") if int(x) <= len(y_all)]:
         train, y = train_all[:R], y_all[:R]
-        degree, share, coef, lam, cv = fit_surrogate(train, y, ref, opts, phi=phi)
-
-        def additive(orders):  # the shipped form's columns at its chosen degree and shared weight
-            X0 = features(orders, position_basis(T, degree), ref)
-            return torch.cat([X0, share * torch.einsum("rlj,l->rj", X0.view(len(orders), T, degree), phi)], 1)
-
-        Xa, Ha = additive(train), additive(held)
+        degree, share, coef, cv, Xa, Ha = shipped_columns(train, y, held, ref, phi, opts)
         rows.append({"R": R, "form": "legendre+batch_loss", "degree": degree, "share": share,
                      "cv_spearman": float(spearmanr(cv.numpy(), y.numpy()).statistic),
                      "held_out_spearman": float(spearmanr((Ha @ coef).numpy(), y_held.numpy()).statistic)})
         logging.info("%s", rows[-1])
-        rms = lambda M: float((M * M).mean().sqrt()) or 1.0  # noqa: E731
         for name, W in weights.items():
             for sym in (False, True):
                 P, Ph = pair_block(train, W, ref, sym), pair_block(held, W, ref, sym)
-                k = rms(Xa) / rms(P)
-                best = None
-                for c in SCALES:
-                    beta, lam, pred = ridge_fit(torch.cat([Xa, c * k * P], 1), y, opts.ridge, opts.folds, opts.seed)
-                    err = float(((pred - y) ** 2).mean())
-                    if best is None or err < best[0]:
-                        best = (err, c, beta, lam, pred)
-                _, c, beta, lam, pred = best
+                c, k, beta, lam, pred = best_scaled_fit(Xa, P, y, opts, SCALES)
                 rows.append({"R": R, "form": f"legendre+batch_loss+pairs:{name}{'-sym' if sym else ''}",
                              "degree": degree, "share": share, "pair_scale": c, "ridge": lam,
                              "cv_spearman": float(spearmanr(pred.numpy(), y.numpy()).statistic),

@@ -21,8 +21,8 @@ import logging
 import torch
 
 from setup_order import parser, record_json  # first: sets sys.path
-from taylorlab.order.estimators.surrogate import (SurrogateOptions, batch_losses_at, fit_surrogate, standardised,
-                                                  surrogate_S)
+from taylorlab.order.estimators.surrogate import (SurrogateOptions, batch_losses_at, features, fit_surrogate,
+                                                  position_basis, ridge_fit, standardised, surrogate_S)
 from taylorlab.order.estimators.additive import score_orders
 from taylorlab.order.queries import random_orders
 
@@ -57,15 +57,50 @@ def run_data(a):
     return cell, T, list(range(T)), train_all, y_all, held, y_held, standardised(losses), source
 
 
+def offline_parser(doc: str, gguf_help: str, default_sizes: str):
+    """The arguments of every offline refit of a smollm2_scale.py run."""
+    ap = parser(doc)
+    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
+    ap.add_argument("--gguf", help=gguf_help)
+    ap.add_argument("--sizes", default=default_sizes, help="R values refitted (the first R training orders)")
+    ap.add_argument("--cell", type=int, default=0)
+    return ap
+
+
+def shipped_columns(train, y: torch.Tensor, held, ref, phi: torch.Tensor, opts: SurrogateOptions):
+    """The shipped form fitted to ``train`` (Legendre per batch + the batch_loss profile, by the
+    estimator's own ``fit_surrogate``): (degree, share, coefficients, cv predictions, its columns on
+    the training orders, on the held-out orders)."""
+    T = len(ref)
+    degree, share, coef, _, cv = fit_surrogate(train, y, ref, opts, phi=phi)
+
+    def additive(orders):
+        X0 = features(orders, position_basis(T, degree), ref)
+        return torch.cat([X0, share * torch.einsum("rlj,l->rj", X0.view(len(orders), T, degree), phi)], 1)
+
+    return degree, share, coef, cv, additive(train), additive(held)
+
+
+def best_scaled_fit(Xa: torch.Tensor, extra: torch.Tensor, y: torch.Tensor, opts: SurrogateOptions, scales):
+    """Ridge on [Xa, c k extra] (k: the two blocks' RMS ratio) for every c in ``scales``; the fit with
+    the lowest cross-validated squared error: (c, k, coefficients, strength, cv predictions)."""
+    rms = lambda M: float((M * M).mean().sqrt()) or 1.0  # noqa: E731
+    k = rms(Xa) / rms(extra)
+    best = None
+    for c in scales:
+        beta, lam, pred = ridge_fit(torch.cat([Xa, c * k * extra], 1), y, opts.ridge, opts.folds, opts.seed)
+        err = float(((pred - y) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, c, beta, lam, pred)
+    _, c, beta, lam, pred = best
+    return c, k, beta, lam, pred
+
+
 def main():
     from scipy.stats import spearmanr
 
-    ap = parser(__doc__)
-    ap.add_argument("--result", required=True, help="a smollm2_scale.py result whose cell ran the surrogate")
-    ap.add_argument("--gguf", help="the embedded model, for the batches' losses at theta_0 when the result lacks them")
-    ap.add_argument("--sizes", default="100,200,320,480,640", help="R values refitted (the first R training orders)")
-    ap.add_argument("--cell", type=int, default=0)
-    a = ap.parse_args()
+    a = offline_parser(__doc__, "the embedded model, for the batches' losses at theta_0 when the result lacks them",
+                       "100,200,320,480,640").parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cell, T, ref, train_all, y_all, held, y_held, phi, source = run_data(a)
     ref_loss = cell["reference_loss"]
