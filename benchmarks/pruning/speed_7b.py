@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import record  # noqa: E402
+from common import record, require_cuda  # noqa: E402
 from taylorlab.pruning import (Calibration, Profile, per_sequence_gradient_stats, prune_model, registry,  # noqa: E402
                                sparsity_report)
 from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--offload-methods", default="", help="methods to run again with the model on the CPU, one block on the GPU")
     ap.add_argument("--check", action="store_true", help="compare the fp32 and the library's Hessians on block 0 first")
     args = ap.parse_args()
+    if require_cuda("times pruning on a GPU"):
+        return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     windows = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     model = build(args.layers)
@@ -245,4 +247,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
