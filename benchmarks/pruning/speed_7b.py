@@ -58,6 +58,14 @@ def build(layers: int):
     return model
 
 
+def windows_and_model(nsamples: int, seqlen: int, layers: int):
+    """The benchmarks' calibration windows (random token ids, seed 0) and the 7B-shape model on the
+    GPU, with TF32 off (fp32 products stay fp32)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    windows = torch.randint(0, 32000, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
+    return windows, build(layers)
+
+
 def reinit(model, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     with torch.no_grad():
@@ -171,9 +179,7 @@ def main():
     args = ap.parse_args()
     if require_cuda("times pruning on a GPU"):
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = False
-    windows = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    model = build(args.layers)
+    windows, model = windows_and_model(args.nsamples, args.seqlen, args.layers)
     from taylorlab.pruning.stats import HALF_GEMM_FP32_OUT
 
     results = {"half_gemm_fp32_out": HALF_GEMM_FP32_OUT, "config": vars(args), "shape": "Llama-2-7B" if args.layers == 32 else f"Llama-2-7B width, {args.layers} layers",

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import record, require_cuda  # noqa: E402
-from speed_7b import build, reinit, two_pass  # noqa: E402
+from speed_7b import reinit, two_pass, windows_and_model  # noqa: E402
 from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model  # noqa: E402
 from taylorlab.pruning.masks import mask_per_row  # noqa: E402
 
@@ -89,9 +89,7 @@ def main():
     args = ap.parse_args()
     if require_cuda("profiles GPU passes"):
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = False
-    windows = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    model = build(args.layers)
+    windows, model = windows_and_model(args.nsamples, args.seqlen, args.layers)
     out = {"config": vars(args), "masks": time_masks()}
     cal = Calibration(windows)
     for b in (int(x) for x in args.batches.split(",")):
