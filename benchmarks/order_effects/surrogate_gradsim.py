@@ -18,7 +18,7 @@ scale against the additive block is chosen by 5-fold CV with the ridge strength.
         --gguf <SmolLM2 .gguf> --tokens .bench/smollm2_tokens.pt \\
         --out benchmarks/order_effects/surrogate_gradsim_r640_cpu.json
 
-Needs torch, transformers, gguf and scipy; ~10 minutes on 2 cores.
+Needs torch, transformers, gguf and scipy; ~15 minutes on 2 cores (the gradients ~13).
 """
 
 from __future__ import annotations
