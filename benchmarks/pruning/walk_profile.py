@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from block_profile import profiled  # noqa: E402
 from common import record, require_cuda  # noqa: E402
 from speed_7b import reinit, two_pass, windows_and_model  # noqa: E402
 from taylorlab.pruning import Calibration, per_sequence_gradient_stats, prune_model  # noqa: E402
@@ -36,17 +37,12 @@ def wall(fn):
 
 def kernel_profile(fn, n=25):
     """fn's wall time under the profiler, the summed self device time of its kernels, and the top ``n``."""
-    from torch.profiler import ProfilerActivity, profile
-
     torch.cuda.synchronize()
     t0 = time.time()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
+    averages = profiled(fn)  # one profiled run; its averages read once
     w = time.time() - t0
-    ev = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.self_device_time_total for e in ev) / 1e3
-    ops = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+    ops = [e for e in averages if e.self_device_time_total > 0]
     rows = [{"kernel": e.key[:160], "calls": e.count, "self_device_ms": round(e.self_device_time_total / 1e3, 2)}
             for e in sorted(ops, key=lambda e: -e.self_device_time_total)[:n]]
     return {"wall_s_under_profiler": round(w, 3), "kernel_device_s": round(total / 1e3, 3), "top": rows}
