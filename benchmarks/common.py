@@ -27,7 +27,7 @@ def machine() -> dict:
 
 
 def versions(names=("torch", "transformers", "safetensors", "tokenizers", "numpy", "gguf", "accelerate", "llmcompressor",
-                      "compressed-tensors", "datasets")) -> dict:
+                      "compressed-tensors", "datasets", "triton", "liger-kernel")) -> dict:
     from importlib import metadata  # not taylorlab.engine: the GPU image lacks the engine's dependencies
 
     out = {}

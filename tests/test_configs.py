@@ -59,6 +59,8 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("launcher.name=k8s", "launcher.name"),
         ("record.skip_batches=-1", "record.skip_batches"),
         ("prune.batch_size=0", "prune.batch_size"),
+        ("prune.kernels=triton", "prune.kernels='triton' is not one of eager, liger"),
+        ("calibrate.kernels=fast", "calibrate.kernels='fast' is not one of eager, liger"),
         ("inference.backends=[cslt]", "lacks dense"),
         ("inference.backends=[dense,csr]", "inference.backends='csr' is not one of dense, semi_structured, cslt"),
         ("inference.modes=[compiled]", "inference.modes='compiled'"),

@@ -256,3 +256,30 @@ def test_the_sequential_walk_is_its_definition_on_every_family(family, method, m
         assert torch.equal(weight_matrix(la) == 0, weight_matrix(lb) == 0), f"{family} {name}"
         torch.testing.assert_close(weight_matrix(la), weight_matrix(lb), rtol=1e-5, atol=1e-6,
                                    msg=f"{family} {name}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_kernels_replace_exactly_the_llama_forms_and_refuse_the_rest(family, models):
+    """``prune.kernels=liger`` swaps in fused kernels only where the modules have the Llama forms (their
+    RMSNorm casting, a SiLU-gated MLP, the rotate-half rotary); the others are refused, never half-patched.
+    On this CPU every request is refused with the key named: the kernels are CUDA's."""
+    from taylorlab.pruning.kernels import FAMILIES as FUSED, fused_kernels, fusable
+
+    model = models[family]
+    norms, mlps, fams = fusable(model)
+    blocks = len(find_decoder_layers(model)[1])
+    if family in FUSED:
+        per_block = 4 if family == "qwen3" else 2  # Qwen3 also normalises q and k per head
+        assert (len(norms), len(mlps), fams) == (per_block * blocks + 1, blocks, [family])
+    else:
+        assert (norms, mlps, fams) == ([], [], [])
+    before = [type(m).forward for m in model.modules()]
+    with pytest.raises(ConfigError, match=r"prune\.kernels=liger"):
+        with fused_kernels(model, "liger", torch.device("cpu")):
+            pass
+    with pytest.raises(ConfigError, match=r"calibrate\.kernels=liger"):
+        per_sequence_gradient_stats(model, windows(), kernels="liger")
+    with fused_kernels(model, "eager", torch.device("cpu")) as n:
+        assert n == {"rms_norm": 0, "mlp": 0, "rope": 0}
+    assert [type(m).forward for m in model.modules()] == before
+    assert not any("forward" in vars(m) for m in model.modules())  # no instance left patched

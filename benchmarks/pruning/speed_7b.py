@@ -17,7 +17,9 @@ and the same calibration windows.
 
 A method may carry options after a colon, separated by ``/`` (``wanda++:ro_iters=5/ro_precision=bfloat16``),
 ``@seq`` at the end prunes with ``walk="sequential"``, and ``@owl`` spreads the sparsity with OWL (m = 5, lambda = 0.08, the paper's defaults), ours
-through ``prune.profile``, llm-compressor's through its ``sparsity_profile="owl"``.
+through ``prune.profile``, llm-compressor's through its ``sparsity_profile="owl"``. ``@liger`` runs the
+model's RMSNorm, SwiGLU and rotary embedding through Liger-Kernel's fused kernels (``prune.kernels=liger``
+and ``calibrate.kernels=liger``), in the gradient pass and the walk alike.
 """
 
 import argparse
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import record, require_cuda  # noqa: E402
+from taylorlab.pruning.kernels import fused_kernels  # noqa: E402
 from taylorlab.pruning import (Calibration, Profile, per_sequence_gradient_stats, prune_model, registry,  # noqa: E402
                                sparsity_report)
 from taylorlab.pruning.structure import capture_block_calls, find_decoder_layers, find_linears, run_block  # noqa: E402
@@ -205,14 +208,15 @@ def main():
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
         t0 = time.time()
+        spec, *flags = method.split("@")  # wanda@owl: OWL's profile; wanda@seq: walk="sequential"; @liger: fused kernels
+        owl, walk = "owl" in flags, "sequential" if "seq" in flags else "block"
+        kernels = "liger" if "liger" in flags else "eager"
         grads, tg = None, 0.0
         if method.startswith("gblm"):
             grads = per_sequence_gradient_stats(model, windows, batch_size=args.grad_batch, norm="l2",
-                                                device=torch.device("cuda"))
+                                                device=torch.device("cuda"), kernels=kernels)
             torch.cuda.synchronize()
             tg = time.time() - t0
-        spec, *flags = method.split("@")  # wanda@owl: OWL's profile; wanda@seq: walk="sequential"
-        owl, walk = "owl" in flags, "sequential" if "seq" in flags else "block"
         if spec.startswith("llmc-"):
             try:
                 llmc_prune(model, spec, windows, owl=owl)
@@ -223,14 +227,15 @@ def main():
                 record(Path(args.out), results)
                 continue
         elif spec in ("two-pass", "one-pass"):
-            two_pass(model, windows, batch_size=args.batch, passes=2 if spec == "two-pass" else 1)
+            with fused_kernels(model, kernels, torch.device("cuda")):
+                two_pass(model, windows, batch_size=args.batch, passes=2 if spec == "two-pass" else 1)
         else:
             name, _, opts = spec.partition(":")  # e.g. wanda++:ro_iters=5/ro_precision=bfloat16
             options = {k: parse_option(getattr(registry.get(name).make_options(), k), v)
                        for k, v in (kv.split("=") for kv in opts.split("/") if kv)}
             profile = Profile("owl", m=OWL_M, lmbda=OWL_LAMBDA) if owl else None
             prune_model(model, name, sparsity=0.5, batch_size=args.batch, device=torch.device("cuda"), offload=offload,
-                        options=options, profile=profile, walk=walk,
+                        options=options, profile=profile, walk=walk, kernels=kernels,
                         calibration=Calibration(windows, grads, gradient_samples=args.nsamples))
         torch.cuda.synchronize()
         wall = time.time() - t0

@@ -168,3 +168,51 @@ def test_sequential_walk_on_gpu_matches_cpu_and_keeps_the_block_walks_qkv_masks(
     for (n, lb), lc in zip(block_linears(b).items(), block_linears(c).values()):
         if n.startswith("model.layers.0.self_attn.") and n.split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
             assert torch.equal(lb.weight == 0, lc.weight == 0), n
+
+
+def _liger_model(dtype):
+    from taylorlab.models import build_llama
+
+    # head_dim 64 and 2 KV heads as in SmolLM2/Llama; the fused rotary kernel pads other sizes itself
+    return build_llama(257, hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=128, seed=0).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernels_reproduce_the_models_own_outputs_and_are_put_back(dtype):
+    pytest.importorskip("liger_kernel")
+    from taylorlab.pruning.kernels import fused_kernels
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _liger_model(dtype).cuda(), _windows().cuda()
+    with torch.no_grad():
+        eager = m(w).logits.float()
+        with fused_kernels(m, "liger", torch.device("cuda")) as n:
+            fused = m(w).logits.float()
+        after = m(w).logits.float()
+    assert n == {"rms_norm": 7, "mlp": 3, "rope": 1}
+    assert torch.equal(after, eager)  # everything put back
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (fused - eager).abs().max() <= tol * eager.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernels_give_the_same_gradient_norms_and_gblm_masks(dtype):
+    pytest.importorskip("liger_kernel")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _liger_model(dtype).cuda(), _windows()
+    cuda = torch.device("cuda")
+    eager = per_sequence_gradient_stats(m, w, batch_size=4, device=cuda)
+    fused = per_sequence_gradient_stats(m, w, batch_size=4, device=cuda, kernels="liger")
+    rtol = 1e-4 if dtype == torch.float32 else 5e-2
+    for k in eager:  # the summed squares, layer by layer: close in norm, not bitwise
+        assert (fused[k] - eager[k]).norm() <= rtol * eager[k].norm(), k
+    a, b = copy.deepcopy(m), copy.deepcopy(m)
+    cal = Calibration(w, gradients=eager, gradient_samples=w.shape[0])
+    prune_model(a, "gblm", sparsity=0.5, calibration=cal, device=cuda, walk="sequential")
+    prune_model(b, "gblm", sparsity=0.5, calibration=Calibration(w, gradients=fused, gradient_samples=w.shape[0]),
+                device=cuda, walk="sequential", kernels="liger")
+    agree = [float(((la.weight == 0) == (lb.weight == 0)).float().mean())
+             for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
+    # fp32: near-ties only; bf16: the model's own rounding differs after each fused op
+    assert min(agree) > (0.999 if dtype == torch.float32 else 0.98), agree

@@ -21,6 +21,7 @@ from taylorlab.data import userfiles
 from taylorlab.errors import ConfigError
 from taylorlab.order import registry as order_registry
 from taylorlab.pruning import Profile, check_method, check_walk, registry as pruning_registry
+from taylorlab.pruning.kernels import check_kernels
 from taylorlab.pruning.masks import parse_pattern, pattern_sparsity
 
 
@@ -125,6 +126,9 @@ class CalibrateConfig:
     gradients: bool = True  # per-sequence gradient norms for GBLM
     grad_norm: str = "l2"  # l2 | l1
     batch_size: int = 4  # sequences per forward/backward pass
+    # eager | liger: Liger-Kernel's fused RMSNorm, SwiGLU and rotary kernels in the gradient pass (CUDA,
+    # Llama-family models; taylorlab.pruning.kernels)
+    kernels: str = "eager"
     device: str = "auto"
     dtype: str = "float32"  # compute dtype of the model during the gradient pass
     resources: Resources = field(default_factory=Resources)
@@ -145,6 +149,7 @@ class PruneConfig:
     # block: each block's linears scored from the block as it stands (the reference codes); sequential: one
     # pass per block, each linear pruned once every calibration call reached it (later linears see it pruned)
     walk: str = "block"
+    kernels: str = "eager"  # eager | liger: fused kernels in the calibration passes (as calibrate.kernels)
     save_compact: bool = True  # also model.compact.safetensors: kept values + a bitmask (taylorlab.pruning.compact)
     batch_size: int = 8  # calibration windows per block forward
     device: str = "auto"
@@ -384,6 +389,7 @@ def validate(cfg: Any) -> None:
     _positive("calibrate.seq_len", c.seq_len)
     _positive("calibrate.batch_size", c.batch_size)
     _choice("calibrate.grad_norm", c.grad_norm, ("l2", "l1"))
+    check_kernels(c.kernels, "calibrate.kernels")
     validate_prune(cfg.prune, cfg.calibrate)
     validate_inference(cfg.inference)
     validate_data_files(cfg)
@@ -545,6 +551,7 @@ def validate_prune(p: Any, calibrate: Any) -> Any:
                               f"was set; drop prune.sparsity (or sweep sparsities with prune.pattern=unstructured).")
     check_method(method, nm, p.pattern, opts)
     check_walk(p.walk, method)
+    check_kernels(p.kernels, "prune.kernels")
     _positive("prune.batch_size", p.batch_size)
     Profile(p.profile, p.owl_m, p.owl_lambda)  # a known profile
     if p.profile != "owl" and (p.owl_m != 5.0 or p.owl_lambda != 0.08):

@@ -5,7 +5,7 @@ With ``offload`` the model stays on the CPU and one decoder block at a time visi
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from taylorlab.errors import ConfigError
 from taylorlab.pruning.gradients import regional_gradient_stats
+from taylorlab.pruning.kernels import check_kernels, fused_kernels
 from taylorlab.pruning.masks import parse_pattern
 from taylorlab.pruning.profiles import outlier_ratios, owl_sparsities
 from taylorlab.pruning.registry import BlockTask, Calibration, LayerTask, Method, get as get_method
@@ -59,6 +60,7 @@ def prune_model(
     offload: bool = False,
     progress: bool = False,
     walk: str = "block",
+    kernels: str = "eager",
 ) -> Dict[str, float]:
     """Prune every prunable layer inside the decoder blocks of ``model`` in place with the
     registered ``method``; returns the sparsity asked of each block ({block index: sparsity}).
@@ -68,12 +70,24 @@ def prune_model(
     ``profile``: the spread of ``sparsity`` over the blocks (uniform, or OWL's outlier-weighted one).
     ``walk``: ``block`` (statistics of each block as it stands, then its linears pruned) or
     ``sequential`` (one pass per block, each linear pruned as soon as every call has reached it).
+    ``kernels``: ``eager`` (the model's own modules) or ``liger`` (fused kernels for the calibration
+    passes, ``taylorlab.pruning.kernels``).
     """
     m = get_method(method)
     opts = m.make_options(options)
     nm = parse_pattern(pattern)
     check_prunable(model, pattern, method=m, options=opts)
     check_walk(walk, m)
+    check_kernels(kernels)
+    # a method without calibration runs no pass of the model: nothing to fuse
+    with fused_kernels(model, kernels, device) if m.needs_calibration else nullcontext():
+        return _prune_model(model, m, opts, sparsity, nm, calibration, profile, batch_size, device, offload, progress,
+                            walk)
+
+
+def _prune_model(model, m: Method, opts, sparsity: float, nm, calibration, profile, batch_size, device, offload, progress,
+                 walk) -> Dict[str, float]:
+    method = m.name
     cal = calibration or Calibration()
     prefix, layers = find_decoder_layers(model)
     per_block = block_sparsities(model, sparsity, nm, profile or Profile(), cal, batch_size=batch_size, device=device)

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
+from taylorlab.pruning.kernels import fused_kernels
 from taylorlab.pruning.stats import fp32_out_on_tensor_cores
 from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
 
@@ -53,8 +54,10 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
 
 
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
-                                device: torch.device = torch.device("cpu"), progress: bool = False) -> Dict[str, torch.Tensor]:
-    """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``."""
+                                device: torch.device = torch.device("cpu"), progress: bool = False,
+                                kernels: str = "eager") -> Dict[str, torch.Tensor]:
+    """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``.
+    ``kernels``: ``eager`` (the model's own modules) or ``liger`` (``taylorlab.pruning.kernels``)."""
     from tqdm.auto import tqdm
 
     if norm not in ("l1", "l2"):
@@ -76,16 +79,17 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     model.eval()
     embed = model.get_input_embeddings()
     try:
-        for i in tqdm(range(0, windows.shape[0], batch_size), desc="gradients", disable=not progress, leave=False):
-            ids = windows[i : i + batch_size].to(device)
-            batch[0] = ids.shape[0]
-            emb = embed(ids).detach().requires_grad_(True)
-            logits = model(inputs_embeds=emb, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-            ).view(ids.shape[0], -1).mean(1).sum()
-            loss.backward()
-            del logits, loss, emb
+        with fused_kernels(model, kernels, device, key="calibrate.kernels"):
+            for i in tqdm(range(0, windows.shape[0], batch_size), desc="gradients", disable=not progress, leave=False):
+                ids = windows[i : i + batch_size].to(device)
+                batch[0] = ids.shape[0]
+                emb = embed(ids).detach().requires_grad_(True)
+                logits = model(inputs_embeds=emb, use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+                ).view(ids.shape[0], -1).mean(1).sum()
+                loss.backward()
+                del logits, loss, emb
     finally:
         for h in handles:
             h.remove()

@@ -27,7 +27,7 @@ def run(ctx):
     if c.gradients:
         t0 = time.time()
         stats = per_sequence_gradient_stats(model, windows, batch_size=c.batch_size, norm=c.grad_norm, device=device,
-                                            progress=ctx.progress)
+                                            progress=ctx.progress, kernels=c.kernels)
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.time() - t0

@@ -51,14 +51,15 @@ def run(ctx):
     profile = Profile(c.profile, c.owl_m, c.owl_lambda)
     per_block = prune_model(model, c.method, sparsity=sparsity, pattern=c.pattern, options=options,
                             calibration=calibration, profile=profile, batch_size=c.batch_size, device=device,
-                            offload=c.offload, progress=ctx.progress, walk=c.walk)
+                            offload=c.offload, progress=ctx.progress, walk=c.walk,
+                            kernels=c.kernels)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - t0
     report = sparsity_report(model)
     recipe = {"method": c.method, "sparsity": sparsity, "pattern": c.pattern, "mask_device": device.type,
               "options": dataclasses.asdict(options), "calibration": wmeta,
-              "profile": dataclasses.asdict(profile), "walk": c.walk, "block_sparsity": [per_block[i] for i in sorted(per_block)],
+              "profile": dataclasses.asdict(profile), "walk": c.walk, "kernels": c.kernels, "block_sparsity": [per_block[i] for i in sorted(per_block)],
               "gradient_norm": gmeta.get("norm"), "calibrate_stage": ctx.parents["calibrate"].name,
               "model_stage": ctx.parents["model"].name, "prune_wall_s": wall}
     save_model(model.cpu(), tok, ctx.dir / "model")
