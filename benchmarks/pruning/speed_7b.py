@@ -211,10 +211,12 @@ def main():
         spec, *flags = method.split("@")  # wanda@owl: OWL's profile; wanda@seq: walk="sequential"; @liger: fused kernels
         owl, walk = "owl" in flags, "sequential" if "seq" in flags else "block"
         kernels = "liger" if "liger" in flags else "eager"
+        fused_sum = "bmm" not in flags  # @bmm: GBLM's per-sequence sum as a batched GEMM and a reduction
         grads, tg = None, 0.0
         if method.startswith("gblm"):
             grads = per_sequence_gradient_stats(model, windows, batch_size=args.grad_batch, norm="l2",
-                                                device=torch.device("cuda"), kernels=kernels)
+                                                device=torch.device("cuda"), kernels=kernels,
+                                                fused_sum=fused_sum)
             torch.cuda.synchronize()
             tg = time.time() - t0
         if spec.startswith("llmc-"):

@@ -216,3 +216,30 @@ def test_fused_kernels_give_the_same_gradient_norms_and_gblm_masks(dtype):
              for la, lb in zip(block_linears(a).values(), block_linears(b).values())]
     # fp32: near-ties only; bf16: the model's own rounding differs after each fused op
     assert min(agree) > (0.999 if dtype == torch.float32 else 0.98), agree
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_square_sum_equals_the_batched_gemms_and_their_sum(norm, dtype):
+    """The Triton kernel forms the same fp32 products as the batched GEMM; only the order of the fp32
+    additions differs. Ragged sizes (no tile divides them) and a transposed operand included."""
+    from taylorlab.pruning.sqsum import add_square_sum
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    gy = torch.randn(3, 1000, 389, device="cuda", generator=g).to(dtype)
+    x = torch.randn(3, 203, 1000, device="cuda", generator=g).to(dtype).transpose(1, 2)
+    acc = torch.rand(389, 203, device="cuda", generator=g)
+    prod = torch.bmm(gy.transpose(1, 2), x, torch.float32)
+    ref = acc + (prod.square() if norm == "l2" else prod.abs()).sum(0)
+    assert add_square_sum(acc, gy, x, norm) is True
+    assert (acc - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_gradient_norms_with_and_without_the_fused_square_sum_agree():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, w = _liger_model(torch.bfloat16).cuda(), _windows()
+    cuda = torch.device("cuda")
+    fused = per_sequence_gradient_stats(m, w, batch_size=4, device=cuda)
+    plain = per_sequence_gradient_stats(m, w, batch_size=4, device=cuda, fused_sum=False)
+    for k in plain:
+        assert (fused[k] - plain[k]).norm() <= 1e-4 * plain[k].norm(), k

@@ -4,7 +4,8 @@ The reference code runs one backward pass per sequence and copies each gradient 
 it there (31.6 s per sequence on a 7B model). Here several sequences go through one forward and
 backward pass, and each sequence's weight gradient of a linear layer is formed from the layer's
 saved input and output gradient (``G_n = dY_n^T X_n``) inside a tensor hook, squared (l2) or made
-absolute (l1) and added to an fp32 accumulator on the compute device. No parameter ``.grad`` is
+absolute (l1) and added to an fp32 accumulator on the compute device (on CUDA in half precision by one
+Triton kernel that never stores ``G_n``: ``taylorlab.pruning.sqsum``). No parameter ``.grad`` is
 allocated. The loss of a batch is the sum of the per-sequence mean next-token cross-entropies, so
 each ``G_n`` is exactly the gradient of sequence n's own loss.
 """
@@ -16,6 +17,7 @@ from typing import Dict, Optional
 import torch
 
 from taylorlab.pruning.kernels import fused_kernels
+from taylorlab.pruning.sqsum import add_square_sum
 from taylorlab.pruning.stats import fp32_out_on_tensor_cores
 from taylorlab.pruning.structure import block_linears, run_block, weight_matrix
 
@@ -29,7 +31,7 @@ def per_sequence_weight_grads(gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return torch.bmm(gy.transpose(1, 2), x)
 
 
-def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
+def _per_sequence_hook(acc: torch.Tensor, batch, norm: str, fused_sum: bool = True):
     """A forward hook that adds, once the backward pass reaches the layer's output, each sequence's
     weight gradient ``G_n = dY_n^T X_n`` squared (l2) or absolute (l1) to ``acc``; ``batch[0]`` is how
     many sequences the pass holds (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])."""
@@ -41,6 +43,8 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
             xs, gs = x.reshape(b, -1, x.shape[-1]), gy.reshape(b, -1, gy.shape[-1])
             if xs.dtype != gs.dtype:  # under autocast the layer multiplied its input cast to the output's dtype
                 xs = xs.to(gs.dtype)
+            if fused_sum and add_square_sum(acc, gs, xs, norm):  # the fused kernel: no G_n in memory
+                return
             g = per_sequence_weight_grads(gs, xs)
             # one read of g: sum_n g_n^2 (l2) or sum_n |g_n| (l1), in fp32
             acc.add_(torch.linalg.vector_norm(g, ord=2 if norm == "l2" else 1, dim=0,
@@ -55,9 +59,11 @@ def _per_sequence_hook(acc: torch.Tensor, batch, norm: str):
 
 def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int = 4, norm: str = "l2",
                                 device: torch.device = torch.device("cpu"), progress: bool = False,
-                                kernels: str = "eager") -> Dict[str, torch.Tensor]:
+                                kernels: str = "eager", fused_sum: bool = True) -> Dict[str, torch.Tensor]:
     """{qualified linear name: sum_n g_n^2 (l2) or sum_n |g_n| (l1)} in fp32, on ``device``.
-    ``kernels``: ``eager`` (the model's own modules) or ``liger`` (``taylorlab.pruning.kernels``)."""
+    ``kernels``: ``eager`` (the model's own modules) or ``liger`` (``taylorlab.pruning.kernels``).
+    ``fused_sum``: on CUDA in half precision, square and sum each layer's per-sequence gradients in one
+    Triton kernel (``taylorlab.pruning.sqsum``) instead of a batched GEMM and a reduction."""
     from tqdm.auto import tqdm
 
     if norm not in ("l1", "l2"):
@@ -72,7 +78,7 @@ def per_sequence_gradient_stats(model, windows: torch.Tensor, *, batch_size: int
     batch = [0]  # sequences in the current pass (some models, e.g. OPT, flatten [B, T, d] to [B*T, d])
 
     def forward_hook(name):
-        return _per_sequence_hook(acc[name], batch, norm)
+        return _per_sequence_hook(acc[name], batch, norm, fused_sum)
 
     handles = [m.register_forward_hook(forward_hook(n)) for n, m in linears.items()]
     was_training = model.training
