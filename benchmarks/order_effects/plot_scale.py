@@ -7,7 +7,8 @@ answer; the shaded band is the target (Spearman >= 0.9 at <= 0.1x).
         benchmarks/order_effects/smollm2_scale64_h200.json benchmarks/order_effects/smollm2_scale64_3e-4_h200.json \
         benchmarks/order_effects/smollm2_scale64_3e-4_r400_h200.json \
         benchmarks/order_effects/smollm2_scale64_3e-4_hybrid_r200_h200.json \
-        benchmarks/order_effects/smollm2_scale64_3e-4_batchloss_r640_h200.json
+        benchmarks/order_effects/smollm2_scale64_3e-4_batchloss_r640_h200.json \
+        benchmarks/order_effects/smollm2_scale64_3e-5_h200.json
         (cells of every file; figure beside the first; a cell run again keeps its colour)
 """
 
