@@ -19,37 +19,30 @@ from typing import List, Optional
 
 import torch
 
+from taylorlab.pruning.triton_lazy import lazy_triton
+
 log = logging.getLogger("taylorlab.pruning")
 
-_KERNEL = None
+
+def _build(triton, tl):
+    @triton.jit
+    def rmsprop_kernel(p_ptr, g_ptr, s_ptr, n, lr, alpha, beta, eps, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        keep = offs < n
+        g = tl.load(g_ptr + offs, mask=keep)
+        # beta = 1 - alpha, taken in double precision as torch takes it (in fp32 it is off by 1e-6)
+        s = tl.load(s_ptr + offs, mask=keep) * alpha + g * g * beta
+        p = tl.load(p_ptr + offs, mask=keep)
+        # round-to-nearest root and quotient, as torch's sqrt and addcdiv give
+        p = p - lr * tl.div_rn(g, tl.sqrt_rn(s) + eps)
+        tl.store(s_ptr + offs, s, mask=keep)
+        tl.store(p_ptr + offs, p, mask=keep)
+
+    return triton, rmsprop_kernel
 
 
-def _kernel():
-    """The Triton kernel, compiled on first use; None where Triton cannot be imported."""
-    global _KERNEL
-    if _KERNEL is None:
-        try:
-            import triton
-            import triton.language as tl
-        except ImportError:
-            _KERNEL = False
-            return None
-
-        @triton.jit
-        def rmsprop_kernel(p_ptr, g_ptr, s_ptr, n, lr, alpha, beta, eps, BLOCK: tl.constexpr):
-            offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            keep = offs < n
-            g = tl.load(g_ptr + offs, mask=keep)
-            # beta = 1 - alpha, taken in double precision as torch takes it (in fp32 it is off by 1e-6)
-            s = tl.load(s_ptr + offs, mask=keep) * alpha + g * g * beta
-            p = tl.load(p_ptr + offs, mask=keep)
-            # round-to-nearest root and quotient, as torch's sqrt and addcdiv give
-            p = p - lr * tl.div_rn(g, tl.sqrt_rn(s) + eps)
-            tl.store(s_ptr + offs, s, mask=keep)
-            tl.store(p_ptr + offs, p, mask=keep)
-
-        _KERNEL = (triton, rmsprop_kernel)
-    return _KERNEL or None
+# the Triton kernel, compiled on first use; None where Triton cannot be imported
+_kernel = lazy_triton(_build)
 
 
 class FusedRMSprop:
