@@ -52,7 +52,8 @@ def collect_results(run_dirs: List[Path]) -> List[Dict]:
                 "run": run_dir.name, "stage": d.name,
                 "method": recipe.get("method", "dense")
                 + ("+owl" if (recipe.get("profile") or {}).get("name") == "owl" else "")
-                + ("+seq" if recipe.get("walk") == "sequential" else ""),  # prune.walk=sequential
+                + ("+seq" if recipe.get("walk") == "sequential" else "")  # prune.walk=sequential
+                + ("+liger" if recipe.get("kernels") == "liger" else ""),  # prune.kernels=liger (not bitwise eager)
                 "pattern": recipe.get("pattern", "-"), "sparsity": recipe.get("sparsity", 0.0),
                 "mask_device": recipe.get("mask_device"), "split": r.get("split"), "ppl": r.get("ppl"), "seq_len": r.get("seq_len"),
                 "windows": r.get("windows"), "model_stage": r.get("model_stage"),
