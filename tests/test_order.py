@@ -541,3 +541,42 @@ def test_memory_plans_bound_chunks_and_checkpoints(tmp_path):
     assert plan_checkpoints(10, 1000, cpu, tmp_path, 4)["stored_states"] == 4  # 0, 4, 8 and the last
     with pytest.raises(TaylorlabError, match="on disk"):
         plan_checkpoints(10, 2**62, cpu, tmp_path, 1)
+
+
+@pytest.mark.parametrize("curvature", ["secant", "none"])
+def test_fut_ckpt_refreshed_every_step_is_fut_carry_itself(curvature):
+    flat, batches, val, lrs, hp, traj = setup(1e-3)
+    orders = random_orders(4)
+    rec = Record(flat, traj, batches)
+    ckpt = estimate("fut-ckpt", rec, orders, {"every": 1, "curvature": curvature}).params
+    carry = estimate("fut-carry", rec, orders, {"curvature": curvature}).params
+    assert torch.equal(ckpt, carry)
+
+
+def test_fut_ckpt_between_checkpoints_beats_no_change_and_answers_each_order_alone():
+    """Gradients only at every 4th state (the record's own checkpoints): the estimate is still nearer
+    the truth than "no change", and an order's answer does not depend on the others asked with it."""
+    flat, batches, val, lrs, hp, full = setup(1e-3)
+    flat.load(full.theta0)
+    traj = record(flat, batches, list(range(T)), lrs, hp, every=4)
+    orders = random_orders(5)
+    rec = Record(flat, traj, batches)
+    together = estimate("fut-ckpt", rec, orders, {})
+    assert together.extra["every"] == 4
+    alone = estimate("fut-ckpt", rec, orders[2:3], {}).params
+    torch.testing.assert_close(together.params[2], alone[0], rtol=1e-10, atol=1e-12)
+    true = retrain(flat, traj.theta0, batches, orders, lrs, hp)
+    err = lambda est: float(torch.linalg.vector_norm(est - true, dim=1).mean())  # noqa: E731
+    assert err(together.params) < err(traj.final.expand(len(orders), -1))
+    every_step = estimate("fut-carry", rec, orders, {"curvature": "secant"}).params
+    assert not torch.equal(together.params, every_step)  # the table really was kept between checkpoints
+
+
+@pytest.mark.parametrize("opts, words", [({"curvature": "hvp"}, "curvature='hvp' is not one of secant, none"),
+                                         ({"every": -1}, "every")])
+def test_fut_ckpt_refuses_bad_options(opts, words):
+    from taylorlab.errors import ConfigError
+
+    flat, batches, _, _, _, traj = setup(1e-3)
+    with pytest.raises(ConfigError, match=words):
+        estimate("fut-ckpt", Record(flat, traj, batches), random_orders(1), opts)

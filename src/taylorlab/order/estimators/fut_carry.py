@@ -94,6 +94,12 @@ def est_fut_carry(rec: Record, orders, opts: FutCarryOptions) -> Estimate:
     ``linearisation``: per check and the medians of the estimator's own residual and of the exact
     first-order expansion's (``median_first_order``, what the stages' warning was calibrated on); a
     median near 1 says the expansion is out of its range and the ranking should not be trusted."""
+    return _carry(rec, orders, opts, refresh=1)
+
+
+def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate:
+    """``est_fut_carry`` with the secant / none gradient table refreshed every ``refresh`` steps (1: every
+    step, fut-carry itself; more: ``fut-ckpt``, linearised at the last refreshed state in between)."""
     flat, traj, batches = rec.flat, rec.traj, rec.batches
     curvature, chunk, check_steps, check_orders = opts.curvature, opts.chunk, opts.check_steps, opts.check_orders
     K = len(orders)
@@ -120,19 +126,22 @@ def est_fut_carry(rec: Record, orders, opts: FutCarryOptions) -> Estimate:
     # none: batches per vmapped gradient-table pass on a GPU
     chunk = chunk or (16 if cuda else 1)
     prev_table, prev_theta = {}, None
+    anchor, theta_a = 0, None  # secant / none: the state the gradient table was taken at
     for t in range(traj.T):
         theta = traj.theta(t)
         ids = [o[t] for o in orders]
-        uniq = sorted(set(ids))
         need_moved = t in check_at or (not cuda and curvature in ("hvp", "hvp2"))
-        if curvature in ("secant", "none"):  # each distinct batch's gradient once per step
-            table = dict(zip(uniq, grads_at(flat, theta, batches, uniq, chunk)))
+        if curvature in ("secant", "none") and t % refresh == 0:
+            # each distinct batch of the next ``refresh`` steps: its gradient once, at this state
+            anchor, theta_a = t, theta
+            seg = sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))})
+            table = dict(zip(seg, grads_at(flat, theta, batches, seg, chunk)))
             if curvature == "secant" and t > 0:
-                missing = [b for b in uniq if b not in prev_table]
+                missing = [b for b in seg if b not in prev_table]
                 if missing:
                     prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))
                 dtheta = theta - prev_theta
-                h = {b: _secant(table[b], prev_table[b], dtheta) for b in uniq}
+                h = {b: _secant(table[b], prev_table[b], dtheta) for b in seg}
             if curvature == "secant":
                 prev_table, prev_theta = table, theta
         unmoved, checked = {}, 0
@@ -155,8 +164,8 @@ def est_fut_carry(rec: Record, orders, opts: FutCarryOptions) -> Estimate:
                                  if moved[k - lo] else unmoved[ids[k]] for k in range(lo, hi)])
             else:
                 g = torch.stack([table[b] for b in ids[lo:hi]])
-                if curvature == "secant" and t > 0:
-                    g = g + torch.stack([h[b] for b in ids[lo:hi]]) * delta
+                if curvature == "secant" and anchor > 0:  # linearised at the table's state
+                    g = g + torch.stack([h[b] for b in ids[lo:hi]]) * (delta if anchor == t else gamma[lo:hi] - theta_a)
             if t in check_at:
                 for k in range(lo, hi):
                     if moved[k - lo] and checked < check_orders:
