@@ -69,7 +69,7 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     for r in results:
         assert round(r["ppl"], 6) in drawn, r["ppl"]
     assert dom.stdout.count('<tr data-method="sparsegpt"') == 1
-    estimators = ("none", "fut", "fut2", "fut-carry", "additive", "surrogate")  # every registered one (the default)
+    estimators = ("none", "fut", "fut2", "fut-carry", "fut-ckpt", "additive", "surrogate")  # every registered one (the default)
     for est in estimators:  # the order-estimate fidelity table of the estimate stage
         assert f'<tr data-estimator="{est}">' in dom.stdout
     # every estimator row carries a plain verdict; whatever they returned, no axis runs away
@@ -85,8 +85,12 @@ def test_page_holds_the_runs_data_points_and_draws_them(sweep, tmp_path):
     mantissa, exponent = f"{sens['relative_perturbation']:.12e}".split("e")  # as JavaScript's toExponential()
     shown = mantissa.rstrip("0").rstrip(".") + f"e{int(exponent)}"
     assert dom.stdout.count('<p class="sensitivity">') == 1 and f"nudged by {shown} (relative)" in dom.stdout
-    (lin,) = est["linearisation"].values()  # fut-carry's own check, one line under the table
-    assert dom.stdout.count('<p class="linearisation"') == 1 and f"median of {len(lin['checks'])} checks" in dom.stdout
+    # each self-checking estimator's own check (fut-carry, fut-ckpt), one line each under the table
+    assert set(est["linearisation"]) == {"fut-carry", "fut-ckpt"}
+    assert dom.stdout.count('<p class="linearisation"') == len(est["linearisation"])
+    for name, lin in est["linearisation"].items():
+        line = re.search(rf'<p class="linearisation" data-estimator="{name}">(.*?)</p>', dom.stdout)
+        assert line and f"median of {len(lin['checks'])} checks" in line.group(1), name
     (mem,) = [json.loads(p.read_text()) for p in (out / "dash").glob("memorize-*/memorization.json")]
     heat_cells = re.findall(r'<rect [^>]*data-i="(\d+)" data-j="(\d+)"', dom.stdout)
     assert len(heat_cells) == 2 * 3 * len(mem["cells"])  # memorization, generalization x estimated, true, difference

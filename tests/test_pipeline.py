@@ -33,7 +33,7 @@ def test_default_graph_runs_locally_then_skips_everything(tmp_path):
                      .joinpath("result.json").read_text())
     assert res["recipe"]["method"] == "gblm" and res["ppl"] > 1 and res["seq_len"] == 32
     est = json.loads(stage_dirs(tmp_path, "e2e", "estimate")[0].joinpath("estimates.json").read_text())
-    assert {r["estimator"] for r in est["fidelity"]} == {"none", "fut", "fut2", "fut-carry", "additive", "surrogate"}
+    assert {r["estimator"] for r in est["fidelity"]} == {"none", "fut", "fut2", "fut-carry", "fut-ckpt", "additive", "surrogate"}
     search = est["proposals"]["additive"]  # the order it proposes, retrained for real
     assert sorted(search["order"]) == list(range(6)) and search["true_loss"] > 0
     assert len(est["orders"]) == 5 and all(o["true_loss"] > 0 for o in est["orders"])
