@@ -24,15 +24,17 @@ import importlib
 import importlib.util
 import types
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from taylorlab.errors import ConfigError
 
 KERNELS = ("eager", "liger")
-# the transformers model families whose RMSNorm, MLP and rotary function have the Llama forms
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+# the transformers model families whose RMSNorm, MLP and rotary function have the Llama forms, and the
+# prefix of their class names
+_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+FAMILIES = tuple(_PREFIXES)
 
 
 def check_kernels(kernels: str, key: str = "prune.kernels") -> None:
@@ -54,20 +56,27 @@ def _family_modules() -> Dict[str, types.ModuleType]:
     return out
 
 
-def fusable(model: torch.nn.Module) -> Tuple[List[str], List[str], List[str]]:
+def fusable(model: torch.nn.Module,
+            fams: Optional[Dict[str, types.ModuleType]] = None) -> Tuple[List[str], List[str], List[str]]:
     """(RMSNorm module names, MLP module names, family modules whose rotary function is used) that
     ``fused_kernels`` would replace in ``model``; empty lists for a model of another family."""
-    fams = _family_modules()
+    fams = _family_modules() if fams is None else fams
+    kinds = {}  # class -> (kind, family)
+    for fam, mm in fams.items():
+        for kind in ("RMSNorm", "MLP"):
+            cls = getattr(mm, f"{_PREFIXES[fam]}{kind}", None)
+            if cls is not None:
+                kinds[cls] = (kind, fam)
     norms, mlps, used = [], [], set()
     for name, mod in model.named_modules():
-        for fam, mm in fams.items():
-            prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[fam]
-            if type(mod) is getattr(mm, f"{prefix}RMSNorm", None):
-                norms.append(name)
-                used.add(fam)
-            elif type(mod) is getattr(mm, f"{prefix}MLP", None) and _is_silu(getattr(mod, "act_fn", None)):
-                mlps.append(name)
-                used.add(fam)
+        kind, fam = kinds.get(type(mod), (None, None))
+        if kind == "RMSNorm":
+            norms.append(name)
+        elif kind == "MLP" and _is_silu(getattr(mod, "act_fn", None)):
+            mlps.append(name)
+        else:
+            continue
+        used.add(fam)
     return norms, mlps, sorted(used)
 
 
@@ -90,7 +99,8 @@ def fused_kernels(model: torch.nn.Module, kernels: str = "eager", device: torch.
     if kernels == "eager":
         yield {"rms_norm": 0, "mlp": 0, "rope": 0}
         return
-    norms, mlps, fams = fusable(model)
+    fam_mods = _family_modules()
+    norms, mlps, fams = fusable(model, fam_mods)
     if not norms:
         raise ConfigError(f"{key}=liger supports the {', '.join(FAMILIES)} model families, not "
                           f"{type(model).__name__}; use {key}=eager.")
@@ -112,7 +122,6 @@ def fused_kernels(model: torch.nn.Module, kernels: str = "eager", device: torch.
         return LigerRopeFunction.apply(q, k, cos, sin, None, unsqueeze_dim)
 
     mods = dict(model.named_modules())
-    fam_mods = _family_modules()
     saved_rope = {fam: fam_mods[fam].apply_rotary_pos_emb for fam in fams}
     patched = []
     try:
