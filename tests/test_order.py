@@ -580,3 +580,17 @@ def test_fut_ckpt_refuses_bad_options(opts, words):
     flat, batches, _, _, _, traj = setup(1e-3)
     with pytest.raises(ConfigError, match=words):
         estimate("fut-ckpt", Record(flat, traj, batches), random_orders(1), opts)
+
+
+@pytest.mark.parametrize("name, opts", [("fut-ckpt", {"every": 4}), ("fut-carry", {"curvature": "secant"})])
+def test_gradient_tables_that_cannot_fit_get_one_clear_line(monkeypatch, name, opts):
+    """The gradient tables (fut-ckpt's, and fut-carry's secant / none) are checked against the memory
+    before they are taken, beside the orders' state: one line naming them and a fix, not the kernel's
+    OOM killer. The fake: the machine has room for the state, then for nothing more."""
+    from taylorlab.order import memory
+
+    flat, batches, _, _, _, traj = setup(1e-3)
+    left = iter([2**40, 1])
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: next(left))
+    with pytest.raises(TaylorlabError, match=r"gradient tables \(\d+ batches\) beside its state needs .* GiB"):
+        estimate(name, Record(flat, traj, batches), random_orders(3), opts)

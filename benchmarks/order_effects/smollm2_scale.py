@@ -45,9 +45,13 @@ def main():
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--heuristics", default="reverse,easy_to_hard,hard_to_easy", help="named curricula queried too")
+    ap.add_argument("--ckpt-every", type=int, default=4, help="fut-ckpt's steps between gradient tables")
+    ap.add_argument("--tf32", action="store_true", help="TF32 matrix products (truth and estimators alike): "
+                    "what makes the >= 16k tokens-per-step cells affordable; off, every product is full float32")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = a.tf32
     tokens = torch.load(a.tokens, weights_only=True)
     model, _ = load_gguf_model(a.gguf)
     model = model.to(device=device, dtype=torch.float32)
@@ -55,7 +59,7 @@ def main():
     theta_base = flat.flat().clone()
     B, L = a.batch, a.seq_len
     results = {"config": vars(a), "model": {"name": "SmolLM2-135M-Instruct", "parameters": flat.dim},
-               "tokens_per_step": B * L, "cells": []}
+               "tokens_per_step": B * L, "matmul_precision": "tf32" if a.tf32 else "float32", "cells": []}
     out = __import__("pathlib").Path(a.out)
     for spec in a.cells.split(";"):
         T_s, lr_s, names, *rest = spec.split(":")
@@ -63,6 +67,11 @@ def main():
         T, lr = int(T_s), float(lr_s)
         t0 = time.time()
         flat.load(theta_base)
+        for split, n in (("train", T), ("validation", a.val_batches)):
+            if tokens[split].numel() < n * B * L:
+                raise SystemExit(f"error: cell {spec!r} needs {n} x {B} x {L} {split} tokens, {a.tokens} holds "
+                                 f"{tokens[split].numel()}; make it with make_tokens.py --max-train-tokens, or "
+                                 "lower --batch / --val-batches")
         train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
         val = tokens["validation"].long()[: a.val_batches * B * L].view(a.val_batches, B, L).to(device)
         lrs, w = schedule(lr, 0.1, T)
@@ -70,9 +79,9 @@ def main():
         traj = record(flat, train, list(range(T)), lrs, HP, every=plan["checkpoint_every"])
         rec = Record(flat, traj, train, val)
         queries = study_queries(rec, a.orders, 1, [h for h in a.heuristics.split(",") if h])
-        options = {n: ({"train_orders": a.train_orders, "search_orders": a.search, "prior": a.prior}
-                       if n == "surrogate" else None)
-                   for n in names.split(",")}
+        per_name = {"surrogate": {"train_orders": a.train_orders, "search_orders": a.search, "prior": a.prior},
+                    "fut-ckpt": {"every": a.ckpt_every}}
+        options = {n: per_name.get(n) for n in names.split(",")}
         res = run_study(rec, queries, options, batched=True,
                         sensitivity=[float(x) for x in perturb.split(",") if x])
         res.pop("params"), res.pop("names")

@@ -39,7 +39,8 @@ def _close_runs(a, b, theta0=None):
 
 
 @pytest.mark.parametrize("name, opts", [("fut-carry", {"curvature": "hvp"}), ("fut-carry", {"curvature": "hvp2"}),
-                                        ("fut-carry", {"curvature": "secant"}), ("fut", {}), ("additive", {})])
+                                        ("fut-carry", {"curvature": "secant"}), ("fut-ckpt", {"every": 3}),
+                                        ("fut", {}), ("additive", {})])
 def test_estimators_on_gpu_match_cpu(name, opts):
     orders = _orders(5)
     res = {}
@@ -106,5 +107,10 @@ def test_planned_chunks_fit_the_free_memory_and_do_not_change_the_answer():
     assert planned.extra["memory_plan"]["chunk"] >= 1
     one = estimate("fut-carry", rec, orders, {"chunk": 1})
     _close_runs(planned.params.cpu(), one.params.cpu(), traj.theta0.cpu())
+    for name in ("fut-carry", "fut-ckpt"):  # the gradient-table passes planned too (secant)
+        opts = {"curvature": "secant"} if name == "fut-carry" else {"every": 3}
+        planned = estimate(name, rec, orders, opts)
+        one = estimate(name, rec, orders, {**opts, "chunk": 1})
+        _close_runs(planned.params.cpu(), one.params.cpu(), traj.theta0.cpu())
     with pytest.raises(Exception, match="free"):  # more than the GPU holds: one line, not an OOM traceback
         plan_chunk("x", 4, torch.device("cuda"), lambda: None, state_bytes=2**50)

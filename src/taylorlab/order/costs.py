@@ -23,6 +23,7 @@ from torch.func import jvp
 
 from taylorlab.order.queries import timed
 from taylorlab.order.recorded import Record
+from taylorlab.order.memory import plan_chunk
 from taylorlab.order.trajectory import plan_retrain_chunk
 
 
@@ -72,7 +73,11 @@ def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
         batched_hvp_s = hvp_s
         if cuda:
             many = vmap(lambda t, bb, vv: jvp(lambda y: flat.grad(y, bb), (t,), (vv,)), in_dims=(None, 0, 0))
-            batched_hvp_s = best(lambda: many(theta, b[[0] * copies], torch.zeros_like(th))) / copies
+            # a forward-over-reverse pass holds more than a gradient's: its own count of copies, planned
+            # from a probe of one (retraining's count ran large batches out of memory here)
+            n = plan_chunk("the cost advisor's HVP probe", copies, theta.device,
+                           lambda: many(theta, b[[0]], torch.zeros_like(th[:1]))).chunk
+            batched_hvp_s = best(lambda: many(theta, b[[0] * n], torch.zeros_like(th[:n]))) / n
     eval_s = best(lambda: flat.eval_loss(theta, rec.val)) if rec.val is not None else 0.0
     return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies)
 

@@ -139,9 +139,15 @@ def grads_at(flat: FlatModel, theta: torch.Tensor, batches: torch.Tensor, ids, c
     """Gradients at one theta for several batches [n, d]: vmapped in chunks on a GPU (many small
     kernels become few), one at a time on the CPU (bitwise the reference run's own gradients)."""
     ids = list(ids)
+    # filled in place: a concatenation of the chunks would hold the table twice for a moment
+    out = torch.empty(len(ids), theta.numel(), dtype=theta.dtype, device=theta.device)
     if theta.device.type != "cuda":
-        return torch.stack([flat.grad(theta, batches[b]) for b in ids])
+        for i, b in enumerate(ids):
+            out[i] = flat.grad(theta, batches[b])
+        return out
     g = vmap(flat.grad, in_dims=(None, 0))
-    return torch.cat([g(theta, batches[ids[i:i + chunk]]) for i in range(0, len(ids), chunk)])
+    for i in range(0, len(ids), chunk):
+        out[i:i + chunk] = g(theta, batches[ids[i:i + chunk]])
+    return out
 
 

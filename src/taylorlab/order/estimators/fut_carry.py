@@ -122,10 +122,22 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                               lambda: expanded_many(theta0, batches[:1], torch.zeros_like(theta0).unsqueeze(0)),
                               0, opts.chunk or None)
             chunk = plan.chunk
-    # the CPU computes one order at a time anyway: chunks of 1 keep its temporaries at [d]; secant /
-    # none: batches per vmapped gradient-table pass on a GPU
+    if cuda and curvature in ("secant", "none") and not chunk:
+        # batches per vmapped gradient-table pass, from free memory: a batch of 16k tokens holds
+        # thirty-odd times the activations of one of 512
+        chunk = plan_chunk("fut-carry's gradient-table passes", 16, theta0.device,
+                           lambda: grads_at(flat, theta0, batches, [0], 1), 0).chunk
+    # the CPU computes one order at a time anyway: chunks of 1 keep its temporaries at [d]
     chunk = chunk or (16 if cuda else 1)
-    prev_table, prev_theta = {}, None
+    if curvature in ("secant", "none"):
+        # the tables: this segment's gradients and (secant) the diagonal, written over the previous
+        # gradients in place, so two tables at most; the order chunk's delta, g and products beside them
+        seg_max = max(len({o[s] for o in orders for s in range(t, min(T, t + refresh))}) for t in range(0, T, refresh))
+        tables = (2 if curvature == "secant" else 1) * seg_max + 4 * min(chunk, K)
+        require_bytes(f"fut-carry's gradient tables ({seg_max} batches) beside its state", tables * theta0.numel()
+                      * theta0.element_size(), theta0.device, "ask for fewer orders at a time (estimate.num_orders) "
+                      "or, for fut-ckpt, fewer steps between its tables (every)")
+    table, row, prev, prev_row, prev_theta, h = None, {}, None, {}, None, None
     anchor, theta_a = 0, None  # secant / none: the state the gradient table was taken at
     for t in range(traj.T):
         theta = traj.theta(t)
@@ -135,15 +147,19 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
             # each distinct batch of the next ``refresh`` steps: its gradient once, at this state
             anchor, theta_a = t, theta
             seg = sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))})
-            table = dict(zip(seg, grads_at(flat, theta, batches, seg, chunk)))
+            h = table = None  # the last segment's diagonal (and, for none, its table) go before the new one
+            table, row = grads_at(flat, theta, batches, seg, chunk), {b: i for i, b in enumerate(seg)}
             if curvature == "secant" and t > 0:
-                missing = [b for b in seg if b not in prev_table]
-                if missing:
-                    prev_table.update(zip(missing, grads_at(flat, prev_theta, batches, missing, chunk)))
+                missing = [b for b in seg if b not in prev_row]
+                extra = grads_at(flat, prev_theta, batches, missing, chunk) if missing else None
                 dtheta = theta - prev_theta
-                h = {b: _secant(table[b], prev_table[b], dtheta) for b in seg}
+                h = {}
+                for b in seg:  # each diagonal over its batch's previous gradient, in place
+                    old = prev[prev_row[b]] if b in prev_row else extra[missing.index(b)]
+                    h[b] = old.copy_(_secant(table[row[b]], old, dtheta))
+                del extra, dtheta
             if curvature == "secant":
-                prev_table, prev_theta = table, theta
+                prev, prev_row, prev_theta = table, row, theta
         unmoved, checked = {}, 0
         # K orders in chunks: the deviations and gradients ([chunk, d]) live one chunk at a time, so the
         # K streams cost 3 K d (gamma, m, v) and not 5 K d
@@ -163,7 +179,7 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                 g = torch.stack([expanded_grad(flat, theta, batches[ids[k]], delta[k - lo], curvature == "hvp2")
                                  if moved[k - lo] else unmoved[ids[k]] for k in range(lo, hi)])
             else:
-                g = torch.stack([table[b] for b in ids[lo:hi]])
+                g = table[torch.tensor([row[b] for b in ids[lo:hi]], device=table.device)]
                 if curvature == "secant" and anchor > 0:  # linearised at the table's state
                     g = g + torch.stack([h[b] for b in ids[lo:hi]]) * (delta if anchor == t else gamma[lo:hi] - theta_a)
             if t in check_at:
