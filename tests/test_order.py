@@ -299,6 +299,21 @@ def test_fidelity_table_survives_a_diverged_estimate():
     assert diverged["mae_ppl"] == float("inf") and diverged["rel_param_error"] > 1e5
 
 
+def test_fidelity_reads_the_rows_it_judges_in_place_with_the_answers_of_copies():
+    """``rows``: the parameter error over selected rows of the [K, d] answers, read in place (copies of
+    a 135M model's answers ran the host out of memory), equals the table of the copied rows."""
+    from taylorlab.order import fidelity_table
+
+    g = torch.Generator().manual_seed(0)
+    true, est, theta0 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.randn(5, generator=g)
+    rows, loss = [4, 0, 2], [1.0, 2.5, 1.7]
+    kept = fidelity_table(loss, {"e": [1.1, 2.0, 1.9]}, true, {"e": est}, theta0, {"e": 1.0}, 1.0, rows=rows)
+    copied = fidelity_table(loss, {"e": [1.1, 2.0, 1.9]}, true[rows], {"e": est[rows]}, theta0, {"e": 1.0}, 1.0)
+    want = float((torch.linalg.vector_norm(est[rows] - true[rows], dim=1)
+                  / torch.linalg.vector_norm(true[rows] - theta0, dim=1)).mean())
+    assert kept[0]["rel_param_error"] == pytest.approx(want, rel=1e-6) == copied[0]["rel_param_error"]
+
+
 def test_memorization_by_position_estimate_tracks_retraining():
     """M[i, j]: loss on batch i at the end with batch i moved to position j. fut-carry against real
     retraining over the cells of two batches at every position, at a small learning rate."""

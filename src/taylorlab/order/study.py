@@ -111,8 +111,7 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
         if on_estimate is not None:
             on_estimate(out)
     table = fidelity_table([true_loss[i] for i in rand], {k: [v[i] for i in rand] for k, v in est_loss.items()},
-                           true_params[rand], {k: v[rand] for k, v in est_params.items()}, rec.traj.theta0.cpu(),
-                           cost, one_at_a_time)
+                           true_params, est_params, rec.traj.theta0.cpu(), cost, one_at_a_time, rows=rand)
     for row in table:  # what a query costs: all queries were answered together (K random + the named ones)
         name = row["estimator"]
         scored = results[name].extra.get("orders_scored", len(orders))
@@ -128,8 +127,8 @@ def run_study(rec: Record, queries: Mapping[str, List[int]], estimators: Mapping
     for eps in sensitivity:
         log.info("the truth from initial weights nudged by %g", eps)
         sens.append(truth_sensitivity(rec.flat, rec.traj, rec.batches, rec.val, [orders[i] for i in rand],
-                                      true_params[rand], [true_loss[i] for i in rand], eps, batched=batched,
-                                      chunk=chunk, compile=compile))
+                                      true_params, [true_loss[i] for i in rand], eps, batched=batched,
+                                      chunk=chunk, compile=compile, rows=rand))
     per_order = [{"order_name": n, "order": o, "true_loss": true_loss[i], "true_ppl": ppl(true_loss[i]),
                   **{f"{k}_loss": est_loss[k][i] for k in est_loss},
                   **{f"{k}_ppl": ppl(est_loss[k][i]) for k in est_loss}} for i, (n, o) in enumerate(zip(names, orders))]
