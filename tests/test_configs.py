@@ -58,6 +58,8 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("train.order=sorted", "train.order"),
         ("launcher.name=k8s", "launcher.name"),
         ("record.skip_batches=-1", "record.skip_batches"),
+        ("record.micro_batch=-1", "record.micro_batch=-1"),
+        ("record.micro_batch=99", "at most record.batch_size"),
         ("prune.batch_size=0", "prune.batch_size"),
         ("prune.kernels=triton", "prune.kernels='triton' is not one of eager, liger"),
         ("calibrate.kernels=fast", "calibrate.kernels='fast' is not one of eager, liger"),

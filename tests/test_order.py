@@ -609,3 +609,49 @@ def test_gradient_tables_that_cannot_fit_get_one_clear_line(monkeypatch, name, o
     monkeypatch.setattr(memory, "host_available_bytes", lambda: next(left))
     with pytest.raises(TaylorlabError, match=r"gradient tables \(\d+ batches\) beside its state needs .* GiB"):
         estimate(name, Record(flat, traj, batches), random_orders(3), opts)
+
+
+@pytest.mark.parametrize("micro", [1, 2, 3])
+def test_micro_batched_loss_gradient_and_hvp_are_the_whole_batch_s(micro):
+    """FlatModel(micro_batch=m): loss, gradient, HVP and the vmapped gradient over micro-batches of
+    m sequences (3 of a batch of 4: uneven, weighted by their sequences) equal the one-pass values —
+    to float32's precision, not float64's: transformers computes RMSNorm in float32 whatever the
+    weights' dtype, and its reductions over a batch of 3 sequences round differently from 1, 2 or 4."""
+    flat, batches, _, _, _, traj = setup(1e-3)
+    acc = FlatModel(flat.model, micro_batch=micro)
+    four = torch.stack([torch.cat([batches[i], batches[i + 1]]) for i in (0, 2)])  # batches of 4 sequences
+    theta, b = traj.final, four[0]
+    assert b.shape[0] > micro
+    vec = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=theta.dtype)
+
+    def rel(x, y):
+        return float(torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(y))
+
+    assert rel(acc.loss(theta, b), flat.loss(theta, b)) < 1e-12
+    assert rel(acc.grad(theta, b), flat.grad(theta, b)) < 1e-6
+    assert rel(acc.hvp(theta, b, vec), flat.hvp(theta, b, vec)) < 1e-6
+    many = torch.stack([theta, traj.theta0])
+    assert rel(acc.batched_grad()(many, four), flat.batched_grad()(many, four)) < 1e-6
+    assert rel(acc.grad(theta, b), flat.grad(theta, b[:1])) > 1e-3  # the check can fail: one sequence is not four
+
+
+@pytest.mark.parametrize("name, opts", [("fut-ckpt", {"every": 4}), ("fut-carry", {"curvature": "secant"}),
+                                        ("fut-carry", {"curvature": "hvp"})])
+def test_state_carrying_cost_models_count_each_order_s_step_and_the_self_check(name, opts):
+    """fut-ckpt's count once held only its gradient tables and was 6x under on SmolLM2: the K x T
+    carried Adam steps over d numbers, and the self-check's exact passes, are in every count now."""
+    from dataclasses import replace
+
+    from taylorlab.order import registry
+    from taylorlab.order.costs import Units
+
+    est = registry.get(name)
+    o = est.make_options(opts)
+    u = Units("cpu", grad_s=0.5, batched_grad_s=0.25, hvp_s=1.0, batched_hvp_s=0.75, eval_s=0.1, copies=2)
+    K, T = 35, 16
+    base = est.cost(u, K, T, o)
+    assert est.cost(replace(u, carry_step_s=0.01), K, T, o) == pytest.approx(base + K * T * 0.01)
+    checks = o.check_steps * o.check_orders
+    first_order = 0.0 if opts.get("curvature") == "hvp" else 1.0  # hvp: its estimate is the first-order pass
+    quiet = est.make_options({**opts, "check_steps": 0})
+    assert base - est.cost(u, K, T, quiet) == pytest.approx(checks * (0.5 + first_order))

@@ -207,3 +207,23 @@ def test_surrogate_and_the_cost_advisor_through_the_stages(tmp_path):
     (meta,) = list((Path(tmp_path) / "sur").glob("record-*/trajectory.json"))
     storage = json.loads(meta.read_text())["storage"]
     assert storage["checkpoint_every"] == 1 and storage["disk_bytes"] > 0
+
+
+def test_micro_batches_accumulate_the_batch_gradient_and_every_stage_keeps_them(tmp_path):
+    """record.micro_batch: the record's steps take each batch's gradient over micro-batches; the
+    reference run equals (to rounding) one with the whole batch per pass, the record says so, and the
+    stages after it read the same accumulation (Record.load)."""
+    from taylorlab.order import FlatModel, Record, retrain
+
+    run_cli(ARGS + ["run=micro", "record.micro_batch=1", "stages=[record]"], tmp_path, check=True)
+    (rec,) = list((Path(tmp_path) / "micro").glob("record-*"))
+    meta = json.loads((rec / "trajectory.json").read_text())
+    assert meta["micro_batch"] == 1
+    r = Record.load({"meta": rec / "trajectory.json", "trajectory": rec / "trajectory.safetensors",
+                     "model": rec / "model"}, "cpu")
+    assert r.flat.micro_batch == 1 and r.batches.shape[1] > 1  # more than one pass per batch
+    whole = FlatModel(r.flat.model)  # the whole batch per pass
+    order = list(range(r.T))
+    again = retrain(whole, r.traj.theta0, r.batches, [order], r.traj.lrs, r.traj.hp, batched=False)[0]
+    moved = torch.linalg.vector_norm(r.traj.final - r.traj.theta0)
+    assert float(torch.linalg.vector_norm(again - r.traj.final) / moved) < 1e-9

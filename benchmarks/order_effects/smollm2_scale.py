@@ -46,6 +46,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--heuristics", default="reverse,easy_to_hard,hard_to_easy", help="named curricula queried too")
     ap.add_argument("--ckpt-every", type=int, default=4, help="fut-ckpt's steps between gradient tables")
+    ap.add_argument("--micro-batch", type=int, default=0, help="sequences per pass, the batch's gradient "
+                    "accumulated over them (0: the whole batch): how a step of >= 16k tokens fits the GPU")
     ap.add_argument("--tf32", action="store_true", help="TF32 matrix products (truth and estimators alike): "
                     "what makes the >= 16k tokens-per-step cells affordable; off, every product is full float32")
     a = ap.parse_args()
@@ -55,7 +57,7 @@ def main():
     tokens = torch.load(a.tokens, weights_only=True)
     model, _ = load_gguf_model(a.gguf)
     model = model.to(device=device, dtype=torch.float32)
-    flat = FlatModel(model)
+    flat = FlatModel(model, micro_batch=a.micro_batch)
     theta_base = flat.flat().clone()
     B, L = a.batch, a.seq_len
     results = {"config": vars(a), "model": {"name": "SmolLM2-135M-Instruct", "parameters": flat.dim},

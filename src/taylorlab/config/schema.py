@@ -182,6 +182,9 @@ class RecordConfig:
     # store the state every k steps (the steps between are replayed exactly); 0: every step if the
     # states fit a quarter of the free GPU memory, else the smallest k that does (taylorlab.order.memory)
     checkpoint_every: int = 0
+    # sequences per forward/backward pass, the batch's gradient accumulated over them (0: the whole
+    # batch in one pass): how a step of 16k tokens fits one GPU; every later order stage uses the same
+    micro_batch: int = 0
     device: str = "auto"
     resources: Resources = field(default_factory=Resources)
 
@@ -406,6 +409,9 @@ def validate(cfg: Any) -> None:
     if r.checkpoint_every < 0:
         raise ConfigError(f"record.checkpoint_every={r.checkpoint_every}: use 0 (planned from free memory) or a "
                           "positive number of steps.")
+    if r.micro_batch < 0 or r.micro_batch > r.batch_size:
+        raise ConfigError(f"record.micro_batch={r.micro_batch}: use 0 (the whole batch per pass) or the number of "
+                          f"sequences per pass (at most record.batch_size={r.batch_size}).")
     if r.skip_batches < 0:
         raise ConfigError(f"record.skip_batches={r.skip_batches} must be 0 or more (batches of the training split "
                           "to pass over before the recorded T).")

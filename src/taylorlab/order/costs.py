@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch.func import jvp
 
+from taylorlab.order.functional import adam_step
 from taylorlab.order.queries import timed
 from taylorlab.order.recorded import Record
 from taylorlab.order.memory import plan_chunk
@@ -41,6 +42,10 @@ class Units:
     batched_hvp_s: float  # ... one copy's inside a vmapped pass (GPU; the lone one on the CPU)
     eval_s: float  # the validation loss of one parameter vector
     copies: int
+    # one order's step of the estimators that carry its state: the linearised gradient (g + h * delta)
+    # and the functional Adam step over d numbers; K x T of them, no network pass, yet on a 135M model
+    # they cost more than fut-ckpt's gradient tables
+    carry_step_s: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +84,9 @@ def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
                            lambda: many(theta, b[[0]], torch.zeros_like(th[:1]))).chunk
             batched_hvp_s = best(lambda: many(theta, b[[0] * n], torch.zeros_like(th[:n]))) / n
     eval_s = best(lambda: flat.eval_loss(theta, rec.val)) if rec.val is not None else 0.0
-    return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies)
+    zero = torch.zeros_like(theta)
+    carry_step_s = best(lambda: adam_step(theta, zero, zero, zero + zero * (theta - theta), 1, 1e-3, rec.traj.hp))
+    return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies, carry_step_s)
 
 
 def predict(rec: Record, K: int, estimators: Mapping[str, Any], units: Optional[Units] = None) -> Dict[str, Any]:

@@ -65,7 +65,7 @@ def adam_step_(theta, m, v, g, step: int, lr: float, hp: AdamHP) -> None:
 class FlatModel:
     """``loss(theta, batch)`` of a Hugging Face causal LM at flat parameters ``theta``."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, micro_batch: int = 0):
         if hasattr(model, "set_attn_implementation"):
             try:
                 model.set_attn_implementation("eager")  # forward-mode AD (HVPs) through plain ops
@@ -79,6 +79,10 @@ class FlatModel:
         self.buffers: Dict[str, torch.Tensor] = dict(model.named_buffers())
         self.dim = sum(self.numels)
         self._compiled_vgrad = None  # batched_grad(compile=True), built on first use
+        # sequences per pass (0: the whole batch): the loss and gradient of a batch as the mean over its
+        # micro-batches, each weighted by its share of the sequences (all have the same length), so a
+        # batch whose activations (and, for an HVP, their tangents) do not fit one pass still runs
+        self.micro_batch = int(micro_batch)
 
     def flat(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).clone()
@@ -96,8 +100,16 @@ class FlatModel:
                 p.copy_(t)
         return self.model
 
+    def _micro(self, batch: torch.Tensor):
+        """(micro-batch, its weight) pairs; one pair, weight None, when the batch is one pass."""
+        n, m = batch.shape[0], self.micro_batch
+        if not m or m >= n:
+            return [(batch, None)]
+        return [(batch[i:i + m], min(m, n - i) / n) for i in range(0, n, m)]
+
     def loss(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return self._loss(self.unflatten(theta), batch)
+        parts = self.unflatten(theta)
+        return _weighted_sum([(self._loss(parts, b), w) for b, w in self._micro(batch)])
 
     def _loss(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         params = {**parts, **self.buffers}
@@ -111,8 +123,15 @@ class FlatModel:
         through the flat vector, every parameter's slice would scatter into its own zero-filled
         d-vector before they are summed (P full-size writes per gradient, K x P under vmap) — the same
         values, several times the cost."""
-        g = grad(self._loss)(self.unflatten(theta), batch)
-        return torch.cat([g[n].reshape(-1) for n in self.names])
+        parts, total = self.unflatten(theta), None
+        for b, w in self._micro(batch):  # one micro-batch's graph at a time, summed as it goes
+            g = grad(self._loss)(parts, b)
+            flat = torch.cat([g[n].reshape(-1) for n in self.names])
+            del g
+            if w is None:
+                return flat
+            total = flat * w if total is None else total + flat * w
+        return total
 
     def batched_grad(self, compile: bool = False):
         """``vmap(grad)``: [K, d] parameters and [K, ...] batches -> [K, d] gradients; with ``compile``
@@ -130,6 +149,16 @@ class FlatModel:
     @torch.no_grad()
     def eval_loss(self, theta: torch.Tensor, batches: torch.Tensor) -> float:
         return float(sum(self.loss(theta, b) for b in batches) / len(batches))
+
+
+def _weighted_sum(parts):
+    """sum w * x over (x, w) pairs; a lone (x, None) is x itself (bitwise the one-pass value)."""
+    if len(parts) == 1 and parts[0][1] is None:
+        return parts[0][0]
+    total = None
+    for x, w in parts:
+        total = x * w if total is None else total + x * w
+    return total
 
 
 def ppl(loss: float) -> float:

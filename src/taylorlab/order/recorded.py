@@ -57,7 +57,7 @@ class Record:
         tensors = {k: v.to(device) for k, v in load_file(str(paths["trajectory"])).items()}
         model, _ = load_model_artifact(paths["model"])
         model = model.to(device=device, dtype=tensors["theta.0"].dtype)
-        flat = FlatModel(model)
+        flat = FlatModel(model, micro_batch=meta.get("micro_batch", 0))  # the record's accumulation, for every stage
         hp = AdamHP(betas=tuple(meta["betas"]), eps=meta["eps"], weight_decay=meta["weight_decay"],
                     grad_clip=meta["grad_clip"])
         batches, val = tensors.pop("batches"), tensors.pop("validation")

@@ -40,7 +40,7 @@ def run(ctx):
     sched = lr_lambda(TrainSettings.of(c, checkpoint_every=1), T)
     lrs = [c.lr * sched(t) for t in range(T)]
     hp = AdamHP(betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
-    flat = FlatModel(model)
+    flat = FlatModel(model, micro_batch=c.micro_batch)
     state_bytes = 3 * flat.dim * (8 if dtype == "float64" else 4)
     plan = plan_checkpoints(T, state_bytes, device, ctx.dir, c.checkpoint_every)
     ctx.log.info("record: %d states of %.2f GiB stored (every %d steps), %.2f GiB on disk%s", plan["stored_states"],
@@ -53,6 +53,7 @@ def run(ctx):
                                                     "eps": hp.eps, "weight_decay": hp.weight_decay,
                                                     "grad_clip": hp.grad_clip, "T": T, "dim": flat.dim,
                                                     "skip_batches": c.skip_batches,
+                                                    "micro_batch": c.micro_batch,
                                                     "checkpoint_every": plan["checkpoint_every"],
                                                     "storage": plan,
                                                     "reference_validation_loss": ref_val, "dtype": dtype})

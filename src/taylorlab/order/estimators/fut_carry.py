@@ -209,10 +209,14 @@ def _finite_median(values) -> Optional[float]:
 
 def cost(u, K: int, T: int, o: FutCarryOptions) -> float:
     """hvp: a gradient and an HVP per order and step (vmapped on a GPU), hvp2 about twice that;
-    secant / none: each distinct batch's gradient per step (secant: at the previous state too)."""
+    secant / none: each distinct batch's gradient per step (secant: at the previous state too); and
+    every order's carried step, and the self-check's passes."""
+    # each order's carried Adam step, and the self-check's exact gradient and first-order pass
+    steps = K * T * u.carry_step_s + o.check_steps * o.check_orders * (
+        u.grad_s + (0.0 if o.curvature == "hvp" else u.hvp_s))  # hvp: its estimate is the first-order pass
     if o.curvature in ("hvp", "hvp2"):
-        return K * T * u.batched_hvp_s * (2 if o.curvature == "hvp2" else 1)
-    return T * min(K, T) * u.batched_grad_s * (2 if o.curvature == "secant" else 1)
+        return K * T * u.batched_hvp_s * (2 if o.curvature == "hvp2" else 1) + steps
+    return T * min(K, T) * u.batched_grad_s * (2 if o.curvature == "secant" else 1) + steps
 
 
 ESTIMATOR = register(Estimator("fut-carry", est_fut_carry, FutCarryOptions, self_check=True, per_order=True, rank=20, cost=cost,

@@ -51,9 +51,11 @@ def est_fut_ckpt(rec: Record, orders, opts: FutCkptOptions) -> Estimate:
 
 def cost(u, K: int, T: int, o: FutCkptOptions) -> float:
     """One gradient table per checkpoint (the record's spacing is not known here: ``every``, else 1),
-    each of the distinct batches of its steps; the secant's previous table is reused."""
+    each of the distinct batches of its steps; the secant's previous table is reused; every order's
+    carried step (``carry_step_s``), K x T of them; and the self-check's exact passes."""
     every = max(1, o.every)
-    return -(-T // every) * min(K * every, T) * u.batched_grad_s
+    return (-(-T // every) * min(K * every, T) * u.batched_grad_s + K * T * u.carry_step_s
+            + o.check_steps * o.check_orders * (u.grad_s + u.hvp_s))
 
 
 ESTIMATOR = register(Estimator("fut-ckpt", est_fut_ckpt, FutCkptOptions, self_check=True, per_order=True, rank=22,
