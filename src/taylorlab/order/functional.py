@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch.func import functional_call, grad, jvp, vmap
@@ -100,16 +100,22 @@ class FlatModel:
                 p.copy_(t)
         return self.model
 
-    def _micro(self, batch: torch.Tensor):
-        """(micro-batch, its weight) pairs; one pair, weight None, when the batch is one pass."""
+    def _accumulate(self, fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """``fn(batch)`` as the mean of ``fn`` over micro-batches weighted by their share of the
+        sequences, one micro-batch's graph at a time; the batch in one pass (bitwise ``fn(batch)``)
+        where ``micro_batch`` is 0 or not smaller."""
         n, m = batch.shape[0], self.micro_batch
         if not m or m >= n:
-            return [(batch, None)]
-        return [(batch[i:i + m], min(m, n - i) / n) for i in range(0, n, m)]
+            return fn(batch)
+        total = None
+        for i in range(0, n, m):
+            x = fn(batch[i:i + m]) * (min(m, n - i) / n)
+            total = x if total is None else total + x
+        return total
 
     def loss(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         parts = self.unflatten(theta)
-        return _weighted_sum([(self._loss(parts, b), w) for b, w in self._micro(batch)])
+        return self._accumulate(lambda b: self._loss(parts, b), batch)
 
     def _loss(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         params = {**parts, **self.buffers}
@@ -123,15 +129,13 @@ class FlatModel:
         through the flat vector, every parameter's slice would scatter into its own zero-filled
         d-vector before they are summed (P full-size writes per gradient, K x P under vmap) — the same
         values, several times the cost."""
-        parts, total = self.unflatten(theta), None
-        for b, w in self._micro(batch):  # one micro-batch's graph at a time, summed as it goes
+        parts = self.unflatten(theta)
+
+        def one(b):
             g = grad(self._loss)(parts, b)
-            flat = torch.cat([g[n].reshape(-1) for n in self.names])
-            del g
-            if w is None:
-                return flat
-            total = flat * w if total is None else total + flat * w
-        return total
+            return torch.cat([g[n].reshape(-1) for n in self.names])
+
+        return self._accumulate(one, batch)
 
     def batched_grad(self, compile: bool = False):
         """``vmap(grad)``: [K, d] parameters and [K, ...] batches -> [K, d] gradients; with ``compile``
@@ -149,16 +153,6 @@ class FlatModel:
     @torch.no_grad()
     def eval_loss(self, theta: torch.Tensor, batches: torch.Tensor) -> float:
         return float(sum(self.loss(theta, b) for b in batches) / len(batches))
-
-
-def _weighted_sum(parts):
-    """sum w * x over (x, w) pairs; a lone (x, None) is x itself (bitwise the one-pass value)."""
-    if len(parts) == 1 and parts[0][1] is None:
-        return parts[0][0]
-    total = None
-    for x, w in parts:
-        total = x * w if total is None else total + x * w
-    return total
 
 
 def ppl(loss: float) -> float:

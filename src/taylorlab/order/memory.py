@@ -74,7 +74,8 @@ def plan_chunk(what: str, n: int, device: torch.device, probe_one: Callable[[], 
     fit = int(FILL * free // max(per, 1))
     if fit < 1:
         raise TaylorlabError(f"{what}: one copy needs {per / 2**30:.1f} GiB, the GPU has {free / 2**30:.1f} GiB free; "
-                             "use fewer sequences per pass (record.micro_batch), a smaller batch (record.batch_size / seq_len) or a larger GPU.")
+                             "use fewer sequences per pass (record.micro_batch), a smaller batch "
+                             "(record.batch_size / seq_len) or a larger GPU.")
     plan = ChunkPlan(what, min(cap, fit), n, bound, per, free)
     log.info("%s: %d of %d copies at a time (%.2f GiB each, %.1f GiB free%s)", what, plan.chunk, n, per / 2**30,
              free / 2**30, f", bound {bound}" if bound else "")
