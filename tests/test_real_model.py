@@ -84,3 +84,28 @@ def test_smollm2_record_then_estimate(out):
     assert all(math.isfinite(o["fut-carry_loss"]) for o in estimates["orders"])
     assert fid["fut-carry"]["mae_ratio_to_none"] < 0.5, fid
     assert fid["fut-carry"]["rel_param_error"] < 0.5 * fid["none"]["rel_param_error"], fid
+
+
+def test_smollm2_gradient_does_not_depend_on_how_the_batch_is_split(out):
+    """The order stages' gradient of the real model (FlatModel, float32) over micro-batches of 1 and
+    of 2 sequences is the one-pass gradient of the batch of 4, to float32's rounding — the invariant
+    record.micro_batch rests on, on the architecture it is for (SmolLM2: tied embeddings, GQA)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from taylorlab.order import FlatModel
+
+    run_cli(SMALL + ["stages=[base_model]"], out, check=True, timeout=900)  # cached when the tests above ran
+    (base,) = _dirs(out, "base_model")
+    model = AutoModelForCausalLM.from_pretrained(base / "model", local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(base / "model", local_files_only=True)
+    ids = tok("The quick brown fox jumps over the lazy dog. " * 12, return_tensors="pt")["input_ids"][0]
+    batch = ids[: 4 * 24].view(4, 24)
+    whole = FlatModel(model)
+    theta = whole.flat()
+    g = whole.grad(theta, batch)
+    for micro in (1, 2):
+        acc = FlatModel(model, micro_batch=micro)
+        assert float(torch.linalg.vector_norm(acc.grad(theta, batch) - g) / torch.linalg.vector_norm(g)) < 1e-4
+        assert abs(float(acc.loss(theta, batch) - whole.loss(theta, batch))) < 1e-5
+    # the check can fail: half the batch is not the batch
+    assert float(torch.linalg.vector_norm(whole.grad(theta, batch[:2]) - g) / torch.linalg.vector_norm(g)) > 1e-2
