@@ -132,7 +132,8 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
     if curvature in ("secant", "none"):
         # the tables: this segment's gradients and (secant) the diagonal, written over the previous
         # gradients in place, so two tables at most; the order chunk's delta, g and products beside them
-        seg_max = max(len({o[s] for o in orders for s in range(t, min(T, t + refresh))}) for t in range(0, T, refresh))
+        segments = {t: sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))}) for t in range(0, T, refresh)}
+        seg_max = max(len(seg) for seg in segments.values())
         tables = (2 if curvature == "secant" else 1) * seg_max + 4 * min(chunk, K)
         require_bytes(f"fut-carry's gradient tables ({seg_max} batches) beside its state", tables * theta0.numel()
                       * theta0.element_size(), theta0.device, "ask for fewer orders at a time (estimate.num_orders) "
@@ -146,16 +147,17 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
         if curvature in ("secant", "none") and t % refresh == 0:
             # each distinct batch of the next ``refresh`` steps: its gradient once, at this state
             anchor, theta_a = t, theta
-            seg = sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))})
+            seg = segments[t]
             h = table = None  # the last segment's diagonal (and, for none, its table) go before the new one
             table, row = grads_at(flat, theta, batches, seg, chunk), {b: i for i, b in enumerate(seg)}
             if curvature == "secant" and t > 0:
                 missing = [b for b in seg if b not in prev_row]
                 extra = grads_at(flat, prev_theta, batches, missing, chunk) if missing else None
+                extra_row = {b: i for i, b in enumerate(missing)}
                 dtheta = theta - prev_theta
                 h = {}
                 for b in seg:  # each diagonal over its batch's previous gradient, in place
-                    old = prev[prev_row[b]] if b in prev_row else extra[missing.index(b)]
+                    old = prev[prev_row[b]] if b in prev_row else extra[extra_row[b]]
                     h[b] = old.copy_(_secant(table[row[b]], old, dtheta))
                 del extra, dtheta
             if curvature == "secant":
