@@ -114,3 +114,21 @@ def test_planned_chunks_fit_the_free_memory_and_do_not_change_the_answer():
         _close_runs(planned.params.cpu(), one.params.cpu(), traj.theta0.cpu())
     with pytest.raises(Exception, match="free"):  # more than the GPU holds: one line, not an OOM traceback
         plan_chunk("x", 4, torch.device("cuda"), lambda: None, state_bytes=2**50)
+
+
+def test_micro_batched_gpu_paths_match_the_whole_batch_on_cpu():
+    """record.micro_batch on the GPU's vmapped paths (retraining, fut-carry's HVP passes, the secant
+    tables): the same runs as whole batches on the CPU, uneven splits (2 sequences in passes of 1)."""
+    orders = _orders(4)
+    cpu_flat, cpu_batches, cpu_val, cpu_traj = _setup(torch.device("cpu"))
+    flat, batches, val, _ = _setup(torch.device("cuda"))
+    micro = FlatModel(flat.model, micro_batch=1)
+    traj = record(micro, batches, list(range(T)), [1e-3] * T, AdamHP())
+    _close_runs(traj.final.cpu().unsqueeze(0), cpu_traj.final.unsqueeze(0), cpu_traj.theta0)
+    gpu = retrain(micro, traj.theta0, batches, orders, traj.lrs, traj.hp, batched=True).cpu()
+    cpu = retrain(cpu_flat, cpu_traj.theta0, cpu_batches, orders, cpu_traj.lrs, cpu_traj.hp, batched=False)
+    _close_runs(gpu, cpu, cpu_traj.theta0)
+    for opts in ({"curvature": "hvp"}, {"curvature": "secant"}):
+        a = estimate("fut-carry", Record(micro, traj, batches, val), orders, opts).params.cpu()
+        b = estimate("fut-carry", Record(cpu_flat, cpu_traj, cpu_batches, cpu_val), orders, opts).params
+        _close_runs(a, b, cpu_traj.theta0)
