@@ -200,6 +200,11 @@ def test_secant_curvature_is_the_same_for_an_order_alone_or_among_others():
     together = estimate("fut-carry", Record(flat, traj, batches), orders, {"curvature": "secant"}).params
     alone = estimate("fut-carry", Record(flat, traj, batches), orders[2:3], {"curvature": "secant"}).params
     torch.testing.assert_close(together[2], alone[0], rtol=1e-10, atol=1e-12)
+    for name, opts in (("fut-carry", {"curvature": "secant"}), ("fut-carry", {"curvature": "none"}),
+                       ("fut-ckpt", {"every": 3})):
+        # the table passes' chunk (here 5) and the order loop's own (at most 4): bit for bit those of chunks of 1
+        chunked = estimate(name, Record(flat, traj, batches), orders, {**opts, "chunk": 5}).params
+        assert torch.equal(chunked, estimate(name, Record(flat, traj, batches), orders, {**opts, "chunk": 1}).params), name
     true = retrain(flat, traj.theta0, batches, orders, lrs, hp)
     none = traj.final.expand(len(orders), -1)
     err = lambda est: float(torch.linalg.vector_norm(est - true, dim=1).mean())  # noqa: E731

@@ -129,12 +129,17 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                            lambda: grads_at(flat, theta0, batches, [0], 1), 0).chunk
     # the CPU computes one order at a time anyway: chunks of 1 keep its temporaries at [d]
     chunk = chunk or (16 if cuda else 1)
+    # orders per step of the loop below. hvp: the vmapped pass's own chunk. secant / none: the gradient
+    # rows are gathered from the table, so a chunk of orders costs only its [chunk, d] temporaries
+    # (delta, g, products) and a few orders at a time lose nothing but Python iterations; planned apart
+    # from the table passes' chunk, which on a small batch can be many times larger
+    order_chunk = chunk if curvature in ("hvp", "hvp2") else min(chunk, 4)
     if curvature in ("secant", "none"):
         # the tables: this segment's gradients and (secant) the diagonal, written over the previous
         # gradients in place, so two tables at most; the order chunk's delta, g and products beside them
         segments = {t: sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))}) for t in range(0, T, refresh)}
         seg_max = max(len(seg) for seg in segments.values())
-        tables = (2 if curvature == "secant" else 1) * seg_max + 4 * min(chunk, K)
+        tables = (2 if curvature == "secant" else 1) * seg_max + 4 * min(order_chunk, K)
         require_bytes(f"fut-carry's gradient tables ({seg_max} batches) beside its state", tables * theta0.numel()
                       * theta0.element_size(), theta0.device, "ask for fewer orders at a time (estimate.num_orders) "
                       "or, for fut-ckpt, fewer steps between its tables (every)")
@@ -165,8 +170,8 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
         unmoved, checked = {}, 0
         # K orders in chunks: the deviations and gradients ([chunk, d]) live one chunk at a time, so the
         # K streams cost 3 K d (gamma, m, v) and not 5 K d
-        for lo in range(0, K, chunk):
-            hi = min(K, lo + chunk)
+        for lo in range(0, K, order_chunk):
+            hi = min(K, lo + order_chunk)
             delta = gamma[lo:hi] - theta
             # one sync: only where the CPU path or a check needs it
             moved = (delta != 0).any(dim=1).tolist() if need_moved else None
