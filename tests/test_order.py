@@ -503,6 +503,24 @@ def test_chunks_are_balanced_and_the_surrogate_plans_each_chunk_again(monkeypatc
     assert max(abs(a - b) for a, b in zip(losses, one)) < 1e-9
 
 
+def test_the_advisor_predicts_retraining_as_the_study_measures_it_without_its_evaluations():
+    """The study times retraining alone (its evaluations come after), so the prediction beside it
+    must not count them: a costlier evaluation leaves the retraining predictions as they are and
+    raises only what the surrogate, which evaluates its own training orders, is predicted to cost."""
+    from dataclasses import replace
+
+    from taylorlab.order import costs
+
+    flat, batches, val, _, _, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    units = costs.probe_units(rec, 6)
+    cheap, dear = (costs.predict(rec, 6, {"surrogate": {"train_orders": 12}}, replace(units, eval_s=e))
+                   for e in (units.eval_s, units.eval_s + 100.0))
+    for key in ("retrain_batched_s", "retrain_one_at_a_time_s"):
+        assert dear[key] == cheap[key] > 0
+    assert dear["estimators"]["surrogate"] == pytest.approx(cheap["estimators"]["surrogate"] + 12 * 100.0)
+
+
 def test_the_study_predicts_costs_first_and_reports_cost_against_batched_retraining():
     """The cost advisor's prediction beside the measurement: every requested estimator with a cost
     model has a positive prediction, batched retraining is measured in the same run, and the
