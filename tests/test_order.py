@@ -36,7 +36,7 @@ def random_orders(k, seed=1):
 
 @pytest.mark.parametrize("name, opts", [("none", {}), ("fut", {}), ("fut2", {}), ("fut-carry", {}),
                                         ("fut-carry", {"curvature": "hvp2"}), ("fut-carry", {"curvature": "secant"}), ("fut-carry", {"curvature": "none"}),
-                                        ("additive", {})])
+                                        ("fut-carry", {"curvature": "kfac"}), ("additive", {})])
 def test_every_estimator_returns_the_reference_run_for_the_reference_order(name, opts):
     flat, batches, val, _, _, traj = setup(3e-3)
     ref_loss = flat.eval_loss(traj.final, val)
@@ -201,7 +201,8 @@ def test_secant_curvature_is_the_same_for_an_order_alone_or_among_others():
     alone = estimate("fut-carry", Record(flat, traj, batches), orders[2:3], {"curvature": "secant"}).params
     torch.testing.assert_close(together[2], alone[0], rtol=1e-10, atol=1e-12)
     for name, opts in (("fut-carry", {"curvature": "secant"}), ("fut-carry", {"curvature": "none"}),
-                       ("fut-ckpt", {"every": 3})):
+                       ("fut-carry", {"curvature": "kfac"}), ("fut-ckpt", {"every": 3}),
+                       ("fut-ckpt", {"every": 3, "curvature": "kfac"})):
         # the table passes' chunk (here 5) and the order loop's own (at most 4): bit for bit those of chunks of 1
         chunked = estimate(name, Record(flat, traj, batches), orders, {**opts, "chunk": 5}).params
         assert torch.equal(chunked, estimate(name, Record(flat, traj, batches), orders, {**opts, "chunk": 1}).params), name
@@ -581,7 +582,7 @@ def test_memory_plans_bound_chunks_and_checkpoints(tmp_path):
         plan_checkpoints(10, 2**62, cpu, tmp_path, 1)
 
 
-@pytest.mark.parametrize("curvature", ["secant", "none"])
+@pytest.mark.parametrize("curvature", ["secant", "kfac", "none"])
 def test_fut_ckpt_refreshed_every_step_is_fut_carry_itself(curvature):
     flat, batches, val, lrs, hp, traj = setup(1e-3)
     orders = random_orders(4)
@@ -610,7 +611,7 @@ def test_fut_ckpt_between_checkpoints_beats_no_change_and_answers_each_order_alo
     assert not torch.equal(together.params, every_step)  # the table really was kept between checkpoints
 
 
-@pytest.mark.parametrize("opts, words", [({"curvature": "hvp"}, "curvature='hvp' is not one of secant, none"),
+@pytest.mark.parametrize("opts, words", [({"curvature": "hvp"}, "curvature='hvp' is not one of secant, kfac, none"),
                                          ({"every": -1}, "every")])
 def test_fut_ckpt_refuses_bad_options(opts, words):
     from taylorlab.errors import ConfigError
@@ -659,7 +660,8 @@ def test_micro_batched_loss_gradient_and_hvp_are_the_whole_batch_s(micro):
 
 
 @pytest.mark.parametrize("name, opts", [("fut-ckpt", {"every": 4}), ("fut-carry", {"curvature": "secant"}),
-                                        ("fut-carry", {"curvature": "hvp"})])
+                                        ("fut-carry", {"curvature": "hvp"}), ("fut-carry", {"curvature": "kfac"}),
+                                        ("fut-ckpt", {"every": 4, "curvature": "kfac"})])
 def test_state_carrying_cost_models_count_each_order_s_step_and_the_self_check(name, opts):
     """fut-ckpt's count once held only its gradient tables and was 6x under on SmolLM2: the K x T
     carried Adam steps over d numbers, and the self-check's exact passes, are in every count now."""
@@ -678,3 +680,80 @@ def test_state_carrying_cost_models_count_each_order_s_step_and_the_self_check(n
     first_order = 0.0 if opts.get("curvature") == "hvp" else 1.0  # hvp: its estimate is the first-order pass
     quiet = est.make_options({**opts, "check_steps": 0})
     assert base - est.cost(u, K, T, quiet) == pytest.approx(checks * (0.5 + first_order))
+
+
+def test_kfac_factors_are_the_layer_moments_and_apply_is_their_kronecker_product():
+    """taylorlab.order.kfac: A is the mean of x xᵀ over a layer's input positions and G = N Σ g gᵀ of
+    its output gradients, whether the batch goes in one pass or in micro-batches; ``apply`` is
+    (A ⊗ G) vec(ΔW) on each covered weight and zero elsewhere; a tied LM head is left to its embedding."""
+    from taylorlab.models import build_llama
+    from taylorlab.order import kfac
+
+    flat, batches, _, _, _, traj = setup(3e-3)
+    covered = kfac.blocks(flat)
+    assert {b.name.rsplit(".", 2)[-2] for b in covered} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj", "lm_head"}
+    theta, batch = traj.theta(3), batches[2]
+    fac = kfac.factors(flat, theta, batch, covered)
+    # independently: the down projection's input and output gradient, captured by plain autograd
+    model = flat.load(theta)
+    seen = {}
+    down = model.model.layers[0].mlp.down_proj
+    def capture(_mod, inputs, output):
+        output.retain_grad()
+        seen.update(x=inputs[0].detach(), y=output)
+
+    hook = down.register_forward_hook(capture)
+    try:
+        logits = model(input_ids=batch, use_cache=False).logits
+        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)
+    x, g = seen["x"].reshape(-1, down.in_features), seen["y"].grad.reshape(-1, down.out_features)
+    k = [b.name for b in covered].index("model.layers.0.mlp.down_proj.weight")
+    n = x.shape[0]
+    torch.testing.assert_close(fac[k][0], x.T @ x / n, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fac[k][1], n * g.T @ g, rtol=1e-10, atol=1e-12)
+    micro = kfac.factors(FlatModel(flat.model, micro_batch=1), theta, batch, covered)
+    for (a, gg), (ma, mg) in zip(fac, micro):
+        torch.testing.assert_close(ma, a, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(mg, gg, rtol=1e-9, atol=1e-12)
+    vec = torch.randn(flat.dim, dtype=theta.dtype, generator=torch.Generator().manual_seed(0))
+    out = kfac.apply(fac, covered, vec)
+    inside = torch.zeros(flat.dim, dtype=torch.bool)
+    for (a, gg), b in zip(fac, covered):
+        sl = slice(b.offset, b.offset + b.out * b.inp)
+        inside[sl] = True
+        w = vec[sl].view(b.out, b.inp)
+        # vec() stacks columns: vec(G W A) = (Aᵀ ⊗ G) vec(W), and A is symmetric
+        torch.testing.assert_close(out[sl].view(b.out, b.inp).T.reshape(-1), torch.kron(a, gg) @ w.T.reshape(-1),
+                                   rtol=1e-9, atol=1e-12)
+    assert torch.equal(out[~inside], torch.zeros_like(out[~inside]))
+    tied = FlatModel(build_llama(64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True).double())
+    assert "lm_head.weight" not in {b.name for b in kfac.blocks(tied)} and len(kfac.blocks(tied)) == 7
+
+
+def test_kfac_cost_counts_its_factors_and_products_and_the_advisor_probes_them():
+    """curvature=kfac: every table's batches cost a factor pass beside their gradient, every order's
+    step a product with the factors; the advisor times both only where kfac was asked for."""
+    from dataclasses import replace
+
+    from taylorlab.order import costs, registry
+    from taylorlab.order.costs import Units
+
+    u = Units("cpu", grad_s=0.5, batched_grad_s=0.25, hvp_s=1.0, batched_hvp_s=0.75, eval_s=0.1, copies=2)
+    K, T = 35, 16
+    for name, opts, tables in (("fut-carry", {"curvature": "kfac"}, T * min(K, T)),
+                               ("fut-ckpt", {"every": 4, "curvature": "kfac"}, 4 * min(4 * K, T))):
+        est = registry.get(name)
+        o = est.make_options(opts)
+        base = est.cost(u, K, T, o)
+        assert est.cost(replace(u, kfac_apply_s=0.01), K, T, o) == pytest.approx(base + K * T * 0.01)
+        assert est.cost(replace(u, kfac_factor_s=0.02), K, T, o) == pytest.approx(base + tables * 0.02)
+    flat, batches, val, _, _, traj = setup(3e-3)
+    rec = Record(flat, traj, batches, val)
+    asked = costs.predict(rec, 4, {"fut-carry": {"curvature": "kfac"}})
+    assert asked["units"]["kfac_factor_s"] > 0 and asked["units"]["kfac_apply_s"] > 0
+    assert costs.predict(rec, 4, {"fut-carry": None})["units"]["kfac_apply_s"] == 0.0

@@ -22,6 +22,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch.func import jvp
 
+from taylorlab.order import kfac
 from taylorlab.order.functional import adam_step
 from taylorlab.order.queries import timed
 from taylorlab.order.recorded import Record
@@ -47,12 +48,15 @@ class Units:
     # and the functional Adam step over d numbers; K x T of them, no network pass, yet on a 135M model
     # they cost more than fut-ckpt's gradient tables
     carry_step_s: float = 0.0
+    # curvature=kfac: one batch's Kronecker factors (a pass with hooks), and one order's product with them
+    kfac_factor_s: float = 0.0
+    kfac_apply_s: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
+def probe_units(rec: Record, K: int, need_hvp: bool = True, need_kfac: bool = False) -> Units:
     """Each pass timed on this device (best of two, the first paying for warm-up; once for a CPU
     pass of ``CPU_REPEAT_BELOW_S`` or more)."""
     from torch.func import vmap
@@ -87,7 +91,14 @@ def probe_units(rec: Record, K: int, need_hvp: bool = True) -> Units:
     eval_s = best(lambda: flat.eval_loss(theta, rec.val)) if rec.val is not None else 0.0
     zero = torch.zeros_like(theta)
     carry_step_s = best(lambda: adam_step(theta, zero, zero, zero + zero * (theta - theta), 1, 1e-3, rec.traj.hp))
-    return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies, carry_step_s)
+    kfac_factor_s = kfac_apply_s = 0.0
+    if need_kfac:
+        covered = kfac.blocks(flat)
+        fac, kfac_factor_s = timed(lambda: kfac.factors(flat, theta, b[0], covered))
+        kfac_apply_s = best(lambda: kfac.apply(fac, covered, zero))
+        del fac
+    return Units(str(theta.device), grad_s, batched_grad_s, hvp_s, batched_hvp_s, eval_s, copies, carry_step_s,
+                 kfac_factor_s, kfac_apply_s)
 
 
 def predict(rec: Record, K: int, estimators: Mapping[str, Any], units: Optional[Units] = None) -> Dict[str, Any]:
@@ -96,7 +107,8 @@ def predict(rec: Record, K: int, estimators: Mapping[str, Any], units: Optional[
     from taylorlab.order import registry
 
     T = rec.T
-    units = units or probe_units(rec, K)
+    need_kfac = any(isinstance(o, Mapping) and o.get("curvature") == "kfac" for o in estimators.values())
+    units = units or probe_units(rec, K, need_kfac=need_kfac)
     out = {}
     for name, options in estimators.items():
         est = registry.get(name)

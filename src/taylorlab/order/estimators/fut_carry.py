@@ -1,7 +1,8 @@
 """``fut-carry`` — this project's accuracy estimator: ``g(gamma_t, B_l) ~ g(theta_t, B_l) +
 H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``), the
-paper's secant diagonal (``"secant"``, cost independent of K once K >> T) or none (``"none"``, the
-cheap variant), and Adam's m, v and step computed exactly from that gradient along the new order
+paper's secant diagonal (``"secant"``, cost independent of K once K >> T), Kronecker factors per
+linear weight (``"kfac"``, ``taylorlab.order.kfac``: one more pass per batch and step, then two small
+products per layer and order, no network pass) or none (``"none"``, the cheap variant), and Adam's m, v and step computed exactly from that gradient along the new order
 (moments carried, never linearised). ``"hvp2"`` expands the gradient to second order, adding
 ``1/2 D^3 L(theta_t, B_l)[delta, delta]`` (the third derivative of the loss along the deviation,
 exact, from a forward-over-forward-over-reverse pass): lower parameter error at larger deviations,
@@ -21,16 +22,18 @@ from torch.func import jvp, vmap
 from taylorlab.errors import ConfigError
 from taylorlab.order.estimators.fut import _secant
 from taylorlab.order.functional import FlatModel, adam_step, grads_at
+from taylorlab.order import kfac
 from taylorlab.order.memory import plan_chunk, require_bytes
 from taylorlab.order.recorded import Record
 from taylorlab.order.registry import Estimate, Estimator, register
 
-CURVATURES = ("hvp", "hvp2", "secant", "none")
+CURVATURES = ("hvp", "hvp2", "secant", "kfac", "none")
+TABLED = ("secant", "kfac", "none")  # the curvatures that read the gradients from a table per step
 
 
 @dataclass
 class FutCarryOptions:
-    curvature: str = "hvp"  # hvp | hvp2 | secant | none
+    curvature: str = "hvp"  # hvp | hvp2 | secant | kfac | none
     chunk: int = 0  # orders per vmapped pass on a GPU, at most (0: as many as its free memory holds)
     check_steps: int = 4  # self-check: steps at which the linearised gradient is compared with the exact one
     check_orders: int = 2  # ... for this many orders
@@ -122,7 +125,7 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                               lambda: expanded_many(theta0, batches[:1], torch.zeros_like(theta0).unsqueeze(0)),
                               0, opts.chunk or None)
             chunk = plan.chunk
-    if cuda and curvature in ("secant", "none") and not chunk:
+    if cuda and curvature in TABLED and not chunk:
         # batches per vmapped gradient-table pass, from free memory: a batch of 16k tokens holds
         # thirty-odd times the activations of one of 512
         chunk = plan_chunk("fut-carry's gradient-table passes", 16, theta0.device,
@@ -134,13 +137,16 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
     # (delta, g, products) and a few orders at a time lose nothing but Python iterations; planned apart
     # from the table passes' chunk, which on a small batch can be many times larger
     order_chunk = chunk if curvature in ("hvp", "hvp2") else min(chunk, 4)
-    if curvature in ("secant", "none"):
+    covered = kfac.blocks(flat) if curvature == "kfac" else []
+    if curvature in TABLED:
         # the tables: this segment's gradients and (secant) the diagonal, written over the previous
         # gradients in place, so two tables at most; the order chunk's delta, g and products beside them
         segments = {t: sorted({o[s] for o in orders for s in range(t, min(T, t + refresh))}) for t in range(0, T, refresh)}
         seg_max = max(len(seg) for seg in segments.values())
         tables = (2 if curvature == "secant" else 1) * seg_max + 4 * min(order_chunk, K)
-        require_bytes(f"fut-carry's gradient tables ({seg_max} batches) beside its state", tables * theta0.numel()
+        # kfac: each batch's Kronecker factors beside its gradient
+        numel = tables * theta0.numel() + seg_max * kfac.factor_numel(covered)
+        require_bytes(f"fut-carry's gradient tables ({seg_max} batches) beside its state", numel
                       * theta0.element_size(), theta0.device, "ask for fewer orders at a time (estimate.num_orders) "
                       "or, for fut-ckpt, fewer steps between its tables (every)")
     table, row, prev, prev_row, prev_theta, h = None, {}, None, {}, None, None
@@ -149,12 +155,14 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
         theta = traj.theta(t)
         ids = [o[t] for o in orders]
         need_moved = t in check_at or (not cuda and curvature in ("hvp", "hvp2"))
-        if curvature in ("secant", "none") and t % refresh == 0:
+        if curvature in TABLED and t % refresh == 0:
             # each distinct batch of the next ``refresh`` steps: its gradient once, at this state
             anchor, theta_a = t, theta
             seg = segments[t]
             h = table = None  # the last segment's diagonal (and, for none, its table) go before the new one
             table, row = grads_at(flat, theta, batches, seg, chunk), {b: i for i, b in enumerate(seg)}
+            if curvature == "kfac":  # each batch's factors at this state: one more pass per batch
+                h = {b: kfac.factors(flat, theta, batches[b], covered) for b in seg}
             if curvature == "secant" and t > 0:
                 missing = [b for b in seg if b not in prev_row]
                 extra = grads_at(flat, prev_theta, batches, missing, chunk) if missing else None
@@ -189,6 +197,9 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                 g = table[torch.tensor([row[b] for b in ids[lo:hi]], device=table.device)]
                 if curvature == "secant" and anchor > 0:  # linearised at the table's state
                     g = g + torch.stack([h[b] for b in ids[lo:hi]]) * (delta if anchor == t else gamma[lo:hi] - theta_a)
+                elif curvature == "kfac":
+                    dev = delta if anchor == t else gamma[lo:hi] - theta_a
+                    g = g + torch.stack([kfac.apply(h[b], covered, dev[i]) for i, b in enumerate(ids[lo:hi])])
             if t in check_at:
                 for k in range(lo, hi):
                     if moved[k - lo] and checked < check_orders:
@@ -216,13 +227,16 @@ def _finite_median(values) -> Optional[float]:
 
 def cost(u, K: int, T: int, o: FutCarryOptions) -> float:
     """hvp: a gradient and an HVP per order and step (vmapped on a GPU), hvp2 about twice that;
-    secant / none: each distinct batch's gradient per step (secant: at the previous state too); and
+    secant / none: each distinct batch's gradient per step (secant: at the previous state too); kfac:
+    its factors too, and every order's product with them; and
     every order's carried step, and the self-check's passes."""
     # each order's carried Adam step, and the self-check's exact gradient and first-order pass
     steps = K * T * u.carry_step_s + o.check_steps * o.check_orders * (
         u.grad_s + (0.0 if o.curvature == "hvp" else u.hvp_s))  # hvp: its estimate is the first-order pass
     if o.curvature in ("hvp", "hvp2"):
         return K * T * u.batched_hvp_s * (2 if o.curvature == "hvp2" else 1) + steps
+    if o.curvature == "kfac":  # each distinct batch's gradient and factors per step, each order's product
+        return T * min(K, T) * (u.batched_grad_s + u.kfac_factor_s) + K * T * u.kfac_apply_s + steps
     return T * min(K, T) * u.batched_grad_s * (2 if o.curvature == "secant" else 1) + steps
 
 

@@ -24,14 +24,14 @@ from taylorlab.order.registry import Estimate, Estimator, register
 @dataclass
 class FutCkptOptions:
     every: int = 0  # steps between gradient tables (0: the record's record.checkpoint_every)
-    curvature: str = "secant"  # secant | none (the table alone, no diagonal)
+    curvature: str = "secant"  # secant | kfac (Kronecker factors at each checkpoint) | none (the table alone)
     chunk: int = 0  # batches per vmapped gradient-table pass on a GPU (0: 16)
     check_steps: int = 4  # self-check as fut-carry's: steps where the estimate meets the exact gradient
     check_orders: int = 2
 
     def validate(self) -> None:
-        if self.curvature not in ("secant", "none"):
-            raise ConfigError(f"curvature={self.curvature!r} is not one of secant, none.")
+        if self.curvature not in ("secant", "kfac", "none"):
+            raise ConfigError(f"curvature={self.curvature!r} is not one of secant, kfac, none.")
         if self.every < 0 or self.chunk < 0 or self.check_steps < 0 or self.check_orders < 0:
             raise ConfigError("every (0: the record's checkpoint_every), chunk, check_steps and check_orders "
                               "must be 0 or more.")
@@ -54,7 +54,9 @@ def cost(u, K: int, T: int, o: FutCkptOptions) -> float:
     each of the distinct batches of its steps; the secant's previous table is reused; every order's
     carried step (``carry_step_s``), K x T of them; and the self-check's exact passes."""
     every = max(1, o.every)
-    return (-(-T // every) * min(K * every, T) * u.batched_grad_s + K * T * u.carry_step_s
+    kfac = o.curvature == "kfac"  # each table's batches' factors too, and every order's product with them
+    return (-(-T // every) * min(K * every, T) * (u.batched_grad_s + (u.kfac_factor_s if kfac else 0.0))
+            + K * T * (u.carry_step_s + (u.kfac_apply_s if kfac else 0.0))
             + o.check_steps * o.check_orders * (u.grad_s + u.hvp_s))
 
 
