@@ -76,8 +76,9 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     for name in estimators:
         opts = {}
         label = name
-        if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2"):
-            name, opts = "fut-carry", {"curvature": {"nocurv": "none", "secant": "secant", "hvp2": "hvp2"}[label[10:]]}
+        if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2", "fut-carry-kfac"):
+            name, opts = "fut-carry", {"curvature": {"nocurv": "none", "secant": "secant", "hvp2": "hvp2",
+                                                     "kfac": "kfac"}[label[10:]]}
         if name == "fut-carry":
             opts["chunk"] = a.hvp2_chunk if label == "fut-carry-hvp2" else a.carry_chunk
         if name == "additive":
