@@ -1,5 +1,5 @@
 """How well each curvature predicts an order's gradient on the real model: SmolLM2-135M (dequantised
-from its embedded GGUF) in continued training, recorded over T steps. For K random orders retrained
+from its embedded GGUF) in continued training, trained over T steps. For K random orders retrained
 step by step, at the steps in --steps, the order's state gamma_t differs from the reference state
 theta_t by v; the estimators that carry an order (fut-carry, fut-ckpt) replace the exact gradient
 g(theta_t + v) of the order's batch by g(theta_t) + C v. Per curvature C this reports the residual
@@ -27,7 +27,7 @@ from torch.func import functional_call, jvp, vjp
 
 from setup_order import HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import load_gguf_model
-from taylorlab.order import FlatModel, kfac, record
+from taylorlab.order import FlatModel, kfac
 from taylorlab.order.estimators.fut import _secant
 from taylorlab.order.functional import adam_step
 from taylorlab.order.queries import random_orders
@@ -65,27 +65,34 @@ def main():
     train = tokens["train"].long()[: T * B * L].view(T, B, L).to(device)
     lrs, _ = schedule(a.lr, 0.1, T)
     t0 = time.time()
-    traj = record(flat, train, list(range(T)), lrs, HP, every=1)
     steps = [int(s) for s in a.steps.split(",")]
+    # the reference run's states at the compared steps and the ones before them (the secant's), kept
+    # alone: a record of every state (weights and moments) would not fit the host beside the passes
+    theta0 = flat.flat()
+    kept, (theta, m, v) = {}, (theta0, torch.zeros_like(theta0), torch.zeros_like(theta0))
+    for t in range(max(steps) + 1):
+        if t in steps or t + 1 in steps:
+            kept[t] = theta
+        theta, m, v = adam_step(theta, m, v, flat.grad(theta, train[t]), t + 1, lrs[t], HP)
     covered = kfac.blocks(flat)
     mask = torch.zeros(flat.dim, dtype=torch.bool, device=device)
     for b in covered:
         mask[b.offset:b.offset + b.out * b.inp] = True
     rows = []
     for k, order in enumerate(random_orders(T, a.orders, 11)):
-        theta, m, v = traj.theta0, torch.zeros_like(traj.theta0), torch.zeros_like(traj.theta0)
+        theta, m, v = theta0, torch.zeros_like(theta0), torch.zeros_like(theta0)
         for t in range(max(steps) + 1):
             if t in steps:
-                ref, batch = traj.theta(t), train[order[t]]
+                ref, batch = kept[t], train[order[t]]
                 dv = theta - ref
                 g_ref, g_true = flat.grad(ref, batch), flat.grad(theta, batch)
                 change = g_true - g_ref
-                prev = traj.theta(t - 1)
+                prev = kept[t - 1]
                 curv = {"hvp": jvp(lambda y: flat.grad(y, batch), (ref,), (dv,))[1],
                         "ggn": ggn_vector(flat, ref, batch, dv),
                         "kfac": kfac.apply(kfac.factors(flat, ref, batch, covered), covered, dv),
                         "secant": _secant(g_ref, flat.grad(prev, batch), ref - prev) * dv}
-                row = {"order": k, "step": t, "rel_deviation": float(dv.norm() / (ref - traj.theta0).norm())}
+                row = {"order": k, "step": t, "rel_deviation": float(dv.norm() / (ref - theta0).norm())}
                 for name, cv in curv.items():
                     row[f"{name}_residual"] = float((g_ref + cv - g_true).norm() / change.norm())
                     # on the K-FAC-covered linear weights alone, where the Fisher-type curvatures live
