@@ -612,7 +612,8 @@ def test_fut_ckpt_between_checkpoints_beats_no_change_and_answers_each_order_alo
 
 
 @pytest.mark.parametrize("opts, words", [({"curvature": "hvp"}, "curvature='hvp' is not one of secant, kfac, none"),
-                                         ({"every": -1}, "every")])
+                                         ({"every": -1}, "every"),
+                                         ({"kfac_labels": "true"}, "kfac_labels='true' is not one of sampled, data")])
 def test_fut_ckpt_refuses_bad_options(opts, words):
     from taylorlab.errors import ConfigError
 
@@ -694,7 +695,7 @@ def test_kfac_factors_are_the_layer_moments_and_apply_is_their_kronecker_product
     assert {b.name.rsplit(".", 2)[-2] for b in covered} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj", "lm_head"}
     theta, batch = traj.theta(3), batches[2]
-    fac = kfac.factors(flat, theta, batch, covered)
+    fac = kfac.factors(flat, theta, batch, covered, "data")
     # independently: the down projection's input and output gradient, captured by plain autograd
     model = flat.load(theta)
     seen = {}
@@ -715,7 +716,7 @@ def test_kfac_factors_are_the_layer_moments_and_apply_is_their_kronecker_product
     n = x.shape[0]
     torch.testing.assert_close(fac[k][0], x.T @ x / n, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fac[k][1], n * g.T @ g, rtol=1e-10, atol=1e-12)
-    micro = kfac.factors(FlatModel(flat.model, micro_batch=1), theta, batch, covered)
+    micro = kfac.factors(FlatModel(flat.model, micro_batch=1), theta, batch, covered, "data")
     for (a, gg), (ma, mg) in zip(fac, micro):
         torch.testing.assert_close(ma, a, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(mg, gg, rtol=1e-9, atol=1e-12)
@@ -730,6 +731,10 @@ def test_kfac_factors_are_the_layer_moments_and_apply_is_their_kronecker_product
         torch.testing.assert_close(out[sl].view(b.out, b.inp).T.reshape(-1), torch.kron(a, gg) @ w.T.reshape(-1),
                                    rtol=1e-9, atol=1e-12)
     assert torch.equal(out[~inside], torch.zeros_like(out[~inside]))
+    # the Fisher (labels drawn from the model, seeded): the same inputs' moment, other output gradients
+    drawn = kfac.factors(flat, theta, batch, covered)
+    assert torch.equal(drawn[k][0], fac[k][0]) and not torch.allclose(drawn[k][1], fac[k][1])
+    assert all(torch.equal(g, h) for (_, g), (_, h) in zip(drawn, kfac.factors(flat, theta, batch, covered)))
     tied = FlatModel(build_llama(64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True).double())
     assert "lm_head.weight" not in {b.name for b in kfac.blocks(tied)} and len(kfac.blocks(tied)) == 7

@@ -8,7 +8,8 @@ g(theta_t + v) of the order's batch by g(theta_t) + C v. Per curvature C this re
   hvp     the exact Hessian-vector product (fut-carry's default)
   ggn     the Gauss-Newton part of it alone (J^T H_logits J v): what any Fisher-type curvature,
           K-FAC included, approximates at best
-  kfac    taylorlab.order.kfac: the empirical Fisher's Kronecker factors per linear weight
+  kfac    taylorlab.order.kfac: the Fisher's Kronecker factors per linear weight (labels sampled from
+          the model: curvature=kfac's own); kfac_data the empirical Fisher's (the batch's labels)
   secant  fut-carry's secant diagonal from the batch's gradients at theta_{t-1} and theta_t
 
     python benchmarks/order_effects/curvature_alignment.py --gguf <SmolLM2 .gguf> \\
@@ -91,6 +92,7 @@ def main():
                 curv = {"hvp": jvp(lambda y: flat.grad(y, batch), (ref,), (dv,))[1],
                         "ggn": ggn_vector(flat, ref, batch, dv),
                         "kfac": kfac.apply(kfac.factors(flat, ref, batch, covered), covered, dv),
+                        "kfac_data": kfac.apply(kfac.factors(flat, ref, batch, covered, "data"), covered, dv),
                         "secant": _secant(g_ref, flat.grad(prev, batch), ref - prev) * dv}
                 row = {"order": k, "step": t, "rel_deviation": float(dv.norm() / (ref - theta0).norm())}
                 for name, cv in curv.items():
@@ -102,7 +104,7 @@ def main():
                 rows.append(row)
                 logging.info("order %d step %d: %s", k, t, {n: round(row[f"{n}_residual"], 3) for n in curv})
             theta, m, v = adam_step(theta, m, v, flat.grad(theta, train[order[t]]), t + 1, lrs[t], HP)
-    names = ("hvp", "ggn", "kfac", "secant")
+    names = ("hvp", "ggn", "kfac", "kfac_data", "secant")
     summary = {f"median_{n}_{what}": float(torch.tensor([r[f"{n}_{what}"] for r in rows]).median())
                for n in names for what in ("residual", "residual_linear", "cos_vs_hvp", "norm_vs_hvp")}
     record_json(__import__("pathlib").Path(a.out),

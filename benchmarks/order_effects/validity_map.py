@@ -76,9 +76,11 @@ def cell(tokens, a, T: int, lr: float, warmup: float, estimators, device):
     for name in estimators:
         opts = {}
         label = name
-        if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2", "fut-carry-kfac"):
+        if name in ("fut-carry-nocurv", "fut-carry-secant", "fut-carry-hvp2", "fut-carry-kfac", "fut-carry-kfacdata"):
             name, opts = "fut-carry", {"curvature": {"nocurv": "none", "secant": "secant", "hvp2": "hvp2",
-                                                     "kfac": "kfac"}[label[10:]]}
+                                                     "kfac": "kfac", "kfacdata": "kfac"}[label[10:]]}
+            if label == "fut-carry-kfacdata":  # the empirical Fisher's factors (the batch's own labels)
+                opts["kfac_labels"] = "data"
         if name == "fut-carry":
             opts["chunk"] = a.hvp2_chunk if label == "fut-carry-hvp2" else a.carry_chunk
         if name == "additive":

@@ -1,7 +1,7 @@
 """Kronecker-factored curvature (K-FAC) of one batch's loss at one state, for the estimators that
 linearise each order's gradient around a shared state (``fut-carry`` / ``fut-ckpt`` with
 ``curvature=kfac``): per linear layer y = W x, H ≈ A ⊗ G with A the inputs' second moment and G the
-output gradients' (the empirical Fisher's Kronecker factors, Martens & Grosse 2015), so that
+output gradients' (the Fisher's Kronecker factors, Martens & Grosse 2015), so that
 H vec(ΔW) = vec(G ΔW A). Applied to an order's deviation it costs two small matrix products per
 layer and no network pass; building it costs one pass per batch and state.
 
@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
+from torch.func import functional_call
 
 from taylorlab.order.functional import FlatModel
 
 MAX_SIDE = 8192
+LABELS = ("sampled", "data")
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,15 @@ def blocks(flat: FlatModel) -> List[Block]:
     return sorted(out, key=lambda b: b.offset)
 
 
-def factors(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, covered: List[Block]
-            ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def factors(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, covered: List[Block],
+            labels: str = "sampled", seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """(A, G) per covered block at ``theta`` on ``batch``: A = mean of x xᵀ over the batch's positions,
     G = N · Σ g gᵀ with g = ∂L/∂y (L the batch's mean loss over N positions, micro-batched as
-    ``flat.loss``), so that A ⊗ G is the empirical Fisher of the per-position losses."""
+    ``flat.loss``). ``labels="data"``: L is the batch's own loss, so A ⊗ G is the empirical Fisher;
+    ``"sampled"``: each position's next token drawn from the model's own prediction (seeded), so that
+    A ⊗ G is the Fisher, whose expectation for the cross-entropy is the Gauss-Newton matrix."""
+    if labels not in LABELS:
+        raise ValueError(f"labels={labels!r} is not one of {', '.join(LABELS)}")
     by_name = {b.name: k for k, b in enumerate(covered)}
     dt, dev = theta.dtype, theta.device
     A = [torch.zeros(b.inp, b.inp, dtype=dt, device=dev) for b in covered]
@@ -79,12 +85,27 @@ def factors(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, covered: 
     try:
         x = theta.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            torch.autograd.grad(flat.loss(x, batch), x)
+            if labels == "data":
+                loss = flat.loss(x, batch)
+            else:
+                gen = torch.Generator(device=dev).manual_seed(seed)
+                parts = flat.unflatten(x)
+                loss = flat._accumulate(lambda b: _sampled_loss(flat, parts, b, gen), batch)
+            torch.autograd.grad(loss, x)
     finally:
         for h in hooks:
             h.remove()
     n = max(1, rows[0])
     return [(a / n, g * n) for a, g in zip(A, G)]
+
+
+def _sampled_loss(flat: FlatModel, parts, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The mean cross-entropy of the batch's predictions against next tokens drawn from them."""
+    logits = functional_call(flat.model, {**parts, **flat.buffers}, (), {"input_ids": batch, "use_cache": False}).logits
+    z = logits[:, :-1].reshape(-1, logits.shape[-1])
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    y = torch.multinomial(torch.softmax(z.detach(), -1), 1, generator=gen).squeeze(-1)
+    return torch.nn.functional.cross_entropy(z, y)
 
 
 def factor_numel(covered: List[Block]) -> int:

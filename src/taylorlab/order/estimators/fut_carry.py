@@ -35,6 +35,7 @@ TABLED = ("secant", "kfac", "none")  # the curvatures that read the gradients fr
 class FutCarryOptions:
     curvature: str = "hvp"  # hvp | hvp2 | secant | kfac | none
     chunk: int = 0  # orders per vmapped pass on a GPU, at most (0: as many as its free memory holds)
+    kfac_labels: str = "sampled"  # curvature=kfac: the Fisher (labels drawn from the model) | data (empirical)
     check_steps: int = 4  # self-check: steps at which the linearised gradient is compared with the exact one
     check_orders: int = 2  # ... for this many orders
 
@@ -43,6 +44,8 @@ class FutCarryOptions:
             raise ConfigError(f"curvature={self.curvature!r} is not one of {', '.join(CURVATURES)}.")
         if self.chunk < 0 or self.check_steps < 0 or self.check_orders < 0:
             raise ConfigError("chunk (0: planned from free memory), check_steps and check_orders must be 0 or more.")
+        if self.kfac_labels not in kfac.LABELS:
+            raise ConfigError(f"kfac_labels={self.kfac_labels!r} is not one of {', '.join(kfac.LABELS)}.")
 
 
 def expanded_grad(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, vec: torch.Tensor,
@@ -162,7 +165,7 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
             h = table = None  # the last segment's diagonal (and, for none, its table) go before the new one
             table, row = grads_at(flat, theta, batches, seg, chunk), {b: i for i, b in enumerate(seg)}
             if curvature == "kfac":  # each batch's factors at this state: one more pass per batch
-                h = {b: kfac.factors(flat, theta, batches[b], covered) for b in seg}
+                h = {b: kfac.factors(flat, theta, batches[b], covered, opts.kfac_labels, seed=t) for b in seg}
             if curvature == "secant" and t > 0:
                 missing = [b for b in seg if b not in prev_row]
                 extra = grads_at(flat, prev_theta, batches, missing, chunk) if missing else None

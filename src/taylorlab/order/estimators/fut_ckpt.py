@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taylorlab.errors import ConfigError
+from taylorlab.order import kfac
 from taylorlab.order.estimators.fut_carry import FutCarryOptions, _carry
 from taylorlab.order.recorded import Record
 from taylorlab.order.registry import Estimate, Estimator, register
@@ -26,12 +27,15 @@ class FutCkptOptions:
     every: int = 0  # steps between gradient tables (0: the record's record.checkpoint_every)
     curvature: str = "secant"  # secant | kfac (Kronecker factors at each checkpoint) | none (the table alone)
     chunk: int = 0  # batches per vmapped gradient-table pass on a GPU (0: 16)
+    kfac_labels: str = "sampled"  # curvature=kfac: sampled (the Fisher) | data (the empirical Fisher)
     check_steps: int = 4  # self-check as fut-carry's: steps where the estimate meets the exact gradient
     check_orders: int = 2
 
     def validate(self) -> None:
         if self.curvature not in ("secant", "kfac", "none"):
             raise ConfigError(f"curvature={self.curvature!r} is not one of secant, kfac, none.")
+        if self.kfac_labels not in kfac.LABELS:
+            raise ConfigError(f"kfac_labels={self.kfac_labels!r} is not one of {', '.join(kfac.LABELS)}.")
         if self.every < 0 or self.chunk < 0 or self.check_steps < 0 or self.check_orders < 0:
             raise ConfigError("every (0: the record's checkpoint_every), chunk, check_steps and check_orders "
                               "must be 0 or more.")
@@ -43,7 +47,7 @@ def refresh_every(rec: Record, o: FutCkptOptions) -> int:
 
 def est_fut_ckpt(rec: Record, orders, opts: FutCkptOptions) -> Estimate:
     carry = FutCarryOptions(curvature=opts.curvature, chunk=opts.chunk, check_steps=opts.check_steps,
-                            check_orders=opts.check_orders)
+                            check_orders=opts.check_orders, kfac_labels=opts.kfac_labels)
     est = _carry(rec, orders, carry, refresh=refresh_every(rec, opts))
     est.extra["every"] = refresh_every(rec, opts)
     return est
