@@ -6,9 +6,10 @@ H vec(ΔW) = vec(G ΔW A). Applied to an order's deviation it costs two small ma
 layer and no network pass; building it costs one pass per batch and state.
 
 Covered: the ``nn.Linear`` weights that are parameters of their own (a weight tied to another
-module's, such as an LM head tied to the embeddings, is left to that module) whose sides are at most
-``MAX_SIDE`` (a 49k-vocabulary head would need a 49k² factor). Every other parameter (embeddings,
-norms, biases) gets no curvature, as with ``curvature=none``."""
+module's, such as an LM head tied to the embeddings, is left to that module) whose two factors hold
+at most ``MAX_FACTOR_RATIO`` times the weight's numbers (an LM head's output factor is vocabulary²:
+8192² for a 64-wide head is 128 times its weight). Every other parameter (embeddings, norms, biases)
+gets no curvature, as with ``curvature=none``. So the factors of one batch hold at most 4d numbers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch.func import functional_call
 
 from taylorlab.order.functional import FlatModel
 
-MAX_SIDE = 8192
+MAX_FACTOR_RATIO = 4
 LABELS = ("sampled", "data")
 
 
@@ -43,7 +44,8 @@ def blocks(flat: FlatModel) -> List[Block]:
     out = []
     for mod_name, mod in flat.model.named_modules():
         name = f"{mod_name}.weight" if mod_name else "weight"
-        if isinstance(mod, torch.nn.Linear) and name in offsets and max(mod.weight.shape) <= MAX_SIDE:
+        if (isinstance(mod, torch.nn.Linear) and name in offsets
+                and mod.in_features ** 2 + mod.out_features ** 2 <= MAX_FACTOR_RATIO * mod.weight.numel()):
             out.append(Block(name, offsets[name], mod.out_features, mod.in_features))
     return sorted(out, key=lambda b: b.offset)
 
