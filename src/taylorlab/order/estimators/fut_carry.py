@@ -2,8 +2,9 @@
 H(theta_t, B_l)(gamma_t - theta_t)`` with an exact Hessian-vector product (``curvature="hvp"``), the
 paper's secant diagonal (``"secant"``, cost independent of K once K >> T), Kronecker factors per
 linear weight (``"kfac"``, ``taylorlab.order.kfac``: one more pass per batch and step, then two small
-products per layer and order, no network pass) or none (``"none"``, the cheap variant), and Adam's m, v and step computed exactly from that gradient along the new order
-(moments carried, never linearised). ``"hvp2"`` expands the gradient to second order, adding
+products per layer and order, no network pass) or none (``"none"``, the cheap variant), and Adam's
+m, v and step computed exactly from that gradient along the new order (moments carried, never
+linearised). ``"hvp2"`` expands the gradient to second order, adding
 ``1/2 D^3 L(theta_t, B_l)[delta, delta]`` (the third derivative of the loss along the deviation,
 exact, from a forward-over-forward-over-reverse pass): lower parameter error at larger deviations,
 not always a better ranking (benchmarks/order_effects). Streams over t, advancing all K orders
@@ -135,8 +136,8 @@ def _carry(rec: Record, orders, opts: FutCarryOptions, refresh: int) -> Estimate
                            lambda: grads_at(flat, theta0, batches, [0], 1), 0).chunk
     # the CPU computes one order at a time anyway: chunks of 1 keep its temporaries at [d]
     chunk = chunk or (16 if cuda else 1)
-    # orders per step of the loop below. hvp: the vmapped pass's own chunk. secant / none: the gradient
-    # rows are gathered from the table, so a chunk of orders costs only its [chunk, d] temporaries
+    # orders per step of the loop below. hvp: the vmapped pass's own chunk. secant / kfac / none: the
+    # gradient rows are gathered from the table, so a chunk of orders costs only its [chunk, d] temporaries
     # (delta, g, products) and a few orders at a time lose nothing but Python iterations; planned apart
     # from the table passes' chunk, which on a small batch can be many times larger
     order_chunk = chunk if curvature in ("hvp", "hvp2") else min(chunk, 4)
