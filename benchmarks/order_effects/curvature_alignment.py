@@ -24,7 +24,7 @@ import logging
 import time
 
 import torch
-from torch.func import functional_call, jvp, vjp
+from torch.func import jvp, vjp
 
 from setup_order import HP, parser, record_json, schedule  # first: sets sys.path
 from taylorlab.models import load_gguf_model
@@ -37,13 +37,11 @@ from taylorlab.order.queries import random_orders
 def ggn_vector(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """J^T H_z J v for the mean cross-entropy over the batch's predicted positions (z: the logits)."""
     def logits(y):
-        parts = flat.unflatten(y)
-        out = functional_call(flat.model, {**parts, **flat.buffers}, (), {"input_ids": batch, "use_cache": False})
-        return out.logits[:, :-1].float()
+        return flat.predictions(flat.unflatten(y), batch)
 
     z, jz = jvp(logits, (theta,), (v,))
     p = torch.softmax(z, -1)
-    hz = (p * jz - p * (p * jz).sum(-1, keepdim=True)) / (z.shape[0] * z.shape[1])
+    hz = (p * jz - p * (p * jz).sum(-1, keepdim=True)) / z.shape[0]
     _, back = vjp(logits, theta)
     return back(hz.to(z.dtype))[0]
 

@@ -76,6 +76,7 @@ class FlatModel:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
+        self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]  # each tensor's start in theta
         self.buffers: Dict[str, torch.Tensor] = dict(model.named_buffers())
         self.dim = sum(self.numels)
         self._compiled_vgrad = None  # batched_grad(compile=True), built on first use
@@ -88,11 +89,8 @@ class FlatModel:
         return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).clone()
 
     def unflatten(self, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out, i = {}, 0
-        for name, shape, n in zip(self.names, self.shapes, self.numels):
-            out[name] = theta[i : i + n].view(shape)
-            i += n
-        return out
+        return {name: theta[i : i + n].view(shape)
+                for name, shape, n, i in zip(self.names, self.shapes, self.numels, self.offsets)}
 
     def load(self, theta: torch.Tensor) -> torch.nn.Module:
         with torch.no_grad():
@@ -117,12 +115,16 @@ class FlatModel:
         parts = self.unflatten(theta)
         return self._accumulate(lambda b: self._loss(parts, b), batch)
 
-    def _loss(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    def predictions(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """The logits of every predicted position, [B (L - 1), V]: those the loss scores against the
+        next token (``kfac``'s Fisher scores them against tokens drawn from them instead)."""
         params = {**parts, **self.buffers}
         logits = functional_call(self.model, params, (), {"input_ids": batch, "use_cache": False}).logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                 batch[:, 1:].reshape(-1))
+        return logits[:, :-1].reshape(-1, logits.shape[-1])
+
+    def _loss(self, parts: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.predictions(parts, batch), batch[:, 1:].reshape(-1))
 
     def grad(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """The gradient at flat ``theta``, taken per parameter tensor and concatenated once: taken

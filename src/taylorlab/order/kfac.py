@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
-from torch.func import functional_call
 
 from taylorlab.order.functional import FlatModel
 
@@ -37,10 +36,7 @@ class Block:
 
 def blocks(flat: FlatModel) -> List[Block]:
     """The linear weights K-FAC covers, in the flat vector's order."""
-    offsets, i = {}, 0
-    for name, n in zip(flat.names, flat.numels):
-        offsets[name] = i
-        i += n
+    offsets = dict(zip(flat.names, flat.offsets))
     out = []
     for mod_name, mod in flat.model.named_modules():
         name = f"{mod_name}.weight" if mod_name else "weight"
@@ -103,9 +99,7 @@ def factors(flat: FlatModel, theta: torch.Tensor, batch: torch.Tensor, covered: 
 
 def _sampled_loss(flat: FlatModel, parts, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The mean cross-entropy of the batch's predictions against next tokens drawn from them."""
-    logits = functional_call(flat.model, {**parts, **flat.buffers}, (), {"input_ids": batch, "use_cache": False}).logits
-    z = logits[:, :-1].reshape(-1, logits.shape[-1])
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    z = flat.predictions(parts, batch)
     y = torch.multinomial(torch.softmax(z.detach(), -1), 1, generator=gen).squeeze(-1)
     return torch.nn.functional.cross_entropy(z, y)
 

@@ -58,9 +58,9 @@ def cost(u, K: int, T: int, o: FutCkptOptions) -> float:
     each of the distinct batches of its steps; the secant's previous table is reused; every order's
     carried step (``carry_step_s``), K x T of them; and the self-check's exact passes."""
     every = max(1, o.every)
-    kfac = o.curvature == "kfac"  # each table's batches' factors too, and every order's product with them
-    return (-(-T // every) * min(K * every, T) * (u.batched_grad_s + (u.kfac_factor_s if kfac else 0.0))
-            + K * T * (u.carry_step_s + (u.kfac_apply_s if kfac else 0.0))
+    # kfac: each table's batches' factors too, and every order's product with them
+    factor_s, apply_s = (u.kfac_factor_s, u.kfac_apply_s) if o.curvature == "kfac" else (0.0, 0.0)
+    return (-(-T // every) * min(K * every, T) * (u.batched_grad_s + factor_s) + K * T * (u.carry_step_s + apply_s)
             + o.check_steps * o.check_orders * (u.grad_s + u.hvp_s))
 
 
