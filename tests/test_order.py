@@ -764,3 +764,30 @@ def test_kfac_cost_counts_its_factors_and_products_and_the_advisor_probes_them()
     asked = costs.predict(rec, 4, {"fut-carry": {"curvature": "kfac"}})
     assert asked["units"]["kfac_factor_s"] > 0 and asked["units"]["kfac_apply_s"] > 0
     assert costs.predict(rec, 4, {"fut-carry": None})["units"]["kfac_apply_s"] == 0.0
+
+
+def test_the_benchmarks_emulated_tf32_rounds_every_product_operand_to_ten_mantissa_bits():
+    """benchmarks/order_effects/precision_nudge.py's CPU stand-in for the GPU's TF32 (named so there):
+    nearest-even at bit 13, and inside the mode a product (and its backward) uses the rounded operands."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "benchmarks" / "order_effects"
+    sys.path.insert(0, str(here))
+    try:
+        spec = importlib.util.spec_from_file_location("precision_nudge", here / "precision_nudge.py")
+        pn = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(pn)
+    finally:
+        sys.path.remove(str(here))
+    x = torch.tensor([1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -20, -1 - 2 ** -10])
+    assert pn.tf32_round(x).tolist() == [1.0, 1 + 2 ** -9, 1 + 2 ** -10, -1 - 2 ** -10]
+    a = torch.randn(8, 16, requires_grad=True)
+    b = torch.randn(16, 4)
+    with pn.EmulatedTF32():
+        y = a @ b
+        y.sum().backward()
+    assert torch.equal(y, pn.tf32_round(a.detach()) @ pn.tf32_round(b))
+    assert not torch.equal(y, a.detach() @ b)
+    assert torch.equal(a.grad, pn.tf32_round(torch.ones(8, 4)) @ pn.tf32_round(b).t())
