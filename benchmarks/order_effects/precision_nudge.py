@@ -54,6 +54,10 @@ class EmulatedTF32(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _e(x) -> str:
+    return "n/a (no spread)" if x is None else f"{x:.2e}"
+
+
 def spearman(x, y) -> float:
     from scipy.stats import spearmanr
 
@@ -64,7 +68,7 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("--batches", default="4,16,64", help="sequences per step (x --seq-len tokens), comma-separated")
     ap.add_argument("--arithmetics", default="float64,float32,tf32")
-    ap.add_argument("--lrs", default="3e-4", help="peak learning rates, comma-separated (warmup 25%% + cosine)")
+    ap.add_argument("--lrs", default="3e-4", help="peak learning rates, comma-separated (--warmup, then cosine)")
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--K", type=int, default=16, help="random orders retrained (and retrained nudged)")
     ap.add_argument("--perturb", type=float, default=1e-6, help="relative nudge of theta_0")
@@ -74,26 +78,37 @@ def main():
     ap.add_argument("--micro-batch", type=int, default=16, help="sequences per pass, as the GPU's 16k run")
     ap.add_argument("--pretrain-steps", type=int, default=256)
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=float, default=0.25, help="share of the T steps in linear warmup, then cosine")
+    ap.add_argument("--gguf", help="theta_0 = this GGUF (the embedded SmolLM2-135M) as loaded, no pretraining; "
+                    "--tokens then from make_tokens.py --gguf")
     a = ap.parse_args()
     torch.manual_seed(0)
     tokens = torch.load(a.tokens, weights_only=True)
     L, stream = a.seq_len, tokens["train"].long()
-    model = build_llama(tokens["vocab"], hidden_size=a.hidden, intermediate_size=a.hidden * 8 // 3 // 64 * 64,
-                        num_hidden_layers=a.layers, num_attention_heads=max(1, a.hidden // 64),
-                        num_key_value_heads=max(1, a.hidden // 64), max_position_embeddings=L, seed=0)
+    if a.gguf:  # the real model as theta_0, as smollm2_scale.py on the GPU
+        from taylorlab.models import load_gguf_model
+
+        model = load_gguf_model(a.gguf)[0]
+    else:
+        model = build_llama(tokens["vocab"], hidden_size=a.hidden, intermediate_size=a.hidden * 8 // 3 // 64 * 64,
+                            num_hidden_layers=a.layers, num_attention_heads=max(1, a.hidden // 64),
+                            num_key_value_heads=max(1, a.hidden // 64), max_position_embeddings=L, seed=0)
     model.config._attn_implementation = "eager"  # its products are bmm, which the TF32 emulation rounds
-    model = model.to(torch.float64)
+    model = model.to(torch.float64)  # theta_0 made (and kept) in float64; cast exactly for float32
     flat = FlatModel(model, micro_batch=a.micro_batch)
-    N = a.pretrain_steps
-    pre = stream[stream.numel() - N * 4 * L:].view(N, 4, L)
+    N = 0 if a.gguf else a.pretrain_steps
     t0 = time.time()
-    theta0 = record(flat, pre, list(range(N)), schedule(a.pretrain_lr, 0.1, N)[0], HP, every=N).final.clone()
+    if N:
+        pre = stream[stream.numel() - N * 4 * L:].view(N, 4, L)
+        theta0 = record(flat, pre, list(range(N)), schedule(a.pretrain_lr, 0.1, N)[0], HP, every=N).final.clone()
+    else:
+        theta0 = flat.flat().clone()
     results = {"config": vars(a), "parameters": flat.dim, "pretrain_s": time.time() - t0,
                "tf32": "emulated on the CPU: operands of mm/addmm/bmm/baddbmm rounded to 10 mantissa bits", "cells": []}
     val = tokens["validation"].long()[: a.val_batches * 4 * L].view(a.val_batches, 4, L)
     orders = random_orders(a.T, a.K, seed=1)
     for lr in [float(x) for x in a.lrs.split(",")]:
-        lrs, w = schedule(lr, 0.25, a.T)
+        lrs, w = schedule(lr, a.warmup, a.T)
         for B in [int(x) for x in a.batches.split(",")]:
             if (a.T * B + N * 4) * L > stream.numel():
                 raise SystemExit(f"error: {a.T} steps of {B} x {L} tokens and the pretraining need more than the "
@@ -123,13 +138,12 @@ def main():
                                          "over_float64_spread": sum(diff) / len(diff) / (max(truth["float64"]) - min(truth["float64"]))}
                 cell["arithmetics"][arith] = row
                 print(f"lr {lr:g} B {B} ({B * L} tokens/step) {arith}: spread {spread:.2e} nats, nudge Spearman "
-                      f"{sens['spearman_true_vs_perturbed']:.3f}, nudge MAE / spread {sens['mae_over_spread']:.2e}"
+                      f"{sens['spearman_true_vs_perturbed']:.3f}, nudge MAE / spread {_e(sens['mae_over_spread'])}"
                       + (f", vs float64 Spearman {row['vs_float64']['spearman']:.3f}" if "vs_float64" in row else "")
                       + f" ({row['wall_s']:.0f} s)", flush=True)
                 del traj, true
             results["cells"].append(cell)
             record_json(__import__("pathlib").Path(a.out), results)
-    model.to(torch.float64)
 
 
 if __name__ == "__main__":
