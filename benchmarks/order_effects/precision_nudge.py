@@ -21,8 +21,10 @@ truth and its mean loss change over that spread, and each arithmetic's truth aga
 
 from __future__ import annotations
 
+import argparse
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -98,9 +100,11 @@ def main():
     flat = FlatModel(model, micro_batch=a.micro_batch)
     N = 0 if a.gguf else a.pretrain_steps
     t0 = time.time()
-    if N:
-        pre = stream[stream.numel() - N * 4 * L:].view(N, 4, L)
-        theta0 = record(flat, pre, list(range(N)), schedule(a.pretrain_lr, 0.1, N)[0], HP, every=N).final.clone()
+    if N:  # the validity map's own pretraining, at its 4-sequence batches whatever this cell's step
+        from validity_map import pretrained
+
+        pre = argparse.Namespace(batch=4, seq_len=L, pretrain_steps=N, pretrain_lr=a.pretrain_lr)
+        theta0 = pretrained(tokens, pre, flat, torch.device("cpu")).clone()
     else:
         theta0 = flat.flat().clone()
     results = {"config": vars(a), "parameters": flat.dim, "pretrain_s": time.time() - t0,
@@ -143,7 +147,7 @@ def main():
                       + f" ({row['wall_s']:.0f} s)", flush=True)
                 del traj, true
             results["cells"].append(cell)
-            record_json(__import__("pathlib").Path(a.out), results)
+            record_json(Path(a.out), results)
 
 
 if __name__ == "__main__":
